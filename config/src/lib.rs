@@ -1,0 +1,87 @@
+//! Vega storage settings, read once from the environment.
+//!
+//! Every binary and the repository layer build their connections from [`Settings`], so a
+//! setting means the same thing everywhere. The rules:
+//!
+//! - `VEGA_PERSISTENCE_BACKEND` is `postgres` or `sqlite` (default `sqlite`, the embedded mode);
+//! - the database URL comes from `VEGA_DATABASE_URL`, then `DATABASE_URL`; the sqlite backend
+//!   defaults to `sqlite://.vega/vega.sqlite3?mode=rwc`, the postgres backend has no default;
+//! - `VEGA_BLOB_BACKEND` is `fs` (default, rooted at `VEGA_BLOB_DIR`, default `.vega/blobs`) or
+//!   `s3` (`VEGA_S3_BUCKET` required, `VEGA_S3_PREFIX` optional; region, endpoint and credentials
+//!   come from the AWS SDK's own variables).
+//!
+//! A wrong setting is a [`ConfigError`] naming the variable and the fix, never a silent fallback:
+//! a postgres backend whose URL says `sqlite:` is refused rather than quietly run on a file.
+//! Passwords never leave this crate in `Debug` or `Display` output: [`DatabaseUrl`] redacts them,
+//! and [`Settings::log_effective`] prints the redacted form once at start-up.
+
+mod blob;
+mod database;
+mod error;
+
+pub use blob::BlobSettings;
+pub use database::{Backend, DatabaseSettings, DatabaseUrl};
+pub use error::ConfigError;
+
+/// Where a setting's value came from, printed beside it so that "which variable won?" is never a
+/// guess.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Read from the named environment variable.
+    Env(&'static str),
+    /// Not set anywhere; the built-in default applies.
+    Default,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Env(var) => write!(f, "from {var}"),
+            Source::Default => f.write_str("default"),
+        }
+    }
+}
+
+/// All of Vega storage's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The metadata database.
+    pub database: DatabaseSettings,
+    /// The object store.
+    pub blob: BlobSettings,
+}
+
+impl Settings {
+    /// Reads the settings from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(env_lookup)
+    }
+
+    /// Reads the settings through `lookup`, which returns a variable's value or `None` when it is
+    /// unset. Tests pass a map here instead of mutating the process environment.
+    pub fn from_lookup(
+        lookup: impl Fn(&'static str) -> Result<Option<String>, ConfigError>,
+    ) -> Result<Self, ConfigError> {
+        Ok(Self {
+            database: DatabaseSettings::from_lookup(&lookup)?,
+            blob: BlobSettings::from_lookup(&lookup)?,
+        })
+    }
+
+    /// Prints the effective settings once through `tracing`, passwords redacted.
+    pub fn log_effective(&self) {
+        self.database.log_effective();
+        self.blob.log_effective();
+    }
+}
+
+/// Reads one variable from the process environment; empty counts as unset, and a value that is
+/// not UTF-8 is an error naming the variable rather than a silent fallback to the default.
+pub fn env_lookup(var: &'static str) -> Result<Option<String>, ConfigError> {
+    match std::env::var(var) {
+        Ok(value) if value.trim().is_empty() => Ok(None),
+        Ok(value) => Ok(Some(value)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(ConfigError::NotUnicode { var }),
+    }
+}
