@@ -86,7 +86,11 @@ impl DatabaseUrl {
             let pairs: Vec<(String, String)> = url
                 .query_pairs()
                 .map(|(k, v)| {
-                    let v = if is_secret_param(&k) { REDACTED.into() } else { v.into_owned() };
+                    let v = if is_secret_param(&k) {
+                        REDACTED.into()
+                    } else {
+                        v.into_owned()
+                    };
                     (k.into_owned(), v)
                 })
                 .collect();
@@ -102,7 +106,9 @@ fn is_secret_param(key: &str) -> bool {
 
 impl fmt::Debug for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("DatabaseUrl").field(&self.redacted()).finish()
+        f.debug_tuple("DatabaseUrl")
+            .field(&self.redacted())
+            .finish()
     }
 }
 
@@ -138,9 +144,9 @@ impl DatabaseSettings {
         })?;
         let settings = Self {
             backend,
-            backend_source: Source::Default,
+            backend_source: Source::Given,
             url: DatabaseUrl::new(url),
-            url_source: Source::Default,
+            url_source: Source::Given,
         };
         settings.validate("the database URL")?;
         Ok(settings)
@@ -182,7 +188,7 @@ impl DatabaseSettings {
         };
         let var = match url_source {
             Source::Env(var) => var,
-            Source::Default => "the default database URL",
+            Source::Default | Source::Given => "the default database URL",
         };
         settings.validate(var)?;
         Ok(settings)
@@ -312,7 +318,8 @@ impl DatabaseSettings {
         options
     }
 
-    pub(crate) fn log_effective(&self) {
+    /// Prints these settings once through `tracing`, password redacted.
+    pub fn log_effective(&self) {
         tracing::info!(
             backend = %self.backend,
             backend_source = %self.backend_source,
@@ -373,7 +380,10 @@ mod tests {
         let err = settings(&[("VEGA_PERSISTENCE_BACKEND", "postgres")]).unwrap_err();
         assert_eq!(err, ConfigError::MissingDatabaseUrl);
         let msg = err.to_string();
-        assert!(msg.contains("VEGA_DATABASE_URL") && msg.contains("DATABASE_URL"), "{msg}");
+        assert!(
+            msg.contains("VEGA_DATABASE_URL") && msg.contains("DATABASE_URL"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -381,7 +391,10 @@ mod tests {
         let err = settings(&[("VEGA_PERSISTENCE_BACKEND", "json")]).unwrap_err();
         assert!(matches!(err, ConfigError::UnknownBackend { ref value } if value == "json"));
         let msg = err.to_string();
-        assert!(msg.contains("VEGA_PERSISTENCE_BACKEND") && msg.contains("postgres"), "{msg}");
+        assert!(
+            msg.contains("VEGA_PERSISTENCE_BACKEND") && msg.contains("postgres"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -393,20 +406,31 @@ mod tests {
         .unwrap_err();
         assert!(matches!(
             err,
-            ConfigError::SchemeMismatch { var: "VEGA_DATABASE_URL", backend: "postgres", .. }
+            ConfigError::SchemeMismatch {
+                var: "VEGA_DATABASE_URL",
+                backend: "postgres",
+                ..
+            }
         ));
 
         // The default backend is sqlite, so a lone postgres URL is a mismatch too, and the
         // message says the backend was defaulted.
         let err = settings(&[("DATABASE_URL", "postgres://u:secret@h/db")]).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("DATABASE_URL") && msg.contains("default"), "{msg}");
+        assert!(
+            msg.contains("DATABASE_URL") && msg.contains("default"),
+            "{msg}"
+        );
         assert!(!msg.contains("secret"), "{msg}");
     }
 
     #[test]
     fn malformed_urls_are_invalid_without_echoing_them() {
-        for url in ["postgres://u:hunter2@[bad/vega", "postgres://u:hunter2@host", "nonsense"] {
+        for url in [
+            "postgres://u:hunter2@[bad/vega",
+            "postgres://u:hunter2@host",
+            "nonsense",
+        ] {
             let err = settings(&[
                 ("VEGA_PERSISTENCE_BACKEND", "postgres"),
                 ("VEGA_DATABASE_URL", url),
@@ -428,10 +452,17 @@ mod tests {
             ),
         ])
         .unwrap();
-        for rendered in [format!("{s:?}"), format!("{}", s.url), format!("{:?}", s.url)] {
+        for rendered in [
+            format!("{s:?}"),
+            format!("{}", s.url),
+            format!("{:?}", s.url),
+        ] {
             assert!(!rendered.contains("hunter2"), "{rendered}");
             assert!(!rendered.contains("hunter3"), "{rendered}");
-            assert!(rendered.contains("vega@db") || rendered.contains("vega:"), "{rendered}");
+            assert!(
+                rendered.contains("vega@db") || rendered.contains("vega:"),
+                "{rendered}"
+            );
         }
         assert!(s.url.expose().contains("hunter2"));
     }
@@ -446,9 +477,22 @@ mod tests {
             ("postgres://u@db.prod.internal/v", false),
             ("postgres://u@10.0.0.5/v", false),
         ] {
-            assert_eq!(DatabaseSettings::for_url(url).unwrap().is_local(), local, "{url}");
+            assert_eq!(
+                DatabaseSettings::for_url(url).unwrap().is_local(),
+                local,
+                "{url}"
+            );
         }
-        assert!(DatabaseSettings::for_url("sqlite::memory:").unwrap().is_local());
-        assert_eq!(DatabaseSettings::for_url("sqlite::memory:").unwrap().sqlite_path(), None);
+        assert!(
+            DatabaseSettings::for_url("sqlite::memory:")
+                .unwrap()
+                .is_local()
+        );
+        assert_eq!(
+            DatabaseSettings::for_url("sqlite::memory:")
+                .unwrap()
+                .sqlite_path(),
+            None
+        );
     }
 }

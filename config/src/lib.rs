@@ -16,10 +16,12 @@
 //! and [`Settings::log_effective`] prints the redacted form once at start-up.
 
 mod blob;
+mod connect;
 mod database;
 mod error;
 
 pub use blob::BlobSettings;
+pub use connect::ConnectError;
 pub use database::{Backend, DatabaseSettings, DatabaseUrl};
 pub use error::ConfigError;
 
@@ -31,6 +33,8 @@ pub enum Source {
     Env(&'static str),
     /// Not set anywhere; the built-in default applies.
     Default,
+    /// Passed in directly (a command-line flag or a test), not read from the environment.
+    Given,
 }
 
 impl std::fmt::Display for Source {
@@ -38,6 +42,7 @@ impl std::fmt::Display for Source {
         match self {
             Source::Env(var) => write!(f, "from {var}"),
             Source::Default => f.write_str("default"),
+            Source::Given => f.write_str("given explicitly"),
         }
     }
 }

@@ -1,1 +1,53 @@
-//! placeholder
+//! Vega's schema migrations and the machinery around them.
+//!
+//! The migrations are sea-orm-migration migrations written with sea-query builders, so one
+//! definition runs on Postgres and on SQLite; each runs in its own transaction on both engines
+//! and records its version in `schema_migrations` inside that transaction.
+//!
+//! sea-orm-migration applies migrations but takes no lock and has no read-only status, so this
+//! crate adds:
+//!
+//! - [`lock::MigrationLock`], a Postgres advisory lock taken by polling, so concurrent runners
+//!   (two deploys, N tasks starting together) apply each migration exactly once;
+//! - [`status::SchemaStatus`], which reads applied, pending and unknown versions without writing;
+//! - [`runner`], the run order: lock, refuse unknown versions, apply each with its duration,
+//!   unlock;
+//! - the `vega-migrate` command line in [`cli`].
+
+pub mod cli;
+mod ddl;
+pub mod lock;
+pub mod runner;
+pub mod status;
+
+mod m20261123_000001_accounts_and_projects;
+mod m20261123_000002_scans;
+mod m20261123_000003_findings;
+mod m20261123_000004_artifacts;
+mod m20261123_000005_activity;
+
+pub use sea_orm_migration::MigratorTrait;
+use sea_orm_migration::prelude::*;
+
+/// The name of the table that records applied versions.
+pub const MIGRATION_TABLE: &str = "schema_migrations";
+
+/// Every migration this build knows, in the order they apply.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migration_table_name() -> DynIden {
+        MIGRATION_TABLE.into_iden()
+    }
+
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261123_000001_accounts_and_projects::Migration),
+            Box::new(m20261123_000002_scans::Migration),
+            Box::new(m20261123_000003_findings::Migration),
+            Box::new(m20261123_000004_artifacts::Migration),
+            Box::new(m20261123_000005_activity::Migration),
+        ]
+    }
+}

@@ -1,0 +1,143 @@
+//! Small builders that keep the migrations reading like the table specs in ARCHITECTURE.md.
+//!
+//! Every statement is a sea-query builder, so one definition renders for Postgres and SQLite
+//! (`uuid` / `uuid_text`, `timestamp with time zone` / `timestamp_with_timezone_text`, ...).
+//! CHECK expressions are plain SQL that both engines accept (`length()`, `IN`, `IS NOT NULL`).
+//! Constraints and indexes are named `{table}_{what}_{key|fkey|check|idx}` so an error message
+//! from either database points straight at the rule that fired.
+
+use sea_orm_migration::prelude::*;
+
+/// The UUIDv7 primary key every API-visible table uses; the value is generated in Rust so an
+/// object key can be built before the row exists.
+pub fn uuid_pk() -> ColumnDef {
+    ColumnDef::new("id").uuid().not_null().primary_key().take()
+}
+
+/// A `bigint` identity primary key, for high-volume append-only tables.
+pub fn bigint_pk() -> ColumnDef {
+    ColumnDef::new("id")
+        .big_integer()
+        .not_null()
+        .auto_increment()
+        .primary_key()
+        .take()
+}
+
+/// A required `timestamptz`, always written as UTC by the application (no database default:
+/// SQLite's `CURRENT_TIMESTAMP` text would not sort with RFC 3339 text).
+pub fn timestamp(name: &'static str) -> ColumnDef {
+    ColumnDef::new(name)
+        .timestamp_with_time_zone()
+        .not_null()
+        .take()
+}
+
+/// An optional `timestamptz`.
+pub fn timestamp_null(name: &'static str) -> ColumnDef {
+    ColumnDef::new(name)
+        .timestamp_with_time_zone()
+        .null()
+        .take()
+}
+
+/// A required `text` status column with a default; pair it with [`one_of`].
+pub fn status(name: &'static str, default: &'static str) -> ColumnDef {
+    ColumnDef::new(name)
+        .text()
+        .not_null()
+        .default(default)
+        .take()
+}
+
+/// A required `smallint` severity ordinal: 0 unknown, 1 info, 2 low, 3 medium, 4 high, 5 critical.
+pub fn severity(name: &'static str) -> ColumnDef {
+    ColumnDef::new(name).small_integer().not_null().take()
+}
+
+/// A required counter that starts at zero.
+pub fn counter(name: &'static str) -> ColumnDef {
+    ColumnDef::new(name).integer().not_null().default(0).take()
+}
+
+/// `CHECK (column IN (...))`, named `{table}_{column}_check`.
+pub fn one_of(table: &str, column: &str, values: &[&str]) -> Check {
+    let list = values
+        .iter()
+        .map(|v| format!("'{v}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    check(table, column, format!("{column} IN ({list})"))
+}
+
+/// A named CHECK constraint, `{table}_{name}_check`, from SQL that both engines accept.
+pub fn check(table: &str, name: &str, sql: impl Into<String>) -> Check {
+    Check::named(
+        Alias::new(format!("{table}_{name}_check")),
+        Expr::cust(sql.into()),
+    )
+}
+
+/// A foreign key `{table}_{column}_fkey` to `parent(id)`. The delete rule is required: every
+/// foreign key states what happens when its parent goes.
+pub fn fk(
+    table: &'static str,
+    column: &'static str,
+    parent: &'static str,
+    on_delete: ForeignKeyAction,
+) -> ForeignKeyCreateStatement {
+    ForeignKey::create()
+        .name(format!("{table}_{column}_fkey"))
+        .from(table, column)
+        .to(parent, "id")
+        .on_delete(on_delete)
+        .on_update(ForeignKeyAction::NoAction)
+        .take()
+}
+
+/// A plain index named `{table}_{name}_idx`.
+pub fn index(table: &'static str, name: &str) -> IndexCreateStatement {
+    Index::create()
+        .name(format!("{table}_{name}_idx"))
+        .table(table)
+        .take()
+}
+
+/// A unique index named `{table}_{name}_key`.
+pub fn unique(table: &'static str, name: &str) -> IndexCreateStatement {
+    Index::create()
+        .name(format!("{table}_{name}_key"))
+        .table(table)
+        .unique()
+        .take()
+}
+
+/// A descending index column, for "newest first" and "worst first" scans.
+pub fn desc(column: &'static str) -> (&'static str, IndexOrder) {
+    (column, IndexOrder::Desc)
+}
+
+/// Creates the tables, then their indexes, in order.
+pub async fn create(
+    manager: &SchemaManager<'_>,
+    tables: Vec<TableCreateStatement>,
+    indexes: Vec<IndexCreateStatement>,
+) -> Result<(), DbErr> {
+    for table in tables {
+        manager.create_table(table).await?;
+    }
+    for index in indexes {
+        manager.create_index(index).await?;
+    }
+    Ok(())
+}
+
+/// Drops the tables in the order given (children first).
+pub async fn drop(manager: &SchemaManager<'_>, tables: &[&'static str]) -> Result<(), DbErr> {
+    for table in tables {
+        manager
+            .drop_table(Table::drop().table(*table).take())
+            .await?;
+    }
+    Ok(())
+}
