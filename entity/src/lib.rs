@@ -14,3 +14,7 @@
 mod generated;
 
 pub use generated::*;
+
+mod values;
+
+pub use values::*;

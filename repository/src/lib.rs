@@ -1,1 +1,54 @@
-//! placeholder
+//! Vega's repositories: typed operations over the metadata database, one struct per table,
+//! reached from a [`Store`].
+//!
+//! ```no_run
+//! # async fn demo() -> vega_repository::Result<()> {
+//! use vega_repository::{PoolOptions, Store};
+//! let settings = vega_config::Settings::from_env().expect("settings");
+//! let store = Store::connect(&settings.database, &PoolOptions::default()).await?;
+//! let claims = store.scans().claim_next("worker-1", 1, std::time::Duration::from_secs(60)).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Conventions every method follows:
+//!
+//! - inputs are small structs, validated before any statement runs; a bad field is
+//!   [`Error::Invalid`] naming it, and nothing is written;
+//! - a method is one statement or one transaction, so a failure leaves no partial state;
+//! - constraint violations come back as [`Error::Conflict`] / [`Error::Invalid`] naming the
+//!   constraint, never as an opaque database error;
+//! - lists are keyset-paginated ([`Page`]), never by offset;
+//! - every method runs in a `tracing` span named `table.method`;
+//! - SQL that both engines accept is written once; where Postgres has a better tool
+//!   (`FOR UPDATE SKIP LOCKED`) it is used there, with a correct SQLite form beside it.
+
+mod api_keys;
+mod error;
+mod events;
+mod findings;
+mod fingerprint;
+mod page;
+mod projects;
+mod repositories;
+mod scans;
+mod snapshots;
+mod store;
+mod usage;
+mod users;
+mod validate;
+mod workers;
+
+pub use api_keys::{ApiKeys, ApiToken, IssuedKey, LAST_USED_THROTTLE, NewApiKey};
+pub use error::{Error, Result};
+pub use events::{EventCursor, EventFeed, Events, NewEvent};
+pub use findings::{FindingCursor, Findings, NewFinding, ScanFinding, SeverityCounts};
+pub use fingerprint::{FINGERPRINT_VERSION, fingerprint};
+pub use page::{MAX_PAGE_SIZE, Page};
+pub use projects::{LatestScan, NewProject, ProjectSummary, Projects};
+pub use repositories::{NewRepository, Repositories};
+pub use scans::{CancelOutcome, Claim, Heartbeat, Lease, NewScan, Rescued, Scans};
+pub use snapshots::{ArchiveObject, NewSnapshot, Snapshots};
+pub use store::{PoolOptions, Store};
+pub use usage::{MeterTotal, NewUsage, Recorded, Usage};
+pub use users::{NewUser, Users};
+pub use workers::{WorkerBeat, Workers};

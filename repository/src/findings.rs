@@ -1,0 +1,575 @@
+//! Findings: ingestion at scan completion, and the read paths of the findings pages.
+//!
+//! Ingestion is set-based: a scan of 100k findings costs a few hundred multi-row statements,
+//! never a round trip per finding, all inside the completing scan's transaction.
+
+use std::collections::HashMap;
+
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Value,
+};
+use tracing::instrument;
+use uuid::Uuid;
+use vega_entity::{
+    DismissReason, FindingCategory, FindingStatus, OccurrenceChange, ScanKind, Severity,
+    finding_occurrences, findings, scans,
+};
+
+use crate::page::{Page, page_size};
+use crate::store::{now, statement};
+use crate::{Error, Result, fingerprint, validate};
+
+/// Rows per multi-row statement: far below both engines' bind-parameter limits (65,535 and
+/// 32,766) at ~15 parameters per row, and large enough that round trips do not dominate.
+const CHUNK: usize = 1000;
+
+/// One finding reported by a scanner, as passed to [`crate::Scans::complete`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewFinding {
+    /// The tool (`semgrep`, `gitleaks`, `trivy`, ...).
+    pub scanner: String,
+    /// What kind of issue.
+    pub category: FindingCategory,
+    /// The tool's rule or check id.
+    pub rule_id: String,
+    /// One-line title, up to 512 characters.
+    pub title: String,
+    /// The tool's severity.
+    pub severity: Severity,
+    /// File, relative to the repository root.
+    pub file_path: Option<String>,
+    /// First line (1-based).
+    pub start_line: Option<i32>,
+    /// Last line.
+    pub end_line: Option<i32>,
+    /// What identifies this match within its file without line numbers (see
+    /// [`crate::fingerprint`]).
+    pub location_key: String,
+    /// CWE number.
+    pub cwe: Option<i32>,
+    /// CVE or GHSA id.
+    pub cve: Option<String>,
+    /// Dependency name (SCA).
+    pub package_name: Option<String>,
+    /// Dependency version (SCA).
+    pub package_version: Option<String>,
+    /// Small extra data; the full finding stays in the scan report.
+    pub details: Option<serde_json::Value>,
+}
+
+impl NewFinding {
+    /// This finding's fingerprint.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        fingerprint(
+            self.category,
+            &self.scanner,
+            &self.rule_id,
+            self.file_path.as_deref(),
+            &self.location_key,
+        )
+    }
+}
+
+/// Findings counted by severity.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SeverityCounts {
+    /// Critical.
+    pub critical: i64,
+    /// High.
+    pub high: i64,
+    /// Medium.
+    pub medium: i64,
+    /// Low.
+    pub low: i64,
+    /// Informational.
+    pub info: i64,
+    /// Unknown.
+    pub unknown: i64,
+}
+
+impl SeverityCounts {
+    fn add(&mut self, severity: Severity, n: i64) {
+        let slot = match severity {
+            Severity::Critical => &mut self.critical,
+            Severity::High => &mut self.high,
+            Severity::Medium => &mut self.medium,
+            Severity::Low => &mut self.low,
+            Severity::Info => &mut self.info,
+            Severity::Unknown => &mut self.unknown,
+        };
+        *slot += n;
+    }
+
+    /// All findings.
+    pub fn total(&self) -> i64 {
+        self.critical + self.high + self.medium + self.low + self.info + self.unknown
+    }
+}
+
+/// The keyset cursor of the open-findings list (worst first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FindingCursor {
+    /// The last row's severity ordinal.
+    pub severity: i16,
+    /// The last row's id.
+    pub id: Uuid,
+}
+
+/// A finding as seen by one scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanFinding {
+    /// The scan's sighting: severity, location and whether it was new.
+    pub occurrence: finding_occurrences::Model,
+    /// The finding.
+    pub finding: findings::Model,
+}
+
+/// What ingestion wrote, for the scan's summary columns.
+pub(crate) struct IngestSummary {
+    pub counts: SeverityCounts,
+    pub total: i32,
+    pub new: i32,
+    pub fixed: i32,
+}
+
+/// A validated finding with its fingerprint.
+pub(crate) struct Prepared {
+    finding: NewFinding,
+    fingerprint: [u8; 32],
+}
+
+/// Validates every finding before the transaction opens (so a bad one writes nothing and is
+/// named by its index), computes fingerprints, and drops repeats within the batch.
+pub(crate) fn prepare(findings: Vec<NewFinding>) -> Result<Vec<Prepared>> {
+    let mut seen = std::collections::HashSet::with_capacity(findings.len());
+    let mut prepared = Vec::with_capacity(findings.len());
+    for (i, mut f) in findings.into_iter().enumerate() {
+        let field = |name: &str| format!("findings[{i}].{name}");
+        f.scanner = validate::text(&field("scanner"), &f.scanner, 1, 64)?;
+        f.rule_id = validate::text(&field("rule_id"), &f.rule_id, 1, 512)?;
+        f.title = validate::text(&field("title"), &f.title, 1, 512)?;
+        f.file_path = validate::optional_text(&field("file_path"), f.file_path.as_deref(), 4096)?;
+        match (f.start_line, f.end_line) {
+            (Some(start), _) if start < 1 => {
+                return Err(Error::invalid(&field("start_line"), "must be at least 1"));
+            }
+            (Some(start), Some(end)) if end < start => {
+                return Err(Error::invalid(
+                    &field("end_line"),
+                    "must not be before start_line",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(Error::invalid(
+                    &field("start_line"),
+                    "is required with end_line",
+                ));
+            }
+            _ => {}
+        }
+        let fingerprint = f.fingerprint();
+        if seen.insert(fingerprint) {
+            prepared.push(Prepared {
+                finding: f,
+                fingerprint,
+            });
+        }
+    }
+    Ok(prepared)
+}
+
+/// Writes a completing scan's findings and occurrences and, for a full scan of the tracked
+/// branch, marks fixed the open findings it did not see. Runs inside the scan's transaction.
+pub(crate) async fn ingest(
+    txn: &impl ConnectionTrait,
+    scan: &scans::Model,
+    prepared: Vec<Prepared>,
+) -> Result<IngestSummary> {
+    let now = now();
+    let mut counts = SeverityCounts::default();
+    let mut new = 0;
+    for chunk in prepared.chunks(CHUNK) {
+        let previous = previous_statuses(txn, scan.repository_id, chunk).await?;
+        let ids = upsert(txn, scan, chunk, now).await?;
+        let mut occurrences = Vec::with_capacity(chunk.len());
+        for p in chunk {
+            let change = match previous.get(&p.fingerprint).map(String::as_str) {
+                None => OccurrenceChange::New,
+                Some(s) if s == FindingStatus::Fixed.as_str() => OccurrenceChange::Reopened,
+                Some(_) => OccurrenceChange::Existing,
+            };
+            new += i32::from(change == OccurrenceChange::New);
+            counts.add(p.finding.severity, 1);
+            let finding_id = ids.get(&p.fingerprint).copied().ok_or_else(|| {
+                Error::Database(sea_orm::DbErr::Custom(
+                    "upsert returned no id for a finding".into(),
+                ))
+            })?;
+            occurrences.push((finding_id, p, change));
+        }
+        insert_occurrences(txn, scan, &occurrences).await?;
+    }
+    let fixed = if scan.kind == ScanKind::Full.as_str() && scan.tracks_default_branch {
+        let result = txn
+            .execute_raw(statement(
+                txn,
+                "UPDATE findings SET status = 'fixed', fixed_at = $1, fixed_in_scan_id = $2, \
+                        updated_at = $1 \
+                  WHERE repository_id = $3 AND status = 'open' \
+                    AND (last_seen_scan_id IS NULL OR last_seen_scan_id <> $2)",
+                [now.into(), scan.id.into(), scan.repository_id.into()],
+            ))
+            .await?;
+        i32::try_from(result.rows_affected()).unwrap_or(i32::MAX)
+    } else {
+        0
+    };
+    Ok(IngestSummary {
+        counts,
+        total: i32::try_from(prepared.len()).unwrap_or(i32::MAX),
+        new,
+        fixed,
+    })
+}
+
+/// The current status of those fingerprints that already exist in the repository: absent
+/// means new, `fixed` means reopened.
+async fn previous_statuses(
+    txn: &impl ConnectionTrait,
+    repository_id: Uuid,
+    chunk: &[Prepared],
+) -> Result<HashMap<[u8; 32], String>> {
+    let placeholders = (2..chunk.len() + 2)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut values: Vec<Value> = Vec::with_capacity(chunk.len() + 1);
+    values.push(repository_id.into());
+    values.extend(chunk.iter().map(|p| p.fingerprint.to_vec().into()));
+    let rows = txn
+        .query_all_raw(statement(
+            txn,
+            &format!(
+                "SELECT fingerprint, status FROM findings \
+                  WHERE repository_id = $1 AND fingerprint IN ({placeholders})"
+            ),
+            values,
+        ))
+        .await?;
+    rows.iter()
+        .map(|row| Ok((fingerprint_of(row)?, row.try_get("", "status")?)))
+        .collect()
+}
+
+/// Inserts new findings and refreshes existing ones (last seen, location, severity unless a
+/// person overrode it; a fixed finding reopens, a dismissed one stays dismissed). Returns each
+/// fingerprint's finding id.
+async fn upsert(
+    txn: &impl ConnectionTrait,
+    scan: &scans::Model,
+    chunk: &[Prepared],
+    now: chrono::DateTime<chrono::FixedOffset>,
+) -> Result<HashMap<[u8; 32], Uuid>> {
+    // $1..$4 are shared by every row; each row adds 15 parameters.
+    const SHARED: usize = 4;
+    const PER_ROW: usize = 15;
+    let mut values: Vec<Value> = Vec::with_capacity(SHARED + chunk.len() * PER_ROW);
+    values.extend([
+        scan.project_id.into(),
+        scan.repository_id.into(),
+        scan.id.into(),
+        now.into(),
+    ]);
+    let mut rows = Vec::with_capacity(chunk.len());
+    for (i, prepared) in chunk.iter().enumerate() {
+        let b = SHARED + i * PER_ROW;
+        let p = |k: usize| format!("${}", b + k);
+        // Columns in the order of the INSERT below; severity fills both severity columns.
+        rows.push(format!(
+            "({}, $1, $2, {}, {}, {}, {}, {}, {sev}, {sev}, {}, {}, {}, {}, {}, {}, {}, {}, \
+              'open', $3, $3, $4, $4, 1, $4, $4)",
+            p(1),
+            p(2),
+            p(3),
+            p(4),
+            p(5),
+            p(6),
+            p(8),
+            p(9),
+            p(10),
+            p(11),
+            p(12),
+            p(13),
+            p(14),
+            p(15),
+            sev = p(7),
+        ));
+        let f = &prepared.finding;
+        values.extend([
+            Uuid::now_v7().into(),
+            prepared.fingerprint.to_vec().into(),
+            f.scanner.clone().into(),
+            f.category.as_str().into(),
+            f.rule_id.clone().into(),
+            f.title.clone().into(),
+            f.severity.as_i16().into(),
+            f.cwe.into(),
+            f.cve.clone().into(),
+            f.file_path.clone().into(),
+            f.start_line.into(),
+            f.end_line.into(),
+            f.package_name.clone().into(),
+            f.package_version.clone().into(),
+            f.details.clone().into(),
+        ]);
+    }
+    let sql = format!(
+        "INSERT INTO findings (id, project_id, repository_id, fingerprint, scanner, category, \
+                               rule_id, title, severity, scanner_severity, cwe, cve, file_path, \
+                               start_line, end_line, package_name, package_version, details, \
+                               status, first_seen_scan_id, last_seen_scan_id, first_seen_at, \
+                               last_seen_at, times_seen, created_at, updated_at) \
+         VALUES {} \
+         ON CONFLICT (repository_id, fingerprint) DO UPDATE SET \
+             last_seen_scan_id = excluded.last_seen_scan_id, \
+             last_seen_at = excluded.last_seen_at, \
+             times_seen = findings.times_seen + 1, \
+             title = excluded.title, \
+             file_path = excluded.file_path, \
+             start_line = excluded.start_line, \
+             end_line = excluded.end_line, \
+             scanner_severity = excluded.scanner_severity, \
+             severity = CASE WHEN findings.severity_overridden THEN findings.severity \
+                             ELSE excluded.severity END, \
+             status = CASE WHEN findings.status = 'fixed' THEN 'open' ELSE findings.status END, \
+             fixed_at = CASE WHEN findings.status = 'fixed' THEN NULL ELSE findings.fixed_at END, \
+             fixed_in_scan_id = CASE WHEN findings.status = 'fixed' THEN NULL \
+                                     ELSE findings.fixed_in_scan_id END, \
+             updated_at = excluded.updated_at \
+         RETURNING id, fingerprint",
+        rows.join(", ")
+    );
+    let returned = txn.query_all_raw(statement(txn, &sql, values)).await?;
+    returned
+        .iter()
+        .map(|row| Ok((fingerprint_of(row)?, row.try_get("", "id")?)))
+        .collect()
+}
+
+fn fingerprint_of(row: &sea_orm::QueryResult) -> Result<[u8; 32]> {
+    let bytes: Vec<u8> = row.try_get("", "fingerprint")?;
+    <[u8; 32]>::try_from(bytes)
+        .map_err(|_| Error::Database(sea_orm::DbErr::Type("fingerprint is not 32 bytes".into())))
+}
+
+async fn insert_occurrences(
+    txn: &impl ConnectionTrait,
+    scan: &scans::Model,
+    occurrences: &[(Uuid, &Prepared, OccurrenceChange)],
+) -> Result<()> {
+    const SHARED: usize = 2;
+    const PER_ROW: usize = 6;
+    let mut values: Vec<Value> = Vec::with_capacity(SHARED + occurrences.len() * PER_ROW);
+    values.extend([scan.id.into(), scan.project_id.into()]);
+    let mut rows = Vec::with_capacity(occurrences.len());
+    for (i, (finding_id, p, change)) in occurrences.iter().enumerate() {
+        let b = SHARED + i * PER_ROW;
+        rows.push(format!(
+            "($1, ${}, $2, ${}, ${}, ${}, ${}, ${})",
+            b + 1,
+            b + 2,
+            b + 3,
+            b + 4,
+            b + 5,
+            b + 6
+        ));
+        values.extend([
+            (*finding_id).into(),
+            p.finding.severity.as_i16().into(),
+            change.as_str().into(),
+            p.finding.file_path.clone().into(),
+            p.finding.start_line.into(),
+            p.finding.end_line.into(),
+        ]);
+    }
+    txn.execute_raw(statement(
+        txn,
+        &format!(
+            "INSERT INTO finding_occurrences (scan_id, finding_id, project_id, severity, change, \
+                                              file_path, start_line, end_line) VALUES {}",
+            rows.join(", ")
+        ),
+        values,
+    ))
+    .await?;
+    Ok(())
+}
+
+/// The `findings` table: deduplicated findings and their lifecycle.
+#[derive(Debug, Clone, Copy)]
+pub struct Findings<'a> {
+    pub(crate) db: &'a DatabaseConnection,
+}
+
+impl Findings<'_> {
+    /// The finding with this id.
+    #[instrument(name = "findings.get", skip(self))]
+    pub async fn get(&self, id: Uuid) -> Result<findings::Model> {
+        findings::Entity::find_by_id(id)
+            .one(self.db)
+            .await?
+            .ok_or_else(|| Error::not_found("finding", id))
+    }
+
+    /// The project's open findings counted by severity (an index-only scan of the open-findings
+    /// index).
+    #[instrument(name = "findings.open_counts", skip(self))]
+    pub async fn open_counts(&self, project_id: Uuid) -> Result<SeverityCounts> {
+        let rows: Vec<(i16, i64)> = findings::Entity::find()
+            .select_only()
+            .column(findings::Column::Severity)
+            .column_as(findings::Column::Id.count(), "n")
+            .filter(findings::Column::ProjectId.eq(project_id))
+            .filter(findings::Column::Status.eq(FindingStatus::Open.as_str()))
+            .group_by(findings::Column::Severity)
+            .into_tuple()
+            .all(self.db)
+            .await?;
+        let mut counts = SeverityCounts::default();
+        for (severity, n) in rows {
+            counts.add(Severity::from_i16(severity).unwrap_or(Severity::Unknown), n);
+        }
+        Ok(counts)
+    }
+
+    /// The project's open findings, worst first (severity, then newest), keyset-paginated.
+    #[instrument(name = "findings.list_open", skip(self))]
+    pub async fn list_open(
+        &self,
+        project_id: Uuid,
+        after: Option<FindingCursor>,
+        limit: u64,
+    ) -> Result<Page<findings::Model, FindingCursor>> {
+        let limit = page_size(limit)?;
+        let (cursor, mut values): (&str, Vec<Value>) = match after {
+            Some(c) => (
+                "AND (severity, id) < ($3, $4)",
+                vec![c.severity.into(), c.id.into()],
+            ),
+            None => ("", vec![]),
+        };
+        values.splice(0..0, [project_id.into(), (limit + 1).into()]);
+        let rows = findings::Entity::find()
+            .from_raw_sql(statement(
+                self.db,
+                &format!(
+                    "SELECT * FROM findings WHERE project_id = $1 AND status = 'open' {cursor} \
+                      ORDER BY severity DESC, id DESC LIMIT $2"
+                ),
+                values,
+            ))
+            .all(self.db)
+            .await?;
+        Ok(Page::from_rows(rows, limit, |f: &findings::Model| {
+            FindingCursor {
+                severity: f.severity,
+                id: f.id,
+            }
+        }))
+    }
+
+    /// What one scan saw, by finding id, keyset-paginated.
+    #[instrument(name = "findings.of_scan", skip(self))]
+    pub async fn of_scan(
+        &self,
+        scan_id: Uuid,
+        after: Option<Uuid>,
+        limit: u64,
+    ) -> Result<Page<ScanFinding, Uuid>> {
+        let limit = page_size(limit)?;
+        let mut query = finding_occurrences::Entity::find()
+            .filter(finding_occurrences::Column::ScanId.eq(scan_id));
+        if let Some(after) = after {
+            query = query.filter(finding_occurrences::Column::FindingId.gt(after));
+        }
+        let rows = query
+            .order_by_asc(finding_occurrences::Column::FindingId)
+            .limit(limit + 1)
+            .find_also_related(findings::Entity)
+            .all(self.db)
+            .await?;
+        let rows = rows
+            .into_iter()
+            .filter_map(|(occurrence, finding)| {
+                finding.map(|finding| ScanFinding {
+                    occurrence,
+                    finding,
+                })
+            })
+            .collect();
+        Ok(Page::from_rows(rows, limit, |f: &ScanFinding| f.finding.id))
+    }
+
+    /// Dismisses an open finding. Later scans that see it leave it dismissed.
+    #[instrument(name = "findings.dismiss", skip(self))]
+    pub async fn dismiss(
+        &self,
+        id: Uuid,
+        reason: DismissReason,
+        by_user_id: Option<Uuid>,
+    ) -> Result<findings::Model> {
+        let now = now();
+        self.transition(
+            id,
+            "UPDATE findings SET status = 'dismissed', dismissed_at = $1, dismissed_reason = $2, \
+                    dismissed_by_user_id = $3, updated_at = $1 \
+              WHERE id = $4 AND status = 'open' RETURNING *",
+            vec![
+                now.into(),
+                reason.as_str().into(),
+                by_user_id.into(),
+                id.into(),
+            ],
+            "only an open finding can be dismissed",
+        )
+        .await
+    }
+
+    /// Reopens a dismissed finding.
+    #[instrument(name = "findings.reopen", skip(self))]
+    pub async fn reopen(&self, id: Uuid) -> Result<findings::Model> {
+        self.transition(
+            id,
+            "UPDATE findings SET status = 'open', dismissed_at = NULL, dismissed_reason = NULL, \
+                    dismissed_by_user_id = NULL, updated_at = $1 \
+              WHERE id = $2 AND status = 'dismissed' RETURNING *",
+            vec![now().into(), id.into()],
+            "only a dismissed finding can be reopened",
+        )
+        .await
+    }
+
+    async fn transition(
+        &self,
+        id: Uuid,
+        sql: &str,
+        values: Vec<Value>,
+        refused: &str,
+    ) -> Result<findings::Model> {
+        match findings::Entity::find()
+            .from_raw_sql(statement(self.db, sql, values))
+            .one(self.db)
+            .await?
+        {
+            Some(finding) => Ok(finding),
+            None => {
+                let current = self.get(id).await?;
+                Err(Error::Conflict {
+                    constraint: "findings_status".into(),
+                    message: format!("{refused} (it is {})", current.status),
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,199 @@
+use chrono::{DateTime, FixedOffset};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
+    EntityTrait, FromQueryResult, QueryFilter,
+};
+use tracing::instrument;
+use uuid::Uuid;
+use vega_entity::projects;
+
+use crate::page::{Page, page_size};
+use crate::store::{now, statement};
+use crate::{Error, Result, SeverityCounts, validate};
+
+/// Input for [`Projects::create`].
+#[derive(Debug, Clone)]
+pub struct NewProject {
+    /// The owning (billing) user.
+    pub owner_id: Uuid,
+    /// Display name, 1 to 255 characters.
+    pub name: String,
+    /// URL slug, unique per owner: lower-case letters, digits and hyphens.
+    pub slug: String,
+    /// Optional description, up to 2,000 characters.
+    pub description: Option<String>,
+}
+
+/// A row of the project list: the project with its latest completed scan's outcome.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ProjectSummary {
+    /// The project's id.
+    pub id: Uuid,
+    /// Name.
+    pub name: String,
+    /// Slug.
+    pub slug: String,
+    /// The latest completed scan, if any.
+    pub latest_scan: Option<LatestScan>,
+}
+
+/// The part of [`ProjectSummary`] that comes from the project's latest scan.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LatestScan {
+    /// The scan's id.
+    pub id: Uuid,
+    /// Its status.
+    pub status: String,
+    /// When it finished.
+    pub finished_at: Option<DateTime<FixedOffset>>,
+    /// Its findings by severity, written when it completed.
+    pub counts: SeverityCounts,
+}
+
+#[derive(FromQueryResult)]
+struct SummaryRow {
+    id: Uuid,
+    name: String,
+    slug: String,
+    scan_id: Option<Uuid>,
+    scan_status: Option<String>,
+    finished_at: Option<DateTime<FixedOffset>>,
+    count_critical: Option<i32>,
+    count_high: Option<i32>,
+    count_medium: Option<i32>,
+    count_low: Option<i32>,
+    count_info: Option<i32>,
+    count_unknown: Option<i32>,
+}
+
+impl From<SummaryRow> for ProjectSummary {
+    fn from(r: SummaryRow) -> Self {
+        let latest_scan = match (r.scan_id, r.scan_status) {
+            (Some(id), Some(status)) => Some(LatestScan {
+                id,
+                status,
+                finished_at: r.finished_at,
+                counts: SeverityCounts {
+                    critical: r.count_critical.unwrap_or_default().into(),
+                    high: r.count_high.unwrap_or_default().into(),
+                    medium: r.count_medium.unwrap_or_default().into(),
+                    low: r.count_low.unwrap_or_default().into(),
+                    info: r.count_info.unwrap_or_default().into(),
+                    unknown: r.count_unknown.unwrap_or_default().into(),
+                },
+            }),
+            _ => None,
+        };
+        ProjectSummary {
+            id: r.id,
+            name: r.name,
+            slug: r.slug,
+            latest_scan,
+        }
+    }
+}
+
+/// The `projects` table.
+#[derive(Debug, Clone, Copy)]
+pub struct Projects<'a> {
+    pub(crate) db: &'a DatabaseConnection,
+}
+
+impl Projects<'_> {
+    /// Creates a project. A slug the owner already uses is [`Error::Conflict`] on
+    /// `projects_owner_slug_key`; an unknown owner is a conflict on `projects_owner_id_fkey`.
+    #[instrument(name = "projects.create", skip_all, fields(owner_id = %input.owner_id))]
+    pub async fn create(&self, input: NewProject) -> Result<projects::Model> {
+        let name = validate::text("name", &input.name, 1, 255)?;
+        let slug = validate::slug("slug", &input.slug)?;
+        let description =
+            validate::optional_text("description", input.description.as_deref(), 2000)?;
+        let now = now();
+        let project = projects::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            owner_id: Set(input.owner_id),
+            name: Set(name),
+            slug: Set(slug),
+            description: Set(description),
+            latest_scan_id: Set(None),
+            archived_at: Set(None),
+            created_at: Set(now),
+            updated_at: Set(now),
+        };
+        Ok(project.insert(self.db).await?)
+    }
+
+    /// The project with this id.
+    #[instrument(name = "projects.get", skip(self))]
+    pub async fn get(&self, id: Uuid) -> Result<projects::Model> {
+        projects::Entity::find_by_id(id)
+            .one(self.db)
+            .await?
+            .ok_or_else(|| Error::not_found("project", id))
+    }
+
+    /// The owner's project with this slug.
+    #[instrument(name = "projects.get_by_slug", skip(self))]
+    pub async fn get_by_slug(&self, owner_id: Uuid, slug: &str) -> Result<projects::Model> {
+        projects::Entity::find()
+            .filter(projects::Column::OwnerId.eq(owner_id))
+            .filter(projects::Column::Slug.eq(slug))
+            .one(self.db)
+            .await?
+            .ok_or_else(|| Error::not_found("project", format!("{owner_id}/{slug}")))
+    }
+
+    /// Archives the project: it leaves the project list; its data stays. Archiving twice keeps
+    /// the first time.
+    #[instrument(name = "projects.archive", skip(self))]
+    pub async fn archive(&self, id: Uuid) -> Result<projects::Model> {
+        let now = now();
+        let updated = self
+            .db
+            .execute_raw(statement(
+                self.db,
+                "UPDATE projects SET archived_at = COALESCE(archived_at, $1), updated_at = $1 \
+                 WHERE id = $2",
+                [now.into(), id.into()],
+            ))
+            .await?;
+        if updated.rows_affected() == 0 {
+            return Err(Error::not_found("project", id));
+        }
+        self.get(id).await
+    }
+
+    /// The owner's active projects, newest first, each with its latest scan's status and
+    /// severity counts. One index range scan plus a primary-key probe per row: the counts were
+    /// written once when each scan completed, never aggregated here.
+    #[instrument(name = "projects.list_for_owner", skip(self))]
+    pub async fn list_for_owner(
+        &self,
+        owner_id: Uuid,
+        after: Option<Uuid>,
+        limit: u64,
+    ) -> Result<Page<ProjectSummary, Uuid>> {
+        let limit = page_size(limit)?;
+        // Two statement shapes rather than `($2 IS NULL OR p.id < $2)`, which a cached generic
+        // plan cannot turn into an index bound.
+        let (cursor, mut values) = match after {
+            Some(after) => ("AND p.id < $3", vec![after.into()]),
+            None => ("", vec![]),
+        };
+        let sql = format!(
+            "SELECT p.id, p.name, p.slug, s.id AS scan_id, s.status AS scan_status, \
+                    s.finished_at, s.count_critical, s.count_high, s.count_medium, \
+                    s.count_low, s.count_info, s.count_unknown \
+               FROM projects p LEFT JOIN scans s ON s.id = p.latest_scan_id \
+              WHERE p.owner_id = $1 AND p.archived_at IS NULL {cursor} \
+              ORDER BY p.id DESC LIMIT $2"
+        );
+        values.insert(0, (limit + 1).into());
+        values.insert(0, owner_id.into());
+        let rows = SummaryRow::find_by_statement(statement(self.db, &sql, values))
+            .all(self.db)
+            .await?;
+        let rows = rows.into_iter().map(ProjectSummary::from).collect();
+        Ok(Page::from_rows(rows, limit, |p: &ProjectSummary| p.id))
+    }
+}

@@ -1,0 +1,538 @@
+//! The scan queue. A scan is claimed by one worker at a time under a *lease*: the worker's id
+//! and the claim's attempt number, valid until `lease_expires_at`. Every write a worker makes
+//! is fenced on `(claimed_by, attempt, status = 'running')`, so a worker whose lease expired
+//! and was rescued can no longer change the scan: it gets [`Error::LeaseLost`] instead.
+
+use std::time::Duration;
+
+use chrono::{DateTime, FixedOffset};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, TransactionTrait,
+};
+use tracing::instrument;
+use uuid::Uuid;
+use vega_entity::{ScanKind, ScanStatus, TriggerKind, scans};
+
+use crate::page::{Page, page_size};
+use crate::store::{is_postgres, now, statement};
+use crate::{Error, NewFinding, Result, findings, validate};
+
+/// Input for [`Scans::enqueue`].
+#[derive(Debug, Clone)]
+pub struct NewScan {
+    /// The repository to scan (its project is taken from it).
+    pub repository_id: Uuid,
+    /// Which scanners run.
+    pub kind: ScanKind,
+    /// What asked for it.
+    pub trigger: TriggerKind,
+    /// The snapshot to scan, when it already exists.
+    pub snapshot_id: Option<Uuid>,
+    /// Branch or tag. A full scan of the repository's default branch may mark findings fixed.
+    pub ref_name: Option<String>,
+    /// Commit, 40 or 64 hex digits.
+    pub commit_sha: Option<String>,
+    /// 1 (first) to 4 (last).
+    pub priority: i16,
+    /// Claims allowed before the scan fails for good (1 to 10).
+    pub max_attempts: i16,
+    /// The user who asked, if any.
+    pub requested_by_user_id: Option<Uuid>,
+    /// The API key that asked, if any.
+    pub requested_by_api_key_id: Option<Uuid>,
+}
+
+impl NewScan {
+    /// A full scan of `ref_name` with default priority and attempts.
+    pub fn full(repository_id: Uuid, trigger: TriggerKind, ref_name: Option<String>) -> Self {
+        Self {
+            repository_id,
+            kind: ScanKind::Full,
+            trigger,
+            snapshot_id: None,
+            ref_name,
+            commit_sha: None,
+            priority: 2,
+            max_attempts: 3,
+            requested_by_user_id: None,
+            requested_by_api_key_id: None,
+        }
+    }
+}
+
+/// A worker's right to write to one scan: valid while the scan is `running` under this
+/// worker and attempt.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Lease {
+    /// The scan.
+    pub scan_id: Uuid,
+    /// The worker holding it.
+    pub worker_id: String,
+    /// The claim's attempt number: the fencing token.
+    pub attempt: i16,
+}
+
+/// A scan claimed by [`Scans::claim_next`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The scan as claimed.
+    pub scan: scans::Model,
+    /// The lease to pass to every later call about it.
+    pub lease: Lease,
+}
+
+/// What a heartbeat learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// The new expiry.
+    pub lease_expires_at: DateTime<FixedOffset>,
+    /// Someone asked to cancel the scan: stop, then call [`Scans::acknowledge_cancel`].
+    pub cancel_requested: bool,
+}
+
+/// What [`Scans::cancel`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The scan was queued and is now canceled.
+    Canceled,
+    /// The scan is running; its worker learns of the request at its next heartbeat.
+    Requested,
+    /// The scan had already finished with this status.
+    AlreadyFinished(ScanStatus),
+}
+
+/// A scan whose lease expired, as handled by [`Scans::rescue_expired`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rescued {
+    /// The scan.
+    pub scan_id: Uuid,
+    /// `Queued` (will be retried after the backoff) or `Failed` (out of attempts).
+    pub status: ScanStatus,
+}
+
+/// The `scans` table: scan records and the work queue.
+#[derive(Debug, Clone, Copy)]
+pub struct Scans<'a> {
+    pub(crate) db: &'a DatabaseConnection,
+}
+
+impl Scans<'_> {
+    /// Queues a scan of a repository. `tracks_default_branch` is derived, not trusted: true when
+    /// `ref_name` is the repository's default branch.
+    #[instrument(name = "scans.enqueue", skip_all, fields(repository_id = %input.repository_id))]
+    pub async fn enqueue(&self, input: NewScan) -> Result<scans::Model> {
+        if !(1..=4).contains(&input.priority) {
+            return Err(Error::invalid("priority", "must be between 1 and 4"));
+        }
+        if !(1..=10).contains(&input.max_attempts) {
+            return Err(Error::invalid("max_attempts", "must be between 1 and 10"));
+        }
+        let ref_name = validate::optional_text("ref_name", input.ref_name.as_deref(), 255)?;
+        let commit_sha = input
+            .commit_sha
+            .as_deref()
+            .map(|sha| validate::commit_sha("commit_sha", sha))
+            .transpose()?;
+        let now = now();
+        let sql = "INSERT INTO scans (id, project_id, repository_id, snapshot_id, kind, trigger_kind, \
+                                      requested_by_user_id, requested_by_api_key_id, ref_name, \
+                                      commit_sha, tracks_default_branch, status, priority, \
+                                      scheduled_at, attempt, max_attempts, created_at, updated_at) \
+                   SELECT $1, r.project_id, r.id, $2, $3, $4, $5, $6, $7, $8, \
+                          COALESCE($7 = r.default_branch, false), 'queued', $9, $10, 0, $11, $10, $10 \
+                     FROM repositories r WHERE r.id = $12 \
+                   RETURNING *";
+        scans::Entity::find()
+            .from_raw_sql(statement(
+                self.db,
+                sql,
+                [
+                    Uuid::now_v7().into(),
+                    input.snapshot_id.into(),
+                    input.kind.as_str().into(),
+                    input.trigger.as_str().into(),
+                    input.requested_by_user_id.into(),
+                    input.requested_by_api_key_id.into(),
+                    ref_name.into(),
+                    commit_sha.into(),
+                    input.priority.into(),
+                    now.into(),
+                    input.max_attempts.into(),
+                    input.repository_id.into(),
+                ],
+            ))
+            .one(self.db)
+            .await?
+            .ok_or_else(|| Error::not_found("repository", input.repository_id))
+    }
+
+    /// The scan with this id.
+    #[instrument(name = "scans.get", skip(self))]
+    pub async fn get(&self, id: Uuid) -> Result<scans::Model> {
+        scans::Entity::find_by_id(id)
+            .one(self.db)
+            .await?
+            .ok_or_else(|| Error::not_found("scan", id))
+    }
+
+    /// Claims up to `limit` queued scans that are due, highest priority first, for `worker_id`,
+    /// leasing each for `lease_for`. Each scan is claimed by exactly one caller however many
+    /// claim at once: Postgres skips rows another claimer has locked (`FOR UPDATE SKIP
+    /// LOCKED`), and SQLite's single writer runs the one-statement claim atomically.
+    #[instrument(name = "scans.claim_next", skip(self))]
+    pub async fn claim_next(
+        &self,
+        worker_id: &str,
+        limit: u32,
+        lease_for: Duration,
+    ) -> Result<Vec<Claim>> {
+        let worker_id = validate::text("worker_id", worker_id, 1, 200)?;
+        if !(1..=100).contains(&limit) {
+            return Err(Error::invalid("limit", "must be between 1 and 100"));
+        }
+        let now = now();
+        let expires = now + lease_duration("lease_for", lease_for)?;
+        let sql = if is_postgres(self.db) {
+            // The CTE is an optimisation fence: the planner cannot turn the LIMITed,
+            // SKIP LOCKED subquery into a join that locks more rows than it claims.
+            "WITH next AS ( \
+                 SELECT id FROM scans WHERE status = 'queued' AND scheduled_at <= $1 \
+                  ORDER BY priority, scheduled_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             UPDATE scans s SET status = 'running', attempt = s.attempt + 1, claimed_by = $3, \
+                    claimed_at = $1, heartbeat_at = $1, lease_expires_at = $4, \
+                    started_at = COALESCE(s.started_at, $1), updated_at = $1 \
+               FROM next WHERE s.id = next.id RETURNING s.*"
+        } else {
+            "UPDATE scans SET status = 'running', attempt = attempt + 1, claimed_by = $3, \
+                    claimed_at = $1, heartbeat_at = $1, lease_expires_at = $4, \
+                    started_at = COALESCE(started_at, $1), updated_at = $1 \
+              WHERE id IN (SELECT id FROM scans WHERE status = 'queued' AND scheduled_at <= $1 \
+                            ORDER BY priority, scheduled_at, id LIMIT $2) \
+             RETURNING *"
+        };
+        let mut claimed = scans::Entity::find()
+            .from_raw_sql(statement(
+                self.db,
+                sql,
+                [
+                    now.into(),
+                    i64::from(limit).into(),
+                    worker_id.clone().into(),
+                    expires.into(),
+                ],
+            ))
+            .all(self.db)
+            .await?;
+        claimed.sort_by(|a, b| {
+            (a.priority, a.scheduled_at, a.id).cmp(&(b.priority, b.scheduled_at, b.id))
+        });
+        Ok(claimed
+            .into_iter()
+            .map(|scan| Claim {
+                lease: Lease {
+                    scan_id: scan.id,
+                    worker_id: worker_id.clone(),
+                    attempt: scan.attempt,
+                },
+                scan,
+            })
+            .collect())
+    }
+
+    /// Extends the lease by `lease_for` and reports whether cancellation was requested.
+    /// [`Error::LeaseLost`] means the worker must stop: the scan is no longer its own.
+    #[instrument(name = "scans.heartbeat", skip(self), fields(scan_id = %lease.scan_id))]
+    pub async fn heartbeat(&self, lease: &Lease, lease_for: Duration) -> Result<Heartbeat> {
+        let now = now();
+        let expires = now + lease_duration("lease_for", lease_for)?;
+        let row = self
+            .db
+            .query_one_raw(statement(
+                self.db,
+                "UPDATE scans SET heartbeat_at = $1, lease_expires_at = $2, updated_at = $1 \
+                  WHERE id = $3 AND status = 'running' AND claimed_by = $4 AND attempt = $5 \
+                 RETURNING cancel_requested_at",
+                [
+                    now.into(),
+                    expires.into(),
+                    lease.scan_id.into(),
+                    lease.worker_id.clone().into(),
+                    lease.attempt.into(),
+                ],
+            ))
+            .await?
+            .ok_or(Error::LeaseLost {
+                scan_id: lease.scan_id,
+            })?;
+        let cancel_requested_at: Option<DateTime<FixedOffset>> =
+            row.try_get("", "cancel_requested_at")?;
+        Ok(Heartbeat {
+            lease_expires_at: expires,
+            cancel_requested: cancel_requested_at.is_some(),
+        })
+    }
+
+    /// Completes the scan with its findings, in one transaction: deduplicates the findings
+    /// against the repository's, records this scan's occurrences, marks fixed what a full scan
+    /// of the tracked branch no longer sees, writes the scan's severity counts, succeeds the
+    /// scan and points its project at it. Fenced on the lease: [`Error::LeaseLost`] writes
+    /// nothing.
+    #[instrument(name = "scans.complete", skip(self, findings), fields(scan_id = %lease.scan_id, findings = findings.len()))]
+    pub async fn complete(&self, lease: &Lease, findings: Vec<NewFinding>) -> Result<scans::Model> {
+        let prepared = findings::prepare(findings)?;
+        let txn = self.db.begin().await?;
+        let scan = fence(&txn, lease).await?;
+        let summary = findings::ingest(&txn, &scan, prepared).await?;
+        let now = now();
+        let completed = scans::Entity::find()
+            .from_raw_sql(statement(
+                &txn,
+                "UPDATE scans SET status = 'succeeded', finished_at = $1, lease_expires_at = NULL, \
+                        updated_at = $1, count_critical = $2, count_high = $3, count_medium = $4, \
+                        count_low = $5, count_info = $6, count_unknown = $7, findings_total = $8, \
+                        findings_new = $9, findings_fixed = $10 \
+                  WHERE id = $11 RETURNING *",
+                [
+                    now.into(),
+                    summary.counts.critical.into(),
+                    summary.counts.high.into(),
+                    summary.counts.medium.into(),
+                    summary.counts.low.into(),
+                    summary.counts.info.into(),
+                    summary.counts.unknown.into(),
+                    summary.total.into(),
+                    summary.new.into(),
+                    summary.fixed.into(),
+                    scan.id.into(),
+                ],
+            ))
+            .one(&txn)
+            .await?
+            .ok_or(Error::LeaseLost {
+                scan_id: lease.scan_id,
+            })?;
+        // UUIDv7 order is creation order: a late completion of an older scan does not replace
+        // a newer one.
+        txn.execute_raw(statement(
+            &txn,
+            "UPDATE projects SET latest_scan_id = $1, updated_at = $2 \
+              WHERE id = $3 AND (latest_scan_id IS NULL OR latest_scan_id < $1)",
+            [scan.id.into(), now.into(), scan.project_id.into()],
+        ))
+        .await?;
+        txn.commit().await?;
+        Ok(completed)
+    }
+
+    /// Fails the scan for good with an error code and message (fenced on the lease).
+    #[instrument(name = "scans.fail", skip(self, message), fields(scan_id = %lease.scan_id))]
+    pub async fn fail(
+        &self,
+        lease: &Lease,
+        error_code: &str,
+        message: &str,
+    ) -> Result<scans::Model> {
+        let error_code = validate::text("error_code", error_code, 1, 64)?;
+        let message: String = message.trim().chars().take(4000).collect();
+        self.finish(lease, ScanStatus::Failed, Some(error_code), Some(message))
+            .await
+    }
+
+    /// Records that the worker stopped after a cancel request (fenced on the lease).
+    #[instrument(name = "scans.acknowledge_cancel", skip(self), fields(scan_id = %lease.scan_id))]
+    pub async fn acknowledge_cancel(&self, lease: &Lease) -> Result<scans::Model> {
+        self.finish(lease, ScanStatus::Canceled, None, None).await
+    }
+
+    async fn finish(
+        &self,
+        lease: &Lease,
+        status: ScanStatus,
+        error_code: Option<String>,
+        error_message: Option<String>,
+    ) -> Result<scans::Model> {
+        let now = now();
+        scans::Entity::find()
+            .from_raw_sql(statement(
+                self.db,
+                "UPDATE scans SET status = $1, finished_at = $2, lease_expires_at = NULL, \
+                        error_code = $3, error_message = $4, updated_at = $2 \
+                  WHERE id = $5 AND status = 'running' AND claimed_by = $6 AND attempt = $7 \
+                 RETURNING *",
+                [
+                    status.as_str().into(),
+                    now.into(),
+                    error_code.into(),
+                    error_message.into(),
+                    lease.scan_id.into(),
+                    lease.worker_id.clone().into(),
+                    lease.attempt.into(),
+                ],
+            ))
+            .one(self.db)
+            .await?
+            .ok_or(Error::LeaseLost {
+                scan_id: lease.scan_id,
+            })
+    }
+
+    /// Cancels a queued scan at once, or asks the worker running it to stop.
+    #[instrument(name = "scans.cancel", skip(self))]
+    pub async fn cancel(&self, id: Uuid) -> Result<CancelOutcome> {
+        let now = now();
+        let canceled = self
+            .db
+            .execute_raw(statement(
+                self.db,
+                "UPDATE scans SET status = 'canceled', finished_at = $1, updated_at = $1 \
+                  WHERE id = $2 AND status = 'queued'",
+                [now.into(), id.into()],
+            ))
+            .await?;
+        if canceled.rows_affected() == 1 {
+            return Ok(CancelOutcome::Canceled);
+        }
+        let requested = self
+            .db
+            .execute_raw(statement(
+                self.db,
+                "UPDATE scans SET cancel_requested_at = COALESCE(cancel_requested_at, $1), \
+                        updated_at = $1 WHERE id = $2 AND status = 'running'",
+                [now.into(), id.into()],
+            ))
+            .await?;
+        if requested.rows_affected() == 1 {
+            return Ok(CancelOutcome::Requested);
+        }
+        let scan = self.get(id).await?;
+        Ok(CancelOutcome::AlreadyFinished(stored_status(&scan)?))
+    }
+
+    /// Finds running scans whose lease has expired (their worker died or stalled) and takes
+    /// them back: re-queued after `backoff × attempt`, or failed with `lease_expired` once
+    /// `max_attempts` claims have been used. Safe to run from several processes at once: each
+    /// scan is taken back by a statement fenced on the attempt that expired.
+    #[instrument(name = "scans.rescue_expired", skip(self))]
+    pub async fn rescue_expired(&self, backoff: Duration) -> Result<Vec<Rescued>> {
+        let now = now();
+        let expired = scans::Entity::find()
+            .select_only()
+            .column(scans::Column::Id)
+            .column(scans::Column::Attempt)
+            .column(scans::Column::MaxAttempts)
+            .filter(scans::Column::Status.eq(ScanStatus::Running.as_str()))
+            .filter(scans::Column::LeaseExpiresAt.lt(now))
+            .into_tuple::<(Uuid, i16, i16)>()
+            .all(self.db)
+            .await?;
+        let mut rescued = Vec::with_capacity(expired.len());
+        for (id, attempt, max_attempts) in expired {
+            let retry = attempt < max_attempts;
+            let (status, scheduled_at, finished_at) = if retry {
+                let delay = lease_duration(
+                    "backoff",
+                    backoff.saturating_mul(u32::try_from(attempt).unwrap_or(1)),
+                )?;
+                (ScanStatus::Queued, Some(now + delay), None)
+            } else {
+                (ScanStatus::Failed, None, Some(now))
+            };
+            let updated = self
+                .db
+                .execute_raw(statement(
+                    self.db,
+                    "UPDATE scans SET status = $1, scheduled_at = COALESCE($2, scheduled_at), \
+                            finished_at = $3, claimed_by = NULL, lease_expires_at = NULL, \
+                            error_code = 'lease_expired', updated_at = $4 \
+                      WHERE id = $5 AND attempt = $6 AND status = 'running' AND lease_expires_at < $4",
+                    [
+                        status.as_str().into(),
+                        scheduled_at.into(),
+                        finished_at.into(),
+                        now.into(),
+                        id.into(),
+                        attempt.into(),
+                    ],
+                ))
+                .await?;
+            if updated.rows_affected() == 1 {
+                tracing::warn!(scan_id = %id, attempt, %status, "rescued a scan whose lease expired");
+                rescued.push(Rescued {
+                    scan_id: id,
+                    status,
+                });
+            }
+        }
+        Ok(rescued)
+    }
+
+    /// The project's scans, newest first.
+    #[instrument(name = "scans.history", skip(self))]
+    pub async fn history(
+        &self,
+        project_id: Uuid,
+        before: Option<Uuid>,
+        limit: u64,
+    ) -> Result<Page<scans::Model, Uuid>> {
+        let limit = page_size(limit)?;
+        let mut query = scans::Entity::find().filter(scans::Column::ProjectId.eq(project_id));
+        if let Some(before) = before {
+            query = query.filter(scans::Column::Id.lt(before));
+        }
+        let rows = query
+            .order_by_desc(scans::Column::Id)
+            .limit(limit + 1)
+            .all(self.db)
+            .await?;
+        Ok(Page::from_rows(rows, limit, |s: &scans::Model| s.id))
+    }
+
+    /// The scans a worker holds right now.
+    #[instrument(name = "scans.held_by", skip(self))]
+    pub async fn held_by(&self, worker_id: &str) -> Result<Vec<scans::Model>> {
+        Ok(scans::Entity::find()
+            .filter(scans::Column::Status.eq(ScanStatus::Running.as_str()))
+            .filter(scans::Column::ClaimedBy.eq(worker_id))
+            .order_by_asc(scans::Column::ClaimedAt)
+            .all(self.db)
+            .await?)
+    }
+}
+
+/// Checks the lease inside a transaction and returns the scan. On Postgres the UPDATE also
+/// locks the row, so a rescuer that runs concurrently waits for this transaction and then
+/// finds the scan no longer running.
+async fn fence(txn: &impl ConnectionTrait, lease: &Lease) -> Result<scans::Model> {
+    scans::Entity::find()
+        .from_raw_sql(statement(
+            txn,
+            "UPDATE scans SET updated_at = $1 \
+              WHERE id = $2 AND status = 'running' AND claimed_by = $3 AND attempt = $4 \
+             RETURNING *",
+            [
+                now().into(),
+                lease.scan_id.into(),
+                lease.worker_id.clone().into(),
+                lease.attempt.into(),
+            ],
+        ))
+        .one(txn)
+        .await?
+        .ok_or(Error::LeaseLost {
+            scan_id: lease.scan_id,
+        })
+}
+
+fn lease_duration(field: &str, d: Duration) -> Result<chrono::Duration> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .filter(|d| *d <= chrono::Duration::days(7))
+        .ok_or_else(|| Error::invalid(field, "must be at most 7 days"))
+}
+
+fn stored_status(scan: &scans::Model) -> Result<ScanStatus> {
+    scan.status.parse().map_err(|e: vega_entity::UnknownValue| {
+        Error::Database(sea_orm::DbErr::Type(e.to_string()))
+    })
+}

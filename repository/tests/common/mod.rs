@@ -1,0 +1,72 @@
+//! Fixtures shared by the repository tests.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use vega_entity::{FindingCategory, Provider, Severity, projects, repositories, users};
+use vega_repository::{NewFinding, NewProject, NewRepository, NewUser, Store};
+use vega_tests::TestDb;
+
+pub async fn store(db: &TestDb) -> Store {
+    Store::from_connection(db.conn().clone()).await.unwrap()
+}
+
+pub async fn user(store: &Store) -> users::Model {
+    store
+        .users()
+        .create(NewUser {
+            email: format!("{}@Example.com", uuid::Uuid::new_v4().simple()),
+            display_name: Some("Ada".into()),
+        })
+        .await
+        .unwrap()
+}
+
+pub async fn project(store: &Store, owner: &users::Model, slug: &str) -> projects::Model {
+    store
+        .projects()
+        .create(NewProject {
+            owner_id: owner.id,
+            name: format!("Project {slug}"),
+            slug: slug.into(),
+            description: None,
+        })
+        .await
+        .unwrap()
+}
+
+/// A user, a project and a GitHub repository whose default branch is `main`.
+pub async fn repository(store: &Store) -> repositories::Model {
+    let owner = user(store).await;
+    let project = project(store, &owner, "web").await;
+    store
+        .repositories()
+        .add(NewRepository {
+            project_id: project.id,
+            provider: Provider::Github,
+            provider_xid: Some(uuid::Uuid::new_v4().to_string()),
+            full_name: Some("acme/web".into()),
+            clone_url: Some("https://github.com/acme/web.git".into()),
+            default_branch: Some("main".into()),
+        })
+        .await
+        .unwrap()
+}
+
+pub fn finding(rule: &str, path: &str, severity: Severity) -> NewFinding {
+    NewFinding {
+        scanner: "semgrep".into(),
+        category: FindingCategory::Sast,
+        rule_id: rule.into(),
+        title: format!("{rule} in {path}"),
+        severity,
+        file_path: Some(path.into()),
+        start_line: Some(10),
+        end_line: Some(12),
+        location_key: "match-0".into(),
+        cwe: Some(95),
+        cve: None,
+        package_name: None,
+        package_version: None,
+        details: None,
+    }
+}

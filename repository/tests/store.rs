@@ -1,0 +1,52 @@
+//! Start-up: the store refuses a schema it does not match, and says why it cannot connect.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use vega_config::DatabaseSettings;
+use vega_migration::status::known_versions;
+use vega_repository::{Error, PoolOptions, Store};
+use vega_tests::TestDb;
+
+#[tokio::test]
+async fn an_unmigrated_database_is_refused_with_the_pending_versions() {
+    let db = TestDb::postgres_empty().await;
+    let err = Store::from_connection(db.conn().clone()).await.unwrap_err();
+    match &err {
+        Error::SchemaOutdated { pending, unknown } => {
+            assert_eq!(pending, &known_versions());
+            assert!(unknown.is_empty());
+        }
+        other => panic!("expected SchemaOutdated, got {other:?}"),
+    }
+    assert!(err.to_string().contains("vega-migrate up"), "{err}");
+    assert_eq!(err.http_status(), 503);
+}
+
+#[tokio::test]
+async fn a_migrated_database_is_accepted_through_the_settings() {
+    let db = TestDb::postgres().await;
+    let settings = DatabaseSettings::for_url(db.url()).unwrap();
+    let store = Store::connect(&settings, &PoolOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        store
+            .users()
+            .find_by_email("x@example.com")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_unavailable_with_hints() {
+    let settings = DatabaseSettings::for_url("postgres://vega:hunter2@127.0.0.1:1/vega").unwrap();
+    let err = Store::connect(&settings, &PoolOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains("pg_isready"), "{message}");
+    assert!(!message.contains("hunter2"), "{message}");
+}
