@@ -25,7 +25,7 @@ use crate::{Error, Result, fingerprint, validate};
 const CHUNK: usize = 1000;
 
 /// One finding reported by a scanner, as passed to [`crate::Scans::complete`].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 pub struct NewFinding {
     /// The tool (`semgrep`, `gitleaks`, `trivy`, ...).
     pub scanner: String,

@@ -74,7 +74,7 @@ pub struct Lease {
 }
 
 /// A scan claimed by [`Scans::claim_next`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Claim {
     /// The scan as claimed.
     pub scan: scans::Model,

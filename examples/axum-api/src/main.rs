@@ -1,0 +1,21 @@
+//! Serves the example API: `cargo run -p vega-example-api` (listens on `VEGA_LISTEN`,
+//! default 127.0.0.1:8080; database settings as everywhere, see the README).
+
+use tracing_subscriber::EnvFilter;
+use vega_repository::{PoolOptions, Store};
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let settings = vega_config::Settings::from_env()?;
+    let store = Store::connect(&settings.database, &PoolOptions::default()).await?;
+    let addr = std::env::var("VEGA_LISTEN").unwrap_or_else(|_| "127.0.0.1:8080".into());
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    tracing::info!(%addr, "listening");
+    axum::serve(listener, vega_example_api::router(store)).await?;
+    Ok(())
+}
