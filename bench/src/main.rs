@@ -1,0 +1,292 @@
+//! `vega-bench`: measures Vega storage's hot paths on the local Postgres, each beside a
+//! baseline run in the same process, and prints one table (median, min, max, ratio to the
+//! baseline). `--quick` runs tiny sizes so the test command keeps the benchmarks compiling and
+//! working; real figures come from `cargo run --release -p vega-bench`.
+//!
+//! The database is `VEGA_BENCH_DATABASE_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/vega_bench`; it is dropped and re-migrated at start.
+
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use sea_orm::{
+    ActiveValue::Set, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, EntityTrait,
+};
+use vega_entity::{FindingCategory, Provider, Severity, TriggerKind, findings};
+use vega_migration::{Migrator, MigratorTrait};
+use vega_repository::{
+    NewFinding, NewProject, NewRepository, NewScan, NewUser, PoolOptions, Store,
+};
+
+#[derive(Parser)]
+#[command(name = "vega-bench")]
+struct Args {
+    /// Tiny sizes, one run each: checks that every scenario still works.
+    #[arg(long)]
+    quick: bool,
+    /// Findings per ingested scan.
+    #[arg(long, default_value_t = 100_000)]
+    findings: usize,
+    /// Runs per scenario.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+#[derive(serde::Serialize)]
+struct Row {
+    scenario: String,
+    rows: usize,
+    median_ms: f64,
+    min_ms: f64,
+    max_ms: f64,
+    rows_per_s: f64,
+    baseline: Option<String>,
+    ratio: Option<f64>,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = Args::parse();
+    if args.quick {
+        args.findings = 200;
+        args.runs = 1;
+    }
+    let db = fresh_database().await?;
+    let store = Store::from_connection(db.clone()).await?;
+    let mut rows = Vec::new();
+    ingest(&store, &db, &args, &mut rows).await?;
+    print(&rows);
+    if let Some(path) = args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&rows)?)?;
+    }
+    Ok(())
+}
+
+async fn fresh_database() -> Result<DatabaseConnection, Box<dyn std::error::Error>> {
+    let url = std::env::var("VEGA_BENCH_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/vega_bench".into());
+    let (server, name) = url
+        .rsplit_once('/')
+        .ok_or("VEGA_BENCH_DATABASE_URL has no database name")?;
+    let admin = Database::connect(format!("{server}/postgres")).await?;
+    admin
+        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await?;
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await?;
+    admin.close().await?;
+    let mut options = ConnectOptions::new(&url);
+    options
+        .sqlx_logging(false)
+        .test_before_acquire(false)
+        .max_connections(PoolOptions::default().max_connections);
+    let db = Database::connect(options).await?;
+    Migrator::up(&db, None).await?;
+    Ok(db)
+}
+
+fn synthetic_findings(n: usize) -> Vec<NewFinding> {
+    (0..n)
+        .map(|i| NewFinding {
+            scanner: ["semgrep", "gitleaks", "trivy"][i % 3].into(),
+            category: [
+                FindingCategory::Sast,
+                FindingCategory::Secret,
+                FindingCategory::Dependency,
+            ][i % 3],
+            rule_id: format!("rule-{}", i % 211),
+            title: format!("Finding {i} of a synthetic scan"),
+            severity: Severity::ALL[i % 6],
+            file_path: Some(format!("src/module_{}/file_{}.py", i % 97, i)),
+            start_line: Some((i % 500 + 1) as i32),
+            end_line: Some((i % 500 + 3) as i32),
+            location_key: format!("match-{i}"),
+            cwe: Some(79),
+            cve: None,
+            package_name: None,
+            package_version: None,
+            details: None,
+        })
+        .collect()
+}
+
+/// Scan completion with N findings: all new, then the same findings again on the same
+/// repository (all existing), beside SeaORM `insert_many` of the bare finding rows.
+async fn ingest(
+    store: &Store,
+    db: &DatabaseConnection,
+    args: &Args,
+    rows: &mut Vec<Row>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let owner = store
+        .users()
+        .create(NewUser {
+            email: "bench@example.com".into(),
+            display_name: None,
+        })
+        .await?;
+    let batch = synthetic_findings(args.findings);
+    let (mut fresh, mut again, mut bare) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..args.runs {
+        let project = store
+            .projects()
+            .create(NewProject {
+                owner_id: owner.id,
+                name: "bench".into(),
+                slug: format!("bench-{run}"),
+                description: None,
+            })
+            .await?;
+        let repo = store
+            .repositories()
+            .add(NewRepository {
+                project_id: project.id,
+                provider: Provider::Upload,
+                provider_xid: None,
+                full_name: None,
+                clone_url: None,
+                default_branch: Some("main".into()),
+            })
+            .await?;
+        for times in [&mut fresh, &mut again] {
+            store
+                .scans()
+                .enqueue(NewScan::full(
+                    repo.id,
+                    TriggerKind::Api,
+                    Some("main".into()),
+                ))
+                .await?;
+            let claim = store
+                .scans()
+                .claim_next("bench", 1, Duration::from_secs(3600))
+                .await?
+                .remove(0);
+            let started = Instant::now();
+            store.scans().complete(&claim.lease, batch.clone()).await?;
+            times.push(started.elapsed());
+        }
+
+        // Baseline: the same rows, bare, through SeaORM's insert_many in 1,000-row statements
+        // (no dedup, no occurrences, no counts) into a fresh repository.
+        let bare_repo = store
+            .repositories()
+            .add(NewRepository {
+                project_id: project.id,
+                provider: Provider::Git,
+                provider_xid: Some(format!("bare-{run}")),
+                full_name: None,
+                clone_url: None,
+                default_branch: None,
+            })
+            .await?;
+        let now = chrono::Utc::now().fixed_offset();
+        let models: Vec<findings::ActiveModel> = batch
+            .iter()
+            .map(|f| findings::ActiveModel {
+                id: Set(uuid::Uuid::now_v7()),
+                project_id: Set(project.id),
+                repository_id: Set(bare_repo.id),
+                fingerprint: Set(f.fingerprint().to_vec()),
+                scanner: Set(f.scanner.clone()),
+                category: Set(f.category.as_str().into()),
+                rule_id: Set(f.rule_id.clone()),
+                title: Set(f.title.clone()),
+                severity: Set(f.severity.as_i16()),
+                scanner_severity: Set(f.severity.as_i16()),
+                severity_overridden: Set(false),
+                cwe: Set(f.cwe),
+                cve: Set(None),
+                file_path: Set(f.file_path.clone()),
+                start_line: Set(f.start_line),
+                end_line: Set(f.end_line),
+                package_name: Set(None),
+                package_version: Set(None),
+                status: Set("open".into()),
+                dismissed_reason: Set(None),
+                dismissed_at: Set(None),
+                dismissed_by_user_id: Set(None),
+                first_seen_scan_id: Set(None),
+                last_seen_scan_id: Set(None),
+                fixed_in_scan_id: Set(None),
+                first_seen_at: Set(now),
+                last_seen_at: Set(now),
+                fixed_at: Set(None),
+                times_seen: Set(1),
+                details: Set(None),
+                created_at: Set(now),
+                updated_at: Set(now),
+            })
+            .collect();
+        let started = Instant::now();
+        let txn = sea_orm::TransactionTrait::begin(db).await?;
+        for chunk in models.chunks(1000) {
+            findings::Entity::insert_many(chunk.to_vec())
+                .exec_without_returning(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+        bare.push(started.elapsed());
+    }
+    let n = args.findings;
+    let baseline = summary("findings: SeaORM insert_many of bare rows", n, &bare, None);
+    rows.push(summary(
+        "scan complete: ingest, all new",
+        n,
+        &fresh,
+        Some(&baseline),
+    ));
+    rows.push(summary(
+        "scan complete: ingest, all existing",
+        n,
+        &again,
+        Some(&baseline),
+    ));
+    rows.push(baseline);
+    Ok(())
+}
+
+fn summary(scenario: &str, n: usize, times: &[Duration], baseline: Option<&Row>) -> Row {
+    let mut ms: Vec<f64> = times.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+    ms.sort_by(f64::total_cmp);
+    let median = ms.get(ms.len() / 2).copied().unwrap_or_default();
+    Row {
+        scenario: scenario.into(),
+        rows: n,
+        median_ms: median,
+        min_ms: ms.first().copied().unwrap_or_default(),
+        max_ms: ms.last().copied().unwrap_or_default(),
+        rows_per_s: if median > 0.0 {
+            n as f64 / (median / 1e3)
+        } else {
+            0.0
+        },
+        baseline: baseline.map(|b| b.scenario.clone()),
+        ratio: baseline.map(|b| median / b.median_ms),
+    }
+}
+
+fn print(rows: &[Row]) {
+    println!(
+        "{:<45} {:>8} {:>10} {:>10} {:>10} {:>10} {:>7}",
+        "scenario", "rows", "median ms", "min ms", "max ms", "rows/s", "ratio"
+    );
+    for r in rows {
+        println!(
+            "{:<45} {:>8} {:>10.1} {:>10.1} {:>10.1} {:>10.0} {:>7}",
+            r.scenario,
+            r.rows,
+            r.median_ms,
+            r.min_ms,
+            r.max_ms,
+            r.rows_per_s,
+            r.ratio
+                .map(|x| format!("{x:.2}x"))
+                .unwrap_or_else(|| "base".into())
+        );
+    }
+}

@@ -1,0 +1,254 @@
+//! The local-filesystem backend.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+use crate::{BlobError, ListPage, ObjectKey, ObjectMeta, Stored};
+
+const TEMP_MARKER: &str = ".tmp-";
+const STALE_TEMP: Duration = Duration::from_secs(3600);
+const PAGE: usize = 1000;
+
+#[derive(Debug, Clone)]
+pub(crate) struct FsStore {
+    root: PathBuf,
+}
+
+impl FsStore {
+    pub(crate) fn at(root: &Path) -> Result<Self, BlobError> {
+        std::fs::create_dir_all(root)?;
+        let root = root.canonicalize()?;
+        sweep_stale_temp_files(&root, SystemTime::now())?;
+        Ok(Self { root })
+    }
+
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The file for a key. Keys cannot contain `..`; on top of that, the deepest directory of
+    /// the path that exists is resolved (following symlinks) and must be under the root
+    /// *before* anything is created, so a symlink cannot lead a write, or a `mkdir`, outside.
+    fn path(&self, key: &ObjectKey, create_dirs: bool) -> Result<PathBuf, BlobError> {
+        let path = self.root.join(key.as_str());
+        let parent = path.parent().unwrap_or(&self.root).to_owned();
+        let mut existing = parent.as_path();
+        while !existing.exists() {
+            existing = existing.parent().unwrap_or(&self.root);
+        }
+        self.contain(key, existing)?;
+        if create_dirs {
+            std::fs::create_dir_all(&parent)?;
+            self.contain(key, &parent)?;
+        }
+        Ok(path)
+    }
+
+    fn contain(&self, key: &ObjectKey, dir: &Path) -> Result<(), BlobError> {
+        if dir.canonicalize()?.starts_with(&self.root) {
+            Ok(())
+        } else {
+            Err(BlobError::InvalidKey {
+                key: key.to_string(),
+                reason: "resolves outside the blob directory".into(),
+            })
+        }
+    }
+
+    pub(crate) async fn put_reader(
+        &self,
+        key: &ObjectKey,
+        mut reader: impl AsyncRead + Unpin + Send,
+    ) -> Result<Stored, BlobError> {
+        let path = self.path(key, true)?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let temp = path.with_file_name(format!(".{name}{TEMP_MARKER}{}", uuid::Uuid::new_v4()));
+        let result = async {
+            let mut file = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&temp)
+                .await?;
+            let mut hasher = Sha256::new();
+            let mut size = 0u64;
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let n = reader.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                file.write_all(&buf[..n]).await?;
+                size += n as u64;
+            }
+            file.sync_all().await?;
+            drop(file);
+            // A hard link is an atomic create-if-absent: the key either appears complete or
+            // not at all, and an existing object is never replaced.
+            match tokio::fs::hard_link(&temp, &path).await {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    return Err(BlobError::AlreadyExists {
+                        key: key.to_string(),
+                    });
+                }
+                other => other?,
+            }
+            if let Some(dir) = path.parent() {
+                tokio::fs::File::open(dir).await?.sync_all().await?;
+            }
+            Ok(Stored {
+                size,
+                sha256: hasher.finalize().into(),
+            })
+        }
+        .await;
+        let _ = tokio::fs::remove_file(&temp).await;
+        result
+    }
+
+    pub(crate) async fn open(
+        &self,
+        key: &ObjectKey,
+    ) -> Result<Pin<Box<dyn AsyncRead + Send>>, BlobError> {
+        match tokio::fs::File::open(self.path(key, false)?).await {
+            Ok(file) => Ok(Box::pin(tokio::io::BufReader::with_capacity(
+                256 * 1024,
+                file,
+            ))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(BlobError::NotFound {
+                key: key.to_string(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub(crate) async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, BlobError> {
+        match tokio::fs::metadata(self.path(key, false)?).await {
+            Ok(meta) => Ok(Some(ObjectMeta {
+                key: key.to_string(),
+                size: meta.len(),
+                last_modified: meta.modified().ok(),
+            })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub(crate) async fn delete(&self, key: &ObjectKey) -> Result<(), BlobError> {
+        let path = self.path(key, false)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        // Remove directories the delete emptied, up to the root (best effort: a concurrent
+        // write may have refilled one).
+        let mut dir = path.parent();
+        while let Some(d) = dir {
+            if d == self.root || tokio::fs::remove_dir(d).await.is_err() {
+                break;
+            }
+            dir = d.parent();
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn list(
+        &self,
+        prefix: &str,
+        after: Option<String>,
+    ) -> Result<ListPage, BlobError> {
+        let root = self.root.clone();
+        let prefix = prefix.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut objects = Vec::new();
+            walk(&root, &root, &prefix, &mut objects)?;
+            objects.sort_by(|a: &ObjectMeta, b| a.key.cmp(&b.key));
+            let start = match &after {
+                Some(after) => objects.partition_point(|o| o.key.as_str() <= after.as_str()),
+                None => 0,
+            };
+            let mut page: Vec<_> = objects.into_iter().skip(start).take(PAGE + 1).collect();
+            let next = if page.len() > PAGE {
+                page.truncate(PAGE);
+                page.last().map(|o| o.key.clone())
+            } else {
+                None
+            };
+            Ok(ListPage {
+                objects: page,
+                next,
+            })
+        })
+        .await
+        .map_err(|e| BlobError::Io(io::Error::other(e)))?
+    }
+}
+
+fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectMeta>) -> io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let path = entry.path();
+        let Ok(relative) = path.strip_prefix(root) else {
+            continue;
+        };
+        let key = relative.to_string_lossy().replace('\\', "/");
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            // Only descend where keys with the prefix can be.
+            let dir_key = format!("{key}/");
+            if dir_key.starts_with(prefix) || prefix.starts_with(&dir_key) {
+                walk(root, &path, prefix, out)?;
+            }
+        } else if kind.is_file() && key.starts_with(prefix) && !is_temp(&path) {
+            let meta = entry.metadata()?;
+            out.push(ObjectMeta {
+                key,
+                size: meta.len(),
+                last_modified: meta.modified().ok(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn is_temp(path: &Path) -> bool {
+    path.file_name()
+        .map(|n| n.to_string_lossy())
+        .is_some_and(|n| n.starts_with('.') && n.contains(TEMP_MARKER))
+}
+
+/// Removes temporary files an interrupted write left behind.
+fn sweep_stale_temp_files(dir: &Path, now: SystemTime) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            sweep_stale_temp_files(&path, now)?;
+        } else if is_temp(&path) {
+            let age = entry
+                .metadata()?
+                .modified()
+                .ok()
+                .and_then(|m| now.duration_since(m).ok());
+            if age.is_some_and(|a| a > STALE_TEMP) {
+                tracing::info!(path = %path.display(), "removing a stale temporary blob file");
+                std::fs::remove_file(&path)?;
+            }
+        }
+    }
+    Ok(())
+}
