@@ -55,7 +55,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.runs = 1;
     }
     let db = fresh_database().await?;
-    let store = Store::from_connection(db.clone()).await?;
+    let blobs =
+        vega_blobstore::BlobStore::filesystem(std::env::temp_dir().join("vega-bench-blobs"))?;
+    let store = Store::from_parts(db.clone(), blobs).await?;
     let mut rows = Vec::new();
     ingest(&store, &db, &args, &mut rows).await?;
     print(&rows);

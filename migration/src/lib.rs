@@ -25,6 +25,7 @@ mod m20261123_000002_scans;
 mod m20261123_000003_findings;
 mod m20261123_000004_artifacts;
 mod m20261123_000005_activity;
+mod m20261123_000006_object_deletions;
 
 pub use sea_orm_migration::MigratorTrait;
 use sea_orm_migration::prelude::*;
@@ -48,6 +49,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000003_findings::Migration),
             Box::new(m20261123_000004_artifacts::Migration),
             Box::new(m20261123_000005_activity::Migration),
+            Box::new(m20261123_000006_object_deletions::Migration),
         ]
     }
 }

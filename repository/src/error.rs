@@ -1,5 +1,6 @@
 use sea_orm::{DbErr, RuntimeErr, sqlx};
 use uuid::Uuid;
+use vega_blobstore::BlobError;
 
 /// Everything a repository method can fail with. Each variant maps to one HTTP status
 /// ([`Error::http_status`]) so handlers can translate errors without inspecting messages.
@@ -55,6 +56,9 @@ pub enum Error {
     /// Any other database error (500).
     #[error("database error: {0}")]
     Database(DbErr),
+    /// The blob store failed.
+    #[error(transparent)]
+    Blob(#[from] BlobError),
 }
 
 /// Repository results.
@@ -69,6 +73,14 @@ impl Error {
             Error::Invalid { .. } => 422,
             Error::SchemaOutdated { .. } | Error::Unavailable(_) => 503,
             Error::Database(_) => 500,
+            Error::Blob(err) => match err {
+                BlobError::NotFound { .. } => 404,
+                BlobError::AlreadyExists { .. } => 409,
+                BlobError::InvalidKey { .. } => 422,
+                BlobError::Unsupported(..) => 501,
+                BlobError::Integrity { .. } => 500,
+                BlobError::Io(_) | BlobError::S3 { .. } => 503,
+            },
         }
     }
 

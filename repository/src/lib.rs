@@ -5,7 +5,7 @@
 //! # async fn demo() -> vega_repository::Result<()> {
 //! use vega_repository::{PoolOptions, Store};
 //! let settings = vega_config::Settings::from_env().expect("settings");
-//! let store = Store::connect(&settings.database, &PoolOptions::default()).await?;
+//! let store = Store::connect(&settings, &PoolOptions::default()).await?;
 //! let claims = store.scans().claim_next("worker-1", 1, std::time::Duration::from_secs(60)).await?;
 //! # Ok(()) }
 //! ```
@@ -23,6 +23,7 @@
 //!   (`FOR UPDATE SKIP LOCKED`) it is used there, with a correct SQLite form beside it.
 
 mod api_keys;
+mod artifacts;
 mod error;
 mod events;
 mod findings;
@@ -39,6 +40,7 @@ mod validate;
 mod workers;
 
 pub use api_keys::{ApiKeys, ApiToken, IssuedKey, LAST_USED_THROTTLE, NewApiKey};
+pub use artifacts::{Artifacts, AuditReport, GcOptions, GcReport, ScanObject};
 pub use error::{Error, Result};
 pub use events::{EventCursor, EventFeed, Events, NewEvent};
 pub use findings::{FindingCursor, Findings, NewFinding, ScanFinding, SeverityCounts};

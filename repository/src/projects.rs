@@ -163,6 +163,17 @@ impl Projects<'_> {
         self.get(id).await
     }
 
+    /// Deletes the project with everything it owns (repositories, snapshots, scans, findings,
+    /// keys); its objects are queued for `purge` in the same transaction.
+    #[instrument(name = "projects.delete", skip(self))]
+    pub async fn delete(&self, id: Uuid) -> Result<()> {
+        if crate::artifacts::delete_with_objects(self.db, "projects", "project_id", id).await? {
+            Ok(())
+        } else {
+            Err(Error::not_found("project", id))
+        }
+    }
+
     /// The owner's active projects, newest first, each with its latest scan's status and
     /// severity counts. One index range scan plus a primary-key probe per row: the counts were
     /// written once when each scan completed, never aggregated here.

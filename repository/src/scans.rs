@@ -488,6 +488,17 @@ impl Scans<'_> {
         Ok(Page::from_rows(rows, limit, |s: &scans::Model| s.id))
     }
 
+    /// Deletes the scan with its occurrences and objects (queued for `purge` in the same
+    /// transaction); findings it first or last saw keep existing.
+    #[instrument(name = "scans.delete", skip(self))]
+    pub async fn delete(&self, id: Uuid) -> Result<()> {
+        if crate::artifacts::delete_with_objects(self.db, "scans", "scan_id", id).await? {
+            Ok(())
+        } else {
+            Err(Error::not_found("scan", id))
+        }
+    }
+
     /// The scans a worker holds right now.
     #[instrument(name = "scans.held_by", skip(self))]
     pub async fn held_by(&self, worker_id: &str) -> Result<Vec<scans::Model>> {

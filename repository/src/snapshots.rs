@@ -148,6 +148,17 @@ impl Snapshots<'_> {
         Ok(ready)
     }
 
+    /// Deletes the snapshot; its archive is queued for `purge` in the same transaction and scans
+    /// that read it keep their history.
+    #[instrument(name = "snapshots.delete", skip(self))]
+    pub async fn delete(&self, id: Uuid) -> Result<()> {
+        if crate::artifacts::delete_with_objects(self.db, "snapshots", "snapshot_id", id).await? {
+            Ok(())
+        } else {
+            Err(Error::not_found("snapshot", id))
+        }
+    }
+
     /// The repository's newest ready snapshot.
     #[instrument(name = "snapshots.latest_for_repository", skip(self))]
     pub async fn latest_for_repository(

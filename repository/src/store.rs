@@ -2,12 +2,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset, SubsecRound, Utc};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, Value};
-use vega_config::{Backend, DatabaseSettings};
+use vega_blobstore::BlobStore;
+use vega_config::{Backend, Settings};
 use vega_migration::status::SchemaStatus;
 
 use crate::{
-    ApiKeys, Error, Events, Findings, Projects, Repositories, Result, Scans, Snapshots, Usage,
-    Users, Workers,
+    ApiKeys, Artifacts, Error, Events, Findings, Projects, Repositories, Result, Scans, Snapshots,
+    Usage, Users, Workers,
 };
 
 /// Connection-pool settings for [`Store::connect`].
@@ -40,6 +41,7 @@ impl Default for PoolOptions {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: DatabaseConnection,
+    blobs: BlobStore,
 }
 
 impl Store {
@@ -49,8 +51,10 @@ impl Store {
     /// reached, and with [`Error::SchemaOutdated`] listing the versions when migrations are
     /// pending or the database was migrated by a newer build: the "migrations not applied"
     /// and "constraint violation after deploy" failures become one message at start-up.
-    pub async fn connect(settings: &DatabaseSettings, pool: &PoolOptions) -> Result<Self> {
+    pub async fn connect(settings: &Settings, pool: &PoolOptions) -> Result<Self> {
         settings.log_effective();
+        let blobs = BlobStore::from_settings(&settings.blob).await?;
+        let settings = &settings.database;
         let mut options = settings.connect_options();
         // Statements are logged at TRACE (free unless enabled), slow ones at WARN; sea-orm only
         // honours the slow-statement threshold when statement logging is on.
@@ -75,11 +79,11 @@ impl Store {
             .connect(options)
             .await
             .map_err(|e| Error::Unavailable(e.to_string()))?;
-        Self::from_connection(db).await
+        Self::from_parts(db, blobs).await
     }
 
-    /// Wraps an existing connection after checking its schema (tests, tools).
-    pub async fn from_connection(db: DatabaseConnection) -> Result<Self> {
+    /// Wraps an existing connection and blob store after checking the schema (tests, tools).
+    pub async fn from_parts(db: DatabaseConnection, blobs: BlobStore) -> Result<Self> {
         let status = SchemaStatus::read(&db).await?;
         if !status.is_current() {
             return Err(Error::SchemaOutdated {
@@ -87,12 +91,25 @@ impl Store {
                 unknown: status.unknown,
             });
         }
-        Ok(Self { db })
+        Ok(Self { db, blobs })
     }
 
     /// The underlying connection, for queries no repository covers yet.
     pub fn connection(&self) -> &DatabaseConnection {
         &self.db
+    }
+
+    /// The blob store, for objects no repository covers yet.
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
+    /// Stored objects: source archives, reports, event logs, debug bundles.
+    pub fn artifacts(&self) -> Artifacts<'_> {
+        Artifacts {
+            db: &self.db,
+            blobs: &self.blobs,
+        }
     }
 
     /// Users.

@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use vega_config::DatabaseSettings;
+use vega_config::{BlobSettings, DatabaseSettings, Settings, Source};
 use vega_migration::status::known_versions;
 use vega_repository::{Error, PoolOptions, Store};
 use vega_tests::TestDb;
@@ -10,7 +10,9 @@ use vega_tests::TestDb;
 #[tokio::test]
 async fn an_unmigrated_database_is_refused_with_the_pending_versions() {
     let db = TestDb::postgres_empty().await;
-    let err = Store::from_connection(db.conn().clone()).await.unwrap_err();
+    let err = Store::from_parts(db.conn().clone(), vega_tests::scratch_blob_store())
+        .await
+        .unwrap_err();
     match &err {
         Error::SchemaOutdated { pending, unknown } => {
             assert_eq!(pending, &known_versions());
@@ -25,7 +27,7 @@ async fn an_unmigrated_database_is_refused_with_the_pending_versions() {
 #[tokio::test]
 async fn a_migrated_database_is_accepted_through_the_settings() {
     let db = TestDb::postgres().await;
-    let settings = DatabaseSettings::for_url(db.url()).unwrap();
+    let settings = settings(db.url());
     let store = Store::connect(&settings, &PoolOptions::default())
         .await
         .unwrap();
@@ -41,7 +43,7 @@ async fn a_migrated_database_is_accepted_through_the_settings() {
 
 #[tokio::test]
 async fn an_unreachable_database_is_unavailable_with_hints() {
-    let settings = DatabaseSettings::for_url("postgres://vega:hunter2@127.0.0.1:1/vega").unwrap();
+    let settings = settings("postgres://vega:hunter2@127.0.0.1:1/vega");
     let err = Store::connect(&settings, &PoolOptions::default())
         .await
         .unwrap_err();
@@ -49,4 +51,14 @@ async fn an_unreachable_database_is_unavailable_with_hints() {
     let message = err.to_string();
     assert!(message.contains("pg_isready"), "{message}");
     assert!(!message.contains("hunter2"), "{message}");
+}
+
+fn settings(url: &str) -> Settings {
+    Settings {
+        database: DatabaseSettings::for_url(url).unwrap(),
+        blob: BlobSettings::Fs {
+            root: std::env::temp_dir().join(format!("vega-blobs-{}", uuid::Uuid::new_v4())),
+            root_source: Source::Given,
+        },
+    }
 }

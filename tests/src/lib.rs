@@ -188,6 +188,12 @@ macro_rules! on_both_backends {
     };
 }
 
+/// A filesystem blob store in a fresh temporary directory.
+pub fn scratch_blob_store() -> vega_blobstore::BlobStore {
+    let dir = std::env::temp_dir().join(format!("vega-blobs-{}", uuid::Uuid::new_v4()));
+    vega_blobstore::BlobStore::filesystem(dir).expect("create a scratch blob directory")
+}
+
 fn admin_url() -> String {
     std::env::var("VEGA_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_owned())
 }

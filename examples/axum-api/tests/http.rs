@@ -10,7 +10,9 @@ use vega_tests::TestDb;
 #[tokio::test]
 async fn a_project_is_created_scanned_and_listed_with_counts() {
     let db = TestDb::postgres().await;
-    let store = Store::from_connection(db.conn().clone()).await.unwrap();
+    let store = Store::from_parts(db.conn().clone(), vega_tests::scratch_blob_store())
+        .await
+        .unwrap();
     let user = store
         .users()
         .create(NewUser {

@@ -7,7 +7,9 @@ use vega_repository::{NewFinding, NewProject, NewRepository, NewUser, Store};
 use vega_tests::TestDb;
 
 pub async fn store(db: &TestDb) -> Store {
-    Store::from_connection(db.conn().clone()).await.unwrap()
+    Store::from_parts(db.conn().clone(), vega_tests::scratch_blob_store())
+        .await
+        .unwrap()
 }
 
 pub async fn user(store: &Store) -> users::Model {

@@ -1,0 +1,144 @@
+//! `vega-admin`: operator commands over the configured database and blob store (the same
+//! `VEGA_*` settings as every Vega binary).
+//!
+//! - `purge`: delete the objects of deleted projects, scans and snapshots;
+//! - `gc`: find objects no row knows and uploads that never committed, older than a grace
+//!   period; dry-run unless `--apply`;
+//! - `audit`: committed rows whose object is missing or differs (exit 3 when any).
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use vega_repository::{GcOptions, PoolOptions, Store};
+
+/// Exit code of `audit` when it finds problems.
+const EXIT_FINDINGS: u8 = 3;
+
+#[derive(Parser)]
+#[command(name = "vega-admin", version)]
+struct Cli {
+    /// Print the report as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Delete the objects queued by deletes of projects, scans and snapshots. Safe to run
+    /// repeatedly and concurrently.
+    Purge,
+    /// Remove objects no row references and uploads that never committed, older than the
+    /// grace period. Prints what it would remove unless --apply is given.
+    Gc {
+        /// Leave anything younger than this alone: it may be an upload in progress.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        grace: Duration,
+        /// Remove what is found (the default is a dry run).
+        #[arg(long)]
+        apply: bool,
+    },
+    /// List committed rows whose object is missing or has the wrong size (and, with
+    /// --verify-content, the wrong SHA-256), and pending rows older than the grace period.
+    Audit {
+        /// Pending rows older than this are reported.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        grace: Duration,
+        /// Read every object and check its SHA-256 (slow: reads all the bytes).
+        #[arg(long)]
+        verify_content: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()).await {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
+    let settings = vega_config::Settings::from_env()?;
+    let store = Store::connect(&settings, &PoolOptions::default()).await?;
+    let artifacts = store.artifacts();
+    match cli.command {
+        Command::Purge => {
+            let purged = artifacts.purge().await?;
+            print(cli.json, &serde_json::json!({ "purged": purged }), || {
+                format!("purged {purged} objects")
+            });
+            Ok(0)
+        }
+        Command::Gc { grace, apply } => {
+            let report = artifacts
+                .gc(
+                    GcOptions {
+                        grace,
+                        dry_run: !apply,
+                    },
+                    |scanned| {
+                        eprint!("\rlisted {scanned} objects…");
+                        let _ = std::io::stderr().flush();
+                    },
+                )
+                .await?;
+            eprintln!();
+            print(cli.json, &report, || {
+                let verb = if report.removed {
+                    "removed"
+                } else {
+                    "would remove (dry run; --apply to remove)"
+                };
+                format!(
+                    "listed {} objects; {verb} {} orphaned objects ({} bytes) and {} stale pending uploads",
+                    report.scanned, report.orphans, report.orphan_bytes, report.stale_pending
+                )
+            });
+            Ok(0)
+        }
+        Command::Audit {
+            grace,
+            verify_content,
+        } => {
+            let report = artifacts.audit(grace, verify_content).await?;
+            print(cli.json, &report, || {
+                let mut lines = vec![format!("checked {} committed objects", report.checked)];
+                for (label, keys) in [
+                    ("missing", &report.missing),
+                    ("wrong size", &report.size_mismatch),
+                    ("wrong sha256", &report.sha256_mismatch),
+                    ("stale pending", &report.stale_pending),
+                ] {
+                    lines.extend(keys.iter().map(|k| format!("  {label}: {k}")));
+                }
+                lines.join("\n")
+            });
+            Ok(if report.is_clean() { 0 } else { EXIT_FINDINGS })
+        }
+    }
+}
+
+fn print(json: bool, value: &impl serde::Serialize, text: impl FnOnce() -> String) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        );
+    } else {
+        println!("{}", text());
+    }
+}

@@ -1,0 +1,566 @@
+//! The row/object protocol. Every object Vega writes is registered in `artifacts`:
+//!
+//! - **write**: insert the row `pending` (its key names a fresh id), upload create-only while
+//!   hashing, then in one transaction mark the row `committed` with size and SHA-256 (and, for
+//!   a source archive, the snapshot `ready`). A crash leaves a pending row, or an object no
+//!   row knows: `gc` removes both after a grace period;
+//! - **read**: the object is streamed and verified against the row's SHA-256 and size;
+//! - **delete**: removing a project, scan or snapshot records its objects' keys in the
+//!   `object_deletions` outbox in the same transaction; `purge` deletes the objects, then the
+//!   outbox rows, so it is safe to run twice or concurrently;
+//! - **audit**: committed rows whose object is missing or differs, and stale pending rows.
+
+use std::time::{Duration, SystemTime};
+
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, TransactionTrait, Value,
+};
+use tokio::io::AsyncRead;
+use tracing::instrument;
+use uuid::Uuid;
+use vega_blobstore::{BlobStore, ObjectKey, VerifiedReader};
+use vega_entity::{ArtifactKind, SnapshotStatus, artifacts, object_deletions};
+
+use crate::store::{now, statement};
+use crate::{Error, Result};
+
+/// The kinds of object a scan owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanObject {
+    /// The scan's report (`report.json`).
+    Report,
+    /// Its JSON event log (`events.jsonl`).
+    EventLog,
+    /// A debug bundle (a scan may have several).
+    DebugBundle,
+}
+
+/// Options for [`Artifacts::gc`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcOptions {
+    /// Only objects and pending rows older than this are touched: younger ones may belong to
+    /// an upload in progress.
+    pub grace: Duration,
+    /// Report what would be removed without removing it.
+    pub dry_run: bool,
+}
+
+/// What [`Artifacts::gc`] found (and, unless dry-run, removed).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GcReport {
+    /// Objects listed.
+    pub scanned: u64,
+    /// Objects no row knows, older than the grace period.
+    pub orphans: u64,
+    /// Their bytes.
+    pub orphan_bytes: u64,
+    /// Pending rows older than the grace period (uploads that never committed).
+    pub stale_pending: u64,
+    /// Whether anything was removed.
+    pub removed: bool,
+}
+
+/// What [`Artifacts::audit`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AuditReport {
+    /// Committed rows checked.
+    pub checked: u64,
+    /// Keys of committed rows whose object is missing.
+    pub missing: Vec<String>,
+    /// Keys whose object's size differs from the row's.
+    pub size_mismatch: Vec<String>,
+    /// Keys whose object's SHA-256 differs from the row's (only with content verification).
+    pub sha256_mismatch: Vec<String>,
+    /// Keys of pending rows older than the grace period.
+    pub stale_pending: Vec<String>,
+}
+
+impl AuditReport {
+    /// True when nothing is wrong.
+    pub fn is_clean(&self) -> bool {
+        self.missing.is_empty()
+            && self.size_mismatch.is_empty()
+            && self.sha256_mismatch.is_empty()
+            && self.stale_pending.is_empty()
+    }
+}
+
+/// The `artifacts` table and the objects it registers.
+#[derive(Debug, Clone, Copy)]
+pub struct Artifacts<'a> {
+    pub(crate) db: &'a DatabaseConnection,
+    pub(crate) blobs: &'a BlobStore,
+}
+
+enum Owner {
+    Snapshot { project_id: Uuid, snapshot_id: Uuid },
+    Scan { project_id: Uuid, scan_id: Uuid },
+}
+
+impl Artifacts<'_> {
+    /// Stores a pending snapshot's source archive (any size, streamed) and marks the snapshot
+    /// ready with it.
+    #[instrument(name = "artifacts.store_snapshot_archive", skip(self, source))]
+    pub async fn store_snapshot_archive(
+        &self,
+        snapshot_id: Uuid,
+        source: impl AsyncRead + Unpin + Send,
+        file_count: Option<i32>,
+    ) -> Result<artifacts::Model> {
+        if file_count.is_some_and(|n| n < 0) {
+            return Err(Error::invalid("file_count", "must not be negative"));
+        }
+        let snapshot = vega_entity::snapshots::Entity::find_by_id(snapshot_id)
+            .one(self.db)
+            .await?
+            .ok_or_else(|| Error::not_found("snapshot", snapshot_id))?;
+        if snapshot.status != SnapshotStatus::Pending.as_str() {
+            return Err(Error::Conflict {
+                constraint: "snapshots_status".into(),
+                message: format!("the snapshot is {}, not pending", snapshot.status),
+            });
+        }
+        let owner = Owner::Snapshot {
+            project_id: snapshot.project_id,
+            snapshot_id,
+        };
+        let id = Uuid::now_v7();
+        let key = ObjectKey::snapshot_archive(snapshot.project_id, snapshot_id);
+        self.store(
+            id,
+            owner,
+            ArtifactKind::SourceArchive,
+            key,
+            "application/gzip",
+            source,
+            file_count,
+        )
+        .await
+    }
+
+    /// Stores one of a scan's objects (streamed, any size).
+    #[instrument(name = "artifacts.store_scan_object", skip(self, source))]
+    pub async fn store_scan_object(
+        &self,
+        scan_id: Uuid,
+        kind: ScanObject,
+        source: impl AsyncRead + Unpin + Send,
+    ) -> Result<artifacts::Model> {
+        let scan = vega_entity::scans::Entity::find_by_id(scan_id)
+            .one(self.db)
+            .await?
+            .ok_or_else(|| Error::not_found("scan", scan_id))?;
+        let id = Uuid::now_v7();
+        let (kind, key, content_type) = match kind {
+            ScanObject::Report => (
+                ArtifactKind::ScanReport,
+                ObjectKey::scan_report(scan.project_id, scan_id),
+                "application/json",
+            ),
+            ScanObject::EventLog => (
+                ArtifactKind::EventLog,
+                ObjectKey::scan_event_log(scan.project_id, scan_id),
+                "application/x-ndjson",
+            ),
+            ScanObject::DebugBundle => (
+                ArtifactKind::DebugBundle,
+                ObjectKey::debug_bundle(scan.project_id, scan_id, id),
+                "application/gzip",
+            ),
+        };
+        let owner = Owner::Scan {
+            project_id: scan.project_id,
+            scan_id,
+        };
+        self.store(id, owner, kind, key, content_type, source, None)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn store(
+        &self,
+        id: Uuid,
+        owner: Owner,
+        kind: ArtifactKind,
+        key: ObjectKey,
+        content_type: &str,
+        source: impl AsyncRead + Unpin + Send,
+        file_count: Option<i32>,
+    ) -> Result<artifacts::Model> {
+        let (project_id, snapshot_id, scan_id) = match owner {
+            Owner::Snapshot {
+                project_id,
+                snapshot_id,
+            } => (project_id, Some(snapshot_id), None),
+            Owner::Scan {
+                project_id,
+                scan_id,
+            } => (project_id, None, Some(scan_id)),
+        };
+        // 1. The row first, so every object that exists has a row or is older than one.
+        self.db
+            .execute_raw(statement(
+                self.db,
+                "INSERT INTO artifacts (id, project_id, snapshot_id, scan_id, kind, object_key, \
+                                        content_type, state, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8)",
+                [
+                    id.into(),
+                    project_id.into(),
+                    snapshot_id.into(),
+                    scan_id.into(),
+                    kind.as_str().into(),
+                    key.as_str().into(),
+                    content_type.into(),
+                    now().into(),
+                ],
+            ))
+            .await?;
+        // 2. The object, outside any transaction.
+        let stored = match self.blobs.put_reader(&key, source).await {
+            Ok(stored) => stored,
+            Err(err) => {
+                // Tidy up now if we can; otherwise gc finds the pending row after the grace
+                // period. An object that was already there is not ours to delete.
+                if !matches!(err, vega_blobstore::BlobError::AlreadyExists { .. }) {
+                    let _ = self.blobs.delete(&key).await;
+                }
+                let _ = self
+                    .db
+                    .execute_raw(statement(
+                        self.db,
+                        "DELETE FROM artifacts WHERE id = $1 AND state = 'pending'",
+                        [id.into()],
+                    ))
+                    .await;
+                return Err(err.into());
+            }
+        };
+        // 3. Commit the row (and the snapshot) together.
+        let now = now();
+        let txn = self.db.begin().await?;
+        let committed = artifacts::Entity::find()
+            .from_raw_sql(statement(
+                &txn,
+                "UPDATE artifacts SET state = 'committed', size_bytes = $1, sha256 = $2, committed_at = $3 \
+                  WHERE id = $4 AND state = 'pending' RETURNING *",
+                [
+                    i64::try_from(stored.size).unwrap_or(i64::MAX).into(),
+                    stored.sha256.to_vec().into(),
+                    now.into(),
+                    id.into(),
+                ],
+            ))
+            .one(&txn)
+            .await?;
+        let Some(committed) = committed else {
+            // The owner was deleted while we uploaded: the object must go too.
+            enqueue_deletion(&txn, key.as_str()).await?;
+            txn.commit().await?;
+            return Err(Error::Conflict {
+                constraint: "artifacts_owner".into(),
+                message: "the owner was deleted during the upload".into(),
+            });
+        };
+        if let Some(snapshot_id) = snapshot_id {
+            let ready = txn
+                .execute_raw(statement(
+                    &txn,
+                    "UPDATE snapshots SET status = 'ready', ready_at = $1, file_count = $2 \
+                      WHERE id = $3 AND status = 'pending'",
+                    [now.into(), file_count.into(), snapshot_id.into()],
+                ))
+                .await?;
+            if ready.rows_affected() == 0 {
+                return Err(Error::Conflict {
+                    constraint: "snapshots_status".into(),
+                    message: "the snapshot stopped being pending during the upload".into(),
+                });
+            }
+        }
+        txn.commit().await?;
+        Ok(committed)
+    }
+
+    /// The artifact with this id.
+    #[instrument(name = "artifacts.get", skip(self))]
+    pub async fn get(&self, id: Uuid) -> Result<artifacts::Model> {
+        artifacts::Entity::find_by_id(id)
+            .one(self.db)
+            .await?
+            .ok_or_else(|| Error::not_found("artifact", id))
+    }
+
+    /// A committed artifact's bytes, verified against its SHA-256 and size as they stream (the
+    /// read fails at the end if they differ).
+    #[instrument(name = "artifacts.open", skip(self))]
+    pub async fn open(&self, id: Uuid) -> Result<VerifiedReader> {
+        let (key, sha256, size) = self.committed(id).await?;
+        Ok(self.blobs.get(&key, sha256, Some(size)).await?)
+    }
+
+    /// A URL that downloads the artifact without credentials until it expires (S3 only).
+    #[instrument(name = "artifacts.download_url", skip(self))]
+    pub async fn download_url(&self, id: Uuid, expires: Duration) -> Result<String> {
+        let (key, ..) = self.committed(id).await?;
+        Ok(self.blobs.presign_get(&key, expires).await?)
+    }
+
+    async fn committed(&self, id: Uuid) -> Result<(ObjectKey, [u8; 32], u64)> {
+        let artifact = self.get(id).await?;
+        let (Some(sha256), Some(size)) = (artifact.sha256, artifact.size_bytes) else {
+            return Err(Error::Conflict {
+                constraint: "artifacts_state".into(),
+                message: "the artifact's upload has not completed".into(),
+            });
+        };
+        let sha256 = <[u8; 32]>::try_from(sha256)
+            .map_err(|_| Error::Database(sea_orm::DbErr::Type("sha256 is not 32 bytes".into())))?;
+        Ok((
+            ObjectKey::parse(artifact.object_key)?,
+            sha256,
+            u64::try_from(size).unwrap_or_default(),
+        ))
+    }
+
+    /// The project's, scan's or snapshot's artifacts.
+    #[instrument(name = "artifacts.list_for_scan", skip(self))]
+    pub async fn list_for_scan(&self, scan_id: Uuid) -> Result<Vec<artifacts::Model>> {
+        Ok(artifacts::Entity::find()
+            .filter(artifacts::Column::ScanId.eq(scan_id))
+            .order_by_asc(artifacts::Column::Id)
+            .all(self.db)
+            .await?)
+    }
+
+    /// Deletes the objects queued for deletion, then their outbox rows; returns how many. Safe
+    /// to run twice or from several processes: deleting a missing object succeeds.
+    #[instrument(name = "artifacts.purge", skip(self))]
+    pub async fn purge(&self) -> Result<u64> {
+        let mut purged = 0;
+        loop {
+            let batch: Vec<String> = object_deletions::Entity::find()
+                .select_only()
+                .column(object_deletions::Column::ObjectKey)
+                .order_by_asc(object_deletions::Column::RequestedAt)
+                .limit(500)
+                .into_tuple()
+                .all(self.db)
+                .await?;
+            if batch.is_empty() {
+                return Ok(purged);
+            }
+            for key in &batch {
+                self.blobs.delete(&ObjectKey::parse(key.as_str())?).await?;
+            }
+            let placeholders = (1..=batch.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let values: Vec<Value> = batch.iter().map(|k| k.as_str().into()).collect();
+            self.db
+                .execute_raw(statement(
+                    self.db,
+                    &format!("DELETE FROM object_deletions WHERE object_key IN ({placeholders})"),
+                    values,
+                ))
+                .await?;
+            purged += batch.len() as u64;
+        }
+    }
+
+    /// Removes what failed writes left behind: pending rows older than the grace period (and
+    /// their objects), and objects no row knows that are older than the grace period. Dry-run
+    /// by default in the CLI; `progress` is called with the number of objects listed so far.
+    #[instrument(name = "artifacts.gc", skip(self, progress))]
+    pub async fn gc(&self, options: GcOptions, mut progress: impl FnMut(u64)) -> Result<GcReport> {
+        let mut report = GcReport {
+            removed: !options.dry_run,
+            ..GcReport::default()
+        };
+        let cutoff = grace_cutoff(options.grace)?;
+        let stale = stale_pending(self.db, options.grace).await?;
+        report.stale_pending = stale.len() as u64;
+        if !options.dry_run {
+            for (id, key) in &stale {
+                self.blobs.delete(&ObjectKey::parse(key.as_str())?).await?;
+                self.db
+                    .execute_raw(statement(
+                        self.db,
+                        "DELETE FROM artifacts WHERE id = $1 AND state = 'pending'",
+                        [(*id).into()],
+                    ))
+                    .await?;
+            }
+        }
+        let mut page = None;
+        loop {
+            let listed = self.blobs.list("projects/", page).await?;
+            report.scanned += listed.objects.len() as u64;
+            let keys: Vec<&str> = listed.objects.iter().map(|o| o.key.as_str()).collect();
+            let known = known_keys(self.db, &keys).await?;
+            for object in &listed.objects {
+                let old = object.last_modified.is_none_or(|t| t < cutoff);
+                if old && !known.contains(&object.key) {
+                    report.orphans += 1;
+                    report.orphan_bytes += object.size;
+                    if !options.dry_run {
+                        tracing::info!(key = %object.key, size = object.size, "removing an object no row references");
+                        self.blobs
+                            .delete(&ObjectKey::parse(object.key.as_str())?)
+                            .await?;
+                    }
+                }
+            }
+            progress(report.scanned);
+            match listed.next {
+                Some(next) => page = Some(next),
+                None => return Ok(report),
+            }
+        }
+    }
+
+    /// Checks every committed artifact's object (existence and size; with `verify_content`,
+    /// also the SHA-256 by reading it) and lists pending rows older than `grace`.
+    #[instrument(name = "artifacts.audit", skip(self))]
+    pub async fn audit(&self, grace: Duration, verify_content: bool) -> Result<AuditReport> {
+        let mut report = AuditReport::default();
+        let mut after = Uuid::nil();
+        loop {
+            let batch = artifacts::Entity::find()
+                .filter(artifacts::Column::State.eq("committed"))
+                .filter(artifacts::Column::Id.gt(after))
+                .order_by_asc(artifacts::Column::Id)
+                .limit(500)
+                .all(self.db)
+                .await?;
+            let Some(last) = batch.last() else { break };
+            after = last.id;
+            for artifact in batch {
+                report.checked += 1;
+                let key = ObjectKey::parse(artifact.object_key.as_str())?;
+                let expected = artifact.size_bytes.and_then(|s| u64::try_from(s).ok());
+                match self.blobs.head(&key).await? {
+                    None => report.missing.push(artifact.object_key),
+                    Some(meta) if Some(meta.size) != expected => {
+                        report.size_mismatch.push(artifact.object_key)
+                    }
+                    Some(_) if verify_content => {
+                        let sha256 = artifact
+                            .sha256
+                            .as_deref()
+                            .and_then(|s| <[u8; 32]>::try_from(s).ok())
+                            .unwrap_or_default();
+                        let mut reader = self.blobs.get(&key, sha256, expected).await?;
+                        if tokio::io::copy(&mut reader, &mut tokio::io::sink())
+                            .await
+                            .is_err()
+                        {
+                            report.sha256_mismatch.push(artifact.object_key);
+                        }
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        report.stale_pending = stale_pending(self.db, grace)
+            .await?
+            .into_iter()
+            .map(|(_, k)| k)
+            .collect();
+        Ok(report)
+    }
+}
+
+fn grace_cutoff(grace: Duration) -> Result<SystemTime> {
+    SystemTime::now()
+        .checked_sub(grace)
+        .ok_or_else(|| Error::invalid("grace", "is too long"))
+}
+
+async fn stale_pending(db: &DatabaseConnection, grace: Duration) -> Result<Vec<(Uuid, String)>> {
+    let cutoff = now()
+        - chrono::Duration::from_std(grace).map_err(|_| Error::invalid("grace", "is too long"))?;
+    Ok(artifacts::Entity::find()
+        .select_only()
+        .column(artifacts::Column::Id)
+        .column(artifacts::Column::ObjectKey)
+        .filter(artifacts::Column::State.eq("pending"))
+        .filter(artifacts::Column::CreatedAt.lt(cutoff))
+        .into_tuple()
+        .all(db)
+        .await?)
+}
+
+/// Which of `keys` a row (any state) or the deletion outbox knows.
+async fn known_keys(
+    db: &DatabaseConnection,
+    keys: &[&str],
+) -> Result<std::collections::HashSet<String>> {
+    let mut known = std::collections::HashSet::new();
+    for chunk in keys.chunks(500) {
+        if chunk.is_empty() {
+            continue;
+        }
+        let placeholders = (1..=chunk.len())
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let values: Vec<Value> = chunk.iter().map(|k| (*k).into()).collect();
+        let rows = db
+            .query_all_raw(statement(
+                db,
+                &format!(
+                    "SELECT object_key FROM artifacts WHERE object_key IN ({placeholders}) \
+                     UNION SELECT object_key FROM object_deletions WHERE object_key IN ({placeholders})"
+                ),
+                values,
+            ))
+            .await?;
+        for row in rows {
+            known.insert(row.try_get::<String>("", "object_key")?);
+        }
+    }
+    Ok(known)
+}
+
+async fn enqueue_deletion(db: &impl ConnectionTrait, key: &str) -> Result<()> {
+    db.execute_raw(statement(
+        db,
+        "INSERT INTO object_deletions (object_key, requested_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        [key.into(), now().into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Deletes a project, scan or snapshot row in one transaction, first queueing the keys of the
+/// objects its cascade is about to unregister. Returns false when the row did not exist.
+pub(crate) async fn delete_with_objects(
+    db: &DatabaseConnection,
+    table: &'static str,
+    owner_column: &'static str,
+    id: Uuid,
+) -> Result<bool> {
+    let txn = db.begin().await?;
+    txn.execute_raw(statement(
+        &txn,
+        &format!(
+            "INSERT INTO object_deletions (object_key, requested_at) \
+             SELECT object_key, $1 FROM artifacts WHERE {owner_column} = $2 \
+             ON CONFLICT DO NOTHING"
+        ),
+        [now().into(), id.into()],
+    ))
+    .await?;
+    let deleted = txn
+        .execute_raw(statement(
+            &txn,
+            &format!("DELETE FROM {table} WHERE id = $1"),
+            [id.into()],
+        ))
+        .await?;
+    txn.commit().await?;
+    Ok(deleted.rows_affected() == 1)
+}
