@@ -6,6 +6,8 @@
 //! The database is `VEGA_BENCH_DATABASE_URL`, default
 //! `postgres://postgres@127.0.0.1:5432/vega_bench`; it is dropped and re-migrated at start.
 
+mod blob;
+
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -30,13 +32,19 @@ struct Args {
     /// Runs per scenario.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Size of the blob put/get object, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    blob_mib: u64,
+    /// Scenarios to run (default: all).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
 }
 
 #[derive(serde::Serialize)]
-struct Row {
+pub(crate) struct Row {
     scenario: String,
     rows: usize,
     median_ms: f64,
@@ -53,13 +61,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if args.quick {
         args.findings = 200;
         args.runs = 1;
+        args.blob_mib = 8;
     }
-    let db = fresh_database().await?;
-    let blobs =
-        vega_blobstore::BlobStore::filesystem(std::env::temp_dir().join("vega-bench-blobs"))?;
-    let store = Store::from_parts(db.clone(), blobs).await?;
+    let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     let mut rows = Vec::new();
-    ingest(&store, &db, &args, &mut rows).await?;
+    // Blobs first, so the peak-memory reading is not inflated by the ingest scenarios.
+    if wanted("blob") {
+        blob::run(args.blob_mib, &mut rows).await?;
+    }
+    if wanted("ingest") {
+        let db = fresh_database().await?;
+        let blobs =
+            vega_blobstore::BlobStore::filesystem(std::env::temp_dir().join("vega-bench-blobs"))?;
+        let store = Store::from_parts(db.clone(), blobs).await?;
+        ingest(&store, &db, &args, &mut rows).await?;
+    }
     print(&rows);
     if let Some(path) = args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&rows)?)?;
@@ -252,7 +268,7 @@ async fn ingest(
     Ok(())
 }
 
-fn summary(scenario: &str, n: usize, times: &[Duration], baseline: Option<&Row>) -> Row {
+pub(crate) fn summary(scenario: &str, n: usize, times: &[Duration], baseline: Option<&Row>) -> Row {
     let mut ms: Vec<f64> = times.iter().map(|d| d.as_secs_f64() * 1e3).collect();
     ms.sort_by(f64::total_cmp);
     let median = ms.get(ms.len() / 2).copied().unwrap_or_default();
@@ -275,7 +291,7 @@ fn summary(scenario: &str, n: usize, times: &[Duration], baseline: Option<&Row>)
 fn print(rows: &[Row]) {
     println!(
         "{:<45} {:>8} {:>10} {:>10} {:>10} {:>10} {:>7}",
-        "scenario", "rows", "median ms", "min ms", "max ms", "rows/s", "ratio"
+        "scenario", "rows/MiB", "median ms", "min ms", "max ms", "per s", "ratio"
     );
     for r in rows {
         println!(
