@@ -12,7 +12,7 @@ use vega_tests::s3::{BUCKET, S3Server};
 
 use crate::{Row, summary};
 
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+use crate::Result;
 
 pub(crate) async fn run(mib: u64, rows: &mut Vec<Row>) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("vega-bench-blob-{}", uuid::Uuid::new_v4()));
@@ -21,7 +21,12 @@ pub(crate) async fn run(mib: u64, rows: &mut Vec<Row>) -> Result<()> {
     write_source(&source, mib).await?;
     let n = mib as usize;
 
-    let copy = time(|| async { std::fs::copy(&source, dir.join("copy")).map(|_| ()).map_err(Into::into) }).await?;
+    let copy = time(|| async {
+        std::fs::copy(&source, dir.join("copy"))
+            .map(|_| ())
+            .map_err(Into::into)
+    })
+    .await?;
     let cp = summary("blob: std::fs::copy", n, &[copy], None);
 
     let fs = BlobStore::filesystem(dir.join("fs"))?;
@@ -44,7 +49,14 @@ pub(crate) async fn run(mib: u64, rows: &mut Vec<Row>) -> Result<()> {
     })
     .await?;
     let raw_get = time(|| async {
-        let mut body = client.get_object().bucket(BUCKET).key("raw").send().await?.body.into_async_read();
+        let mut body = client
+            .get_object()
+            .bucket(BUCKET)
+            .key("raw")
+            .send()
+            .await?
+            .body
+            .into_async_read();
         tokio::io::copy(&mut body, &mut tokio::io::sink()).await?;
         Ok(())
     })
@@ -53,12 +65,25 @@ pub(crate) async fn run(mib: u64, rows: &mut Vec<Row>) -> Result<()> {
     let raw_get = summary("blob: s3 raw aws-sdk GetObject", n, &[raw_get], None);
     let s3 = server.blob_store(None, S3Options::default());
     let (put, get) = put_get(&s3, &source, "s3").await?;
-    rows.push(summary("blob: s3 put (multipart, sha256)", n, &[put], Some(&raw_put)));
-    rows.push(summary("blob: s3 get (verified)", n, &[get], Some(&raw_get)));
+    rows.push(summary(
+        "blob: s3 put (multipart, sha256)",
+        n,
+        &[put],
+        Some(&raw_put),
+    ));
+    rows.push(summary(
+        "blob: s3 get (verified)",
+        n,
+        &[get],
+        Some(&raw_get),
+    ));
     rows.push(raw_put);
     rows.push(raw_get);
     if let Some(kib) = peak_rss_kib() {
-        println!("peak RSS after the blob scenarios ({mib} MiB objects, s3s-fs in process): {} MiB", kib / 1024);
+        println!(
+            "peak RSS after the blob scenarios ({mib} MiB objects, s3s-fs in process): {} MiB",
+            kib / 1024
+        );
     }
     std::fs::remove_dir_all(&dir)?;
     Ok(())

@@ -6,7 +6,15 @@
 //! The database is `VEGA_BENCH_DATABASE_URL`, default
 //! `postgres://postgres@127.0.0.1:5432/vega_bench`; it is dropped and re-migrated at start.
 
+/// Errors of the benchmark (it stops at the first).
+pub(crate) type Error = Box<dyn std::error::Error + Send + Sync>;
+/// Results of the benchmark.
+pub(crate) type Result<T> = std::result::Result<T, Error>;
+
 mod blob;
+mod copy;
+mod queue;
+mod reads;
 
 use std::time::{Duration, Instant};
 
@@ -32,6 +40,18 @@ struct Args {
     /// Runs per scenario.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Projects in the project-list scenario.
+    #[arg(long, default_value_t = 10_000)]
+    projects: u64,
+    /// Open findings in the big project of the read scenarios.
+    #[arg(long, default_value_t = 1_000_000)]
+    open_findings: u64,
+    /// Queued scans in the worker-loop scenario.
+    #[arg(long, default_value_t = 10_000)]
+    queue_scans: u64,
+    /// Calls per latency measurement.
+    #[arg(long, default_value_t = 500)]
+    iterations: usize,
     /// Size of the blob put/get object, in MiB.
     #[arg(long, default_value_t = 1024)]
     blob_mib: u64,
@@ -56,12 +76,17 @@ pub(crate) struct Row {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<()> {
     let mut args = Args::parse();
     if args.quick {
         args.findings = 200;
         args.runs = 1;
         args.blob_mib = 8;
+        args.projects = 100;
+        // Page 1,000 of 50 needs 50k open findings.
+        args.open_findings = 50_000;
+        args.queue_scans = 50;
+        args.iterations = 5;
     }
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     let mut rows = Vec::new();
@@ -69,12 +94,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if wanted("blob") {
         blob::run(args.blob_mib, &mut rows).await?;
     }
+    let (db, url) = fresh_database().await?;
+    let blobs =
+        vega_blobstore::BlobStore::filesystem(std::env::temp_dir().join("vega-bench-blobs"))?;
+    let store = Store::from_parts(db.clone(), blobs).await?;
     if wanted("ingest") {
-        let db = fresh_database().await?;
-        let blobs =
-            vega_blobstore::BlobStore::filesystem(std::env::temp_dir().join("vega-bench-blobs"))?;
-        let store = Store::from_parts(db.clone(), blobs).await?;
         ingest(&store, &db, &args, &mut rows).await?;
+    }
+    if wanted("reads") {
+        let sizes = reads::Sizes {
+            projects: args.projects,
+            findings: args.open_findings,
+            iterations: args.iterations,
+        };
+        reads::run(&store, &db, &url, &sizes, &mut rows).await?;
+    }
+    if wanted("queue") {
+        queue::run(&store, &db, &url, args.queue_scans, &mut rows).await?;
     }
     print(&rows);
     if let Some(path) = args.json {
@@ -83,7 +119,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-async fn fresh_database() -> Result<DatabaseConnection, Box<dyn std::error::Error>> {
+async fn fresh_database() -> Result<(DatabaseConnection, String)> {
     let url = std::env::var("VEGA_BENCH_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/vega_bench".into());
     let (server, name) = url
@@ -104,7 +140,7 @@ async fn fresh_database() -> Result<DatabaseConnection, Box<dyn std::error::Erro
         .max_connections(PoolOptions::default().max_connections);
     let db = Database::connect(options).await?;
     Migrator::up(&db, None).await?;
-    Ok(db)
+    Ok((db, url))
 }
 
 fn synthetic_findings(n: usize) -> Vec<NewFinding> {
@@ -139,7 +175,7 @@ async fn ingest(
     db: &DatabaseConnection,
     args: &Args,
     rows: &mut Vec<Row>,
-) -> Result<(), Box<dyn std::error::Error>> {
+) -> Result<()> {
     let owner = store
         .users()
         .create(NewUser {
@@ -148,7 +184,8 @@ async fn ingest(
         })
         .await?;
     let batch = synthetic_findings(args.findings);
-    let (mut fresh, mut again, mut bare) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut fresh, mut again, mut bare, mut copied) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 0..args.runs {
         let project = store
             .projects()
@@ -240,6 +277,27 @@ async fn ingest(
                 updated_at: Set(now),
             })
             .collect();
+        let copy_repo = store
+            .repositories()
+            .add(NewRepository {
+                project_id: project.id,
+                provider: Provider::Git,
+                provider_xid: Some(format!("copy-{run}")),
+                full_name: None,
+                clone_url: None,
+                default_branch: None,
+            })
+            .await?;
+        let copy_scan = store
+            .scans()
+            .enqueue(NewScan::full(copy_repo.id, TriggerKind::Api, None))
+            .await?;
+        // Only a row for the occurrences to point at: it must not be claimed by a later run.
+        store.scans().cancel(copy_scan.id).await?;
+        let started = Instant::now();
+        copy::copy_findings(db, project.id, copy_repo.id, copy_scan.id, &batch).await?;
+        copied.push(started.elapsed());
+
         let started = Instant::now();
         let txn = sea_orm::TransactionTrait::begin(db).await?;
         for chunk in models.chunks(1000) {
@@ -251,20 +309,32 @@ async fn ingest(
         bare.push(started.elapsed());
     }
     let n = args.findings;
-    let baseline = summary("findings: SeaORM insert_many of bare rows", n, &bare, None);
+    let copy = summary(
+        "findings+occurrences: COPY BINARY (ceiling)",
+        n,
+        &copied,
+        None,
+    );
+    let bare = summary(
+        "findings: SeaORM insert_many of bare rows",
+        n,
+        &bare,
+        Some(&copy),
+    );
     rows.push(summary(
         "scan complete: ingest, all new",
         n,
         &fresh,
-        Some(&baseline),
+        Some(&copy),
     ));
     rows.push(summary(
         "scan complete: ingest, all existing",
         n,
         &again,
-        Some(&baseline),
+        Some(&copy),
     ));
-    rows.push(baseline);
+    rows.push(bare);
+    rows.push(copy);
     Ok(())
 }
 

@@ -1,0 +1,104 @@
+//! The practical ceiling for ingest: `COPY … FROM STDIN (FORMAT binary)` of the same finding
+//! and occurrence rows into the same indexed tables, with no dedup, no lookups and no logic.
+
+use chrono::{DateTime, Utc};
+use sea_orm::DatabaseConnection;
+use sea_orm::sqlx::postgres::PgPoolCopyExt;
+use uuid::Uuid;
+use vega_repository::NewFinding;
+
+use crate::Result;
+
+/// Copies `findings` as new findings of `repository_id` and occurrences of `scan_id`.
+pub(crate) async fn copy_findings(
+    db: &DatabaseConnection,
+    project_id: Uuid,
+    repository_id: Uuid,
+    scan_id: Uuid,
+    findings: &[NewFinding],
+) -> Result<()> {
+    let pool = db.get_postgres_connection_pool();
+    let now = micros_since_2000(Utc::now());
+    let ids: Vec<Uuid> = findings.iter().map(|_| Uuid::now_v7()).collect();
+
+    let mut out = header();
+    for (f, id) in findings.iter().zip(&ids) {
+        out.extend_from_slice(&16i16.to_be_bytes());
+        uuid(&mut out, *id);
+        uuid(&mut out, project_id);
+        uuid(&mut out, repository_id);
+        bytes(&mut out, &f.fingerprint());
+        bytes(&mut out, f.scanner.as_bytes());
+        bytes(&mut out, f.category.as_str().as_bytes());
+        bytes(&mut out, f.rule_id.as_bytes());
+        bytes(&mut out, f.title.as_bytes());
+        bytes(&mut out, &f.severity.as_i16().to_be_bytes());
+        bytes(&mut out, &f.severity.as_i16().to_be_bytes());
+        optional(&mut out, f.file_path.as_deref().map(str::as_bytes));
+        bytes(&mut out, b"open");
+        for _ in 0..4 {
+            bytes(&mut out, &now.to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&(-1i16).to_be_bytes());
+    let mut copy = pool
+        .copy_in_raw(
+            "COPY findings (id, project_id, repository_id, fingerprint, scanner, category, rule_id, title, \
+                            severity, scanner_severity, file_path, status, first_seen_at, last_seen_at, created_at, \
+                            updated_at) \
+             FROM STDIN (FORMAT binary)",
+        )
+        .await?;
+    copy.send(out).await?;
+    copy.finish().await?;
+
+    let mut out = header();
+    for (f, id) in findings.iter().zip(&ids) {
+        out.extend_from_slice(&6i16.to_be_bytes());
+        uuid(&mut out, scan_id);
+        uuid(&mut out, *id);
+        uuid(&mut out, project_id);
+        bytes(&mut out, &f.severity.as_i16().to_be_bytes());
+        bytes(&mut out, b"new");
+        optional(&mut out, f.file_path.as_deref().map(str::as_bytes));
+    }
+    out.extend_from_slice(&(-1i16).to_be_bytes());
+    let mut copy = pool
+        .copy_in_raw(
+            "COPY finding_occurrences (scan_id, finding_id, project_id, severity, change, file_path) \
+             FROM STDIN (FORMAT binary)",
+        )
+        .await?;
+    copy.send(out).await?;
+    copy.finish().await?;
+    Ok(())
+}
+
+fn header() -> Vec<u8> {
+    let mut out = b"PGCOPY\n\xff\r\n\0".to_vec();
+    out.extend_from_slice(&0i32.to_be_bytes());
+    out.extend_from_slice(&0i32.to_be_bytes());
+    out
+}
+
+fn uuid(out: &mut Vec<u8>, id: Uuid) {
+    bytes(out, id.as_bytes());
+}
+
+fn bytes(out: &mut Vec<u8>, value: &[u8]) {
+    out.extend_from_slice(&(value.len() as i32).to_be_bytes());
+    out.extend_from_slice(value);
+}
+
+fn optional(out: &mut Vec<u8>, value: Option<&[u8]>) {
+    match value {
+        Some(v) => bytes(out, v),
+        None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+    }
+}
+
+/// Postgres' binary timestamptz: microseconds since 2000-01-01 UTC.
+fn micros_since_2000(t: DateTime<Utc>) -> i64 {
+    const EPOCH_2000: i64 = 946_684_800;
+    (t.timestamp() - EPOCH_2000) * 1_000_000 + i64::from(t.timestamp_subsec_micros())
+}

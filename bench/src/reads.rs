@@ -1,0 +1,287 @@
+//! Read paths beside hand-written SQL on a plain sqlx pool, over data generated inside
+//! Postgres: the project list (10k projects), open findings worst first (page 1 and page
+//! 1,000), a scan by id, an API-key check, and `vega-migrate up` on an empty database.
+
+use std::time::{Duration, Instant};
+
+use sea_orm::sqlx::{self, Row as _};
+use sea_orm::{ConnectionTrait, DatabaseConnection};
+use uuid::Uuid;
+use vega_migration::{Migrator, MigratorTrait};
+use vega_repository::{FindingCursor, NewApiKey, NewUser, Store};
+
+use crate::{Row, summary};
+
+use crate::Result;
+
+/// Sizes of the generated data.
+pub(crate) struct Sizes {
+    pub projects: u64,
+    pub findings: u64,
+    pub iterations: usize,
+}
+
+pub(crate) async fn run(
+    store: &Store,
+    db: &DatabaseConnection,
+    url: &str,
+    sizes: &Sizes,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    let raw = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .test_before_acquire(false)
+        .connect(url)
+        .await?;
+    let owner = store
+        .users()
+        .create(NewUser {
+            email: "reads@example.com".into(),
+            display_name: None,
+        })
+        .await?;
+    let big_project = generate(db, owner.id, sizes).await?;
+
+    // Project list, first page of 50.
+    let n = sizes.iterations;
+    let raw_list = measure(n, || async {
+        sqlx::query(
+            "SELECT p.id, p.name, p.slug, s.id AS scan_id, s.status AS scan_status, s.finished_at, \
+                    s.count_critical, s.count_high, s.count_medium, s.count_low, s.count_info, s.count_unknown \
+               FROM projects p LEFT JOIN scans s ON s.id = p.latest_scan_id \
+              WHERE p.owner_id = $1 AND p.archived_at IS NULL ORDER BY p.id DESC LIMIT $2",
+        )
+        .bind(owner.id)
+        .bind(51i64)
+        .fetch_all(&raw)
+        .await?;
+        Ok(())
+    })
+    .await?;
+    let repo_list = measure(n, || async {
+        store.projects().list_for_owner(owner.id, None, 50).await?;
+        Ok(())
+    })
+    .await?;
+    let base = summary(
+        &format!("project list page: raw SQL ({} projects)", sizes.projects),
+        1,
+        &raw_list,
+        None,
+    );
+    rows.push(summary(
+        &format!(
+            "project list page: repository ({} findings)",
+            sizes.findings
+        ),
+        1,
+        &repo_list,
+        Some(&base),
+    ));
+    rows.push(base);
+
+    // Open findings, worst first: page 1 and page 1,000 (50 per page) by keyset.
+    let deep: (i16, Uuid) = sqlx::query_as(
+        "SELECT severity, id FROM findings WHERE project_id = $1 AND status = 'open' \
+          ORDER BY severity DESC, id DESC OFFSET 49949 LIMIT 1",
+    )
+    .bind(big_project)
+    .fetch_one(&raw)
+    .await?;
+    for (label, cursor) in [
+        ("page 1", None),
+        (
+            "page 1,000",
+            Some(FindingCursor {
+                severity: deep.0,
+                id: deep.1,
+            }),
+        ),
+    ] {
+        let raw_page = measure(n, || async {
+            let q = match cursor {
+                None => sqlx::query("SELECT * FROM findings WHERE project_id = $1 AND status = 'open' ORDER BY severity DESC, id DESC LIMIT 51")
+                    .bind(big_project),
+                Some(c) => sqlx::query("SELECT * FROM findings WHERE project_id = $1 AND status = 'open' AND (severity, id) < ($2, $3) ORDER BY severity DESC, id DESC LIMIT 51")
+                    .bind(big_project)
+                    .bind(c.severity)
+                    .bind(c.id),
+            };
+            q.fetch_all(&raw).await?;
+            Ok(())
+        })
+        .await?;
+        let repo_page = measure(n, || async {
+            store.findings().list_open(big_project, cursor, 50).await?;
+            Ok(())
+        })
+        .await?;
+        let base = summary(
+            &format!("open findings {label}: raw keyset SQL"),
+            1,
+            &raw_page,
+            None,
+        );
+        rows.push(summary(
+            &format!("open findings {label}: repository"),
+            1,
+            &repo_page,
+            Some(&base),
+        ));
+        rows.push(base);
+    }
+
+    // A scan by id.
+    let scan_id: Uuid = sqlx::query("SELECT id FROM scans ORDER BY id LIMIT 1 OFFSET 77")
+        .fetch_one(&raw)
+        .await?
+        .get("id");
+    let raw_get = measure(n, || async {
+        sqlx::query("SELECT * FROM scans WHERE id = $1")
+            .bind(scan_id)
+            .fetch_optional(&raw)
+            .await?;
+        Ok(())
+    })
+    .await?;
+    let repo_get = measure(n, || async {
+        store.scans().get(scan_id).await?;
+        Ok(())
+    })
+    .await?;
+    let base = summary("scan by id: raw prepared SELECT", 1, &raw_get, None);
+    rows.push(summary("scan by id: repository", 1, &repo_get, Some(&base)));
+    rows.push(base);
+
+    // API-key authentication (checksum, SHA-256, one indexed lookup).
+    let issued = store
+        .api_keys()
+        .issue(NewApiKey {
+            user_id: owner.id,
+            project_id: None,
+            name: "bench".into(),
+            scopes: vec![],
+            expires_at: None,
+        })
+        .await?;
+    let token = issued.token.expose().to_owned();
+    let hash = issued.key.token_hash.clone();
+    let raw_auth = measure(n, || async {
+        sqlx::query("SELECT * FROM api_keys WHERE token_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())")
+            .bind(&hash)
+            .fetch_optional(&raw)
+            .await?;
+        Ok(())
+    })
+    .await?;
+    let repo_auth = measure(n, || async {
+        store
+            .api_keys()
+            .authenticate(&token)
+            .await?
+            .ok_or("key not found")?;
+        Ok(())
+    })
+    .await?;
+    let base = summary("api key: raw prepared SELECT by hash", 1, &raw_auth, None);
+    rows.push(summary(
+        "api key: repository authenticate",
+        1,
+        &repo_auth,
+        Some(&base),
+    ));
+    rows.push(base);
+
+    // vega-migrate's work on an empty database.
+    let mut migrate = Vec::new();
+    for i in 0..3 {
+        let name = format!("vega_bench_migrate_{i}");
+        db.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name}"))
+            .await?;
+        db.execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await?;
+        let (server, _) = url.rsplit_once('/').ok_or("bad URL")?;
+        let empty = sea_orm::Database::connect(format!("{server}/{name}")).await?;
+        let started = Instant::now();
+        Migrator::up(&empty, None).await?;
+        migrate.push(started.elapsed());
+        empty.close().await?;
+        db.execute_unprepared(&format!("DROP DATABASE {name} WITH (FORCE)"))
+            .await?;
+    }
+    rows.push(summary(
+        "migrate up: every migration on an empty database",
+        1,
+        &migrate,
+        None,
+    ));
+    Ok(())
+}
+
+/// Generates the data inside Postgres: `projects` projects each with a repository and a
+/// completed scan (its counts set, as completion writes them), and `findings` open findings
+/// in one big project. Returns that project.
+async fn generate(db: &DatabaseConnection, owner: Uuid, sizes: &Sizes) -> Result<Uuid> {
+    let owner = format!("'{owner}'");
+    for sql in [
+        format!(
+            "INSERT INTO projects (id, owner_id, name, slug, created_at, updated_at) \
+             SELECT gen_random_uuid(), {owner}, 'p' || i, 'p-' || i, now(), now() FROM generate_series(1, {}) i",
+            sizes.projects
+        ),
+        format!(
+            "INSERT INTO repositories (id, project_id, provider, created_at, updated_at) \
+             SELECT gen_random_uuid(), id, 'upload', now(), now() FROM projects WHERE owner_id = {owner}"
+        ),
+        "INSERT INTO scans (id, project_id, repository_id, kind, trigger_kind, status, scheduled_at, attempt, \
+                            max_attempts, finished_at, count_critical, count_high, count_medium, count_low, \
+                            findings_total, created_at, updated_at) \
+         SELECT gen_random_uuid(), project_id, id, 'full', 'api', 'succeeded', now(), 1, 3, now(), \
+                (random() * 5)::int, (random() * 20)::int, (random() * 50)::int, (random() * 90)::int, 165, now(), now() \
+           FROM repositories"
+            .to_owned(),
+        "UPDATE projects p SET latest_scan_id = s.id FROM scans s WHERE s.project_id = p.id".to_owned(),
+        "ANALYZE".to_owned(),
+    ] {
+        db.execute_unprepared(&sql).await?;
+    }
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT id, project_id FROM repositories ORDER BY id LIMIT 1",
+        ))
+        .await?
+        .ok_or("no repository")?;
+    let (repo, project): (Uuid, Uuid) = (row.try_get("", "id")?, row.try_get("", "project_id")?);
+    db.execute_unprepared(&format!(
+        "INSERT INTO findings (id, project_id, repository_id, fingerprint, scanner, category, rule_id, title, \
+                               severity, scanner_severity, file_path, status, first_seen_at, last_seen_at, \
+                               created_at, updated_at) \
+         SELECT gen_random_uuid(), '{project}', '{repo}', sha256(int8send(i)), 'semgrep', 'sast', 'rule-' || (i % 211), \
+                'finding ' || i, (i % 6)::smallint, (i % 6)::smallint, 'src/f' || (i % 997) || '.py', 'open', \
+                now(), now(), now(), now() \
+           FROM generate_series(1, {}) i",
+        sizes.findings
+    ))
+    .await?;
+    db.execute_unprepared("ANALYZE findings").await?;
+    Ok(project)
+}
+
+/// Runs `op` `n` times (after a short warm-up) and returns each duration.
+pub(crate) async fn measure<F, Fut>(n: usize, mut op: F) -> Result<Vec<Duration>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    for _ in 0..n.min(20) {
+        op().await?;
+    }
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        op().await?;
+        times.push(started.elapsed());
+    }
+    Ok(times)
+}
