@@ -15,6 +15,7 @@ mod blob;
 mod copy;
 mod queue;
 mod reads;
+mod usage;
 
 use std::time::{Duration, Instant};
 
@@ -49,6 +50,9 @@ struct Args {
     /// Queued scans in the worker-loop scenario.
     #[arg(long, default_value_t = 10_000)]
     queue_scans: u64,
+    /// Usage records written in the usage scenario.
+    #[arg(long, default_value_t = 1_000_000)]
+    usage_records: usize,
     /// Calls per latency measurement.
     #[arg(long, default_value_t = 500)]
     iterations: usize,
@@ -86,6 +90,7 @@ async fn main() -> Result<()> {
         // Page 1,000 of 50 needs 50k open findings.
         args.open_findings = 50_000;
         args.queue_scans = 50;
+        args.usage_records = 2_000;
         args.iterations = 5;
     }
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
@@ -108,6 +113,9 @@ async fn main() -> Result<()> {
             iterations: args.iterations,
         };
         reads::run(&store, &db, &url, &sizes, &mut rows).await?;
+    }
+    if wanted("usage") {
+        usage::run(&store, &url, args.usage_records, args.iterations, &mut rows).await?;
     }
     if wanted("queue") {
         queue::run(&store, &db, &url, args.queue_scans, &mut rows).await?;

@@ -1,5 +1,7 @@
 use chrono::{DateTime, FixedOffset};
-use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, FromQueryResult};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, EntityTrait, FromQueryResult, TransactionTrait, Value,
+};
 use tracing::instrument;
 use uuid::Uuid;
 use vega_entity::{Meter, usage_records};
@@ -59,13 +61,7 @@ impl Usage<'_> {
     /// [`Error::Conflict`], because one of the two callers is wrong.
     #[instrument(name = "usage.record", skip_all, fields(account_id = %input.account_id, meter = %input.meter))]
     pub async fn record(&self, input: NewUsage) -> Result<Recorded> {
-        if input.quantity < 0 {
-            return Err(Error::invalid(
-                "quantity",
-                "must not be negative; record a correction instead",
-            ));
-        }
-        let key = validate::text("idempotency_key", &input.idempotency_key, 1, 100)?;
+        let input = validated(input, "")?;
         let inserted = self
             .db
             .query_one_raw(statement(
@@ -82,34 +78,89 @@ impl Usage<'_> {
                     input.quantity.into(),
                     input.occurred_at.into(),
                     now().into(),
-                    key.clone().into(),
-                    input.properties.into(),
+                    input.idempotency_key.clone().into(),
+                    input.properties.clone().into(),
                 ],
             ))
             .await?;
-        if let Some(row) = inserted {
-            return Ok(Recorded::Inserted(row.try_get("", "id")?));
+        match inserted {
+            Some(row) => Ok(Recorded::Inserted(row.try_get("", "id")?)),
+            None => duplicate_or_conflict(self.db, &input).await,
         }
-        let existing = usage_records::Entity::find()
-            .from_raw_sql(statement(
-                self.db,
-                "SELECT * FROM usage_records WHERE account_id = $1 AND idempotency_key = $2",
-                [input.account_id.into(), key.into()],
-            ))
-            .one(self.db)
-            .await?
-            .ok_or_else(|| Error::not_found("usage record", &input.idempotency_key))?;
-        if existing.meter == input.meter.as_str() && existing.quantity == input.quantity {
-            Ok(Recorded::Duplicate)
-        } else {
-            Err(Error::Conflict {
-                constraint: "usage_records_idempotency_key".into(),
-                message: format!(
-                    "key already recorded {} {} (not {} {})",
-                    existing.quantity, existing.meter, input.quantity, input.meter
-                ),
-            })
+    }
+
+    /// Records many increments in one transaction (1,000 per statement), each with the
+    /// semantics of [`Usage::record`]: the result at position *i* says what happened to input
+    /// *i*. A key reused with a different meter or quantity (in the batch or against what is
+    /// stored) is [`Error::Conflict`] and records nothing.
+    #[instrument(name = "usage.record_many", skip_all, fields(records = inputs.len()))]
+    pub async fn record_many(&self, inputs: Vec<NewUsage>) -> Result<Vec<Recorded>> {
+        let mut rows = Vec::with_capacity(inputs.len());
+        for (i, input) in inputs.into_iter().enumerate() {
+            rows.push(validated(input, &format!("records[{i}]."))?);
         }
+        let received = now();
+        let txn = self.db.begin().await?;
+        let mut results = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(1000) {
+            let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 8 + 1);
+            values.push(received.into());
+            let mut tuples = Vec::with_capacity(chunk.len());
+            for (i, r) in chunk.iter().enumerate() {
+                let b = 1 + i * 8;
+                tuples.push(format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, $1, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7,
+                    b + 8
+                ));
+                values.extend([
+                    r.account_id.into(),
+                    r.project_id.into(),
+                    r.scan_id.into(),
+                    r.meter.as_str().into(),
+                    r.quantity.into(),
+                    r.occurred_at.into(),
+                    r.idempotency_key.clone().into(),
+                    r.properties.clone().into(),
+                ]);
+            }
+            let inserted = txn
+                .query_all_raw(statement(
+                    &txn,
+                    &format!(
+                        "INSERT INTO usage_records (account_id, project_id, scan_id, meter, quantity, \
+                                                    occurred_at, received_at, idempotency_key, properties) \
+                         VALUES {} ON CONFLICT (account_id, idempotency_key) DO NOTHING \
+                         RETURNING id, account_id, idempotency_key",
+                        tuples.join(", ")
+                    ),
+                    values,
+                ))
+                .await?;
+            let mut ids = std::collections::HashMap::with_capacity(inserted.len());
+            for row in &inserted {
+                let key: (Uuid, String) = (
+                    row.try_get("", "account_id")?,
+                    row.try_get("", "idempotency_key")?,
+                );
+                ids.insert(key, row.try_get::<i64>("", "id")?);
+            }
+            for r in chunk {
+                match ids.remove(&(r.account_id, r.idempotency_key.clone())) {
+                    Some(id) => results.push(Recorded::Inserted(id)),
+                    // A replay (or a key repeated in the batch): compare with what is stored.
+                    None => results.push(duplicate_or_conflict(&txn, r).await?),
+                }
+            }
+        }
+        txn.commit().await?;
+        Ok(results)
     }
 
     /// Each meter's total for an account over `[from, to)` of occurrence time (served by the
@@ -134,5 +185,53 @@ impl Usage<'_> {
         ))
         .all(self.db)
         .await?)
+    }
+}
+
+fn validated(mut input: NewUsage, prefix: &str) -> Result<NewUsage> {
+    if input.quantity < 0 {
+        return Err(Error::invalid(
+            &format!("{prefix}quantity"),
+            "must not be negative; record a correction instead",
+        ));
+    }
+    input.idempotency_key = validate::text(
+        &format!("{prefix}idempotency_key"),
+        &input.idempotency_key,
+        1,
+        100,
+    )?;
+    Ok(input)
+}
+
+/// An increment whose key was already recorded: a replay when meter and quantity match, a
+/// caller error otherwise.
+async fn duplicate_or_conflict(db: &impl ConnectionTrait, input: &NewUsage) -> Result<Recorded> {
+    let existing = usage_records::Entity::find()
+        .from_raw_sql(statement(
+            db,
+            "SELECT * FROM usage_records WHERE account_id = $1 AND idempotency_key = $2",
+            [
+                input.account_id.into(),
+                input.idempotency_key.clone().into(),
+            ],
+        ))
+        .one(db)
+        .await?
+        .ok_or_else(|| Error::not_found("usage record", &input.idempotency_key))?;
+    if existing.meter == input.meter.as_str() && existing.quantity == input.quantity {
+        Ok(Recorded::Duplicate)
+    } else {
+        Err(Error::Conflict {
+            constraint: "usage_records_idempotency_key".into(),
+            message: format!(
+                "key {:?} already recorded {} {} (not {} {})",
+                input.idempotency_key,
+                existing.quantity,
+                existing.meter,
+                input.quantity,
+                input.meter
+            ),
+        })
     }
 }

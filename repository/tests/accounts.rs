@@ -192,6 +192,30 @@ on_both_backends! {
         assert!(matches!(store.usage().totals(account.id, now, now).await, Err(Error::Invalid { .. })));
     }
 
+    async fn usage_batches_record_each_key_once_or_nothing(db: &TestDb) {
+        let store = common::store(db).await;
+        let account = common::user(&store).await;
+        let now = Utc::now().fixed_offset();
+        let rec = |key: &str, quantity| NewUsage {
+            account_id: account.id, meter: Meter::LocScanned, quantity, occurred_at: now,
+            idempotency_key: key.into(), project_id: None, scan_id: None, properties: serde_json::json!({}),
+        };
+        store.usage().record(rec("a", 5)).await.unwrap();
+        let results = store.usage().record_many(vec![rec("b", 1), rec("c", 2), rec("a", 5), rec("b", 1)]).await.unwrap();
+        assert!(matches!(results[..], [Recorded::Inserted(_), Recorded::Inserted(_), Recorded::Duplicate, Recorded::Duplicate]), "{results:?}");
+
+        let clash = store.usage().record_many(vec![rec("d", 1), rec("a", 6)]).await;
+        assert!(matches!(clash, Err(Error::Conflict { .. })), "{clash:?}");
+        let bad = store.usage().record_many(vec![rec("e", 1), rec("f", -1)]).await;
+        assert!(matches!(bad, Err(Error::Invalid { field, .. }) if field == "records[1].quantity"));
+
+        let hour = chrono::Duration::hours(1);
+        let totals = store.usage().totals(account.id, now - hour, now + hour).await.unwrap();
+        assert_eq!(totals.iter().map(|t| t.total).sum::<i64>(), 8, "d, e and f were not recorded");
+        let many: Vec<_> = (0..2500).map(|i| rec(&format!("bulk-{i}"), 1)).collect();
+        assert_eq!(store.usage().record_many(many).await.unwrap().len(), 2500);
+    }
+
     async fn workers_heartbeat_and_are_pruned(db: &TestDb) {
         let store = common::store(db).await;
         let beat = |id: &str| WorkerBeat { worker_id: id.into(), hostname: Some("h1".into()), version: Some("1.2.3".into()), capacity: 4 };
