@@ -5,8 +5,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::{Duration, SystemTime};
 
-use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncRead;
 
 use crate::{BlobError, ListPage, ObjectKey, ObjectMeta, Stored};
 
@@ -77,18 +76,7 @@ impl FsStore {
                 .create_new(true)
                 .open(&temp)
                 .await?;
-            let mut hasher = Sha256::new();
-            let mut size = 0u64;
-            let mut buf = vec![0u8; 256 * 1024];
-            loop {
-                let n = reader.read(&mut buf).await?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                file.write_all(&buf[..n]).await?;
-                size += n as u64;
-            }
+            let stored = crate::copy_hashing(&mut reader, &mut file).await?;
             file.sync_all().await?;
             drop(file);
             // A hard link is an atomic create-if-absent: the key either appears complete or
@@ -104,10 +92,7 @@ impl FsStore {
             if let Some(dir) = path.parent() {
                 tokio::fs::File::open(dir).await?.sync_all().await?;
             }
-            Ok(Stored {
-                size,
-                sha256: hasher.finalize().into(),
-            })
+            Ok(stored)
         }
         .await;
         let _ = tokio::fs::remove_file(&temp).await;

@@ -256,8 +256,33 @@ impl BlobStore {
     }
 }
 
-/// A temporary file path next to nothing in particular (the system temp directory), for
-/// spooling.
+/// Copies `reader` into `writer`, returning the size and SHA-256 of what passed: the one place
+/// bytes are hashed on their way in.
+pub(crate) async fn copy_hashing(
+    reader: &mut (impl AsyncRead + Unpin + ?Sized),
+    writer: &mut (impl tokio::io::AsyncWrite + Unpin + ?Sized),
+) -> std::io::Result<Stored> {
+    use sha2::Digest;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut hasher = sha2::Sha256::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = reader.read(&mut buf).await?;
+        if n == 0 {
+            writer.flush().await?;
+            return Ok(Stored {
+                size,
+                sha256: hasher.finalize().into(),
+            });
+        }
+        hasher.update(&buf[..n]);
+        writer.write_all(&buf[..n]).await?;
+        size += n as u64;
+    }
+}
+
+/// A temporary file path in the system temp directory, for spooling.
 pub(crate) fn spool_path() -> PathBuf {
     std::env::temp_dir().join(format!(".vega-spool-{}", uuid::Uuid::new_v4()))
 }

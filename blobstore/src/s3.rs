@@ -13,8 +13,7 @@ use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncRead;
 
 use crate::{BlobError, ListPage, ObjectKey, ObjectMeta, Stored};
 
@@ -134,24 +133,8 @@ impl S3Store {
         let spool = crate::spool_path();
         let result = async {
             let mut file = tokio::fs::File::create(&spool).await?;
-            let mut hasher = Sha256::new();
-            let mut size = 0u64;
-            let mut buf = vec![0u8; 256 * 1024];
-            loop {
-                let n = reader.read(&mut buf).await?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                file.write_all(&buf[..n]).await?;
-                size += n as u64;
-            }
-            file.flush().await?;
+            let stored = crate::copy_hashing(&mut reader, &mut file).await?;
             drop(file);
-            let stored = Stored {
-                size,
-                sha256: hasher.finalize().into(),
-            };
             self.upload(key, &spool, stored).await?;
             Ok(stored)
         }
@@ -437,19 +420,5 @@ fn precondition_failed<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>)
 
 async fn hash_file(path: &Path) -> Result<Stored, BlobError> {
     let mut file = tokio::fs::File::open(path).await?;
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = file.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
-    Ok(Stored {
-        size,
-        sha256: hasher.finalize().into(),
-    })
+    Ok(crate::copy_hashing(&mut file, &mut tokio::io::sink()).await?)
 }
