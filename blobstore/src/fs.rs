@@ -146,6 +146,9 @@ impl FsStore {
         Ok(())
     }
 
+    /// Each page walks the directories under the prefix again and sorts what it finds: simple
+    /// and stateless, and fine for the thousands of objects of an embedded deployment; S3 pages
+    /// natively for the millions of a production one.
     pub(crate) async fn list(
         &self,
         prefix: &str,
