@@ -105,11 +105,16 @@ impl ApiKeys<'_> {
     }
 
     /// Notes that the key was used, at most once per [`LAST_USED_THROTTLE`] so a busy key does
-    /// not write on every request. Returns whether it wrote.
-    #[instrument(name = "api_keys.touch", skip(self))]
-    pub async fn touch(&self, id: Uuid, ip: Option<&str>) -> Result<bool> {
+    /// not write on every request. Pass the row [`ApiKeys::authenticate`] returned: when it
+    /// shows a recent use, nothing is sent to the database at all; otherwise the statement's
+    /// own condition decides, so concurrent requests write once. Returns whether it wrote.
+    #[instrument(name = "api_keys.touch", skip_all, fields(id = %key.id))]
+    pub async fn touch(&self, key: &api_keys::Model, ip: Option<&str>) -> Result<bool> {
         let now = now();
         let stale = now - chrono::Duration::seconds(LAST_USED_THROTTLE.as_secs() as i64);
+        if key.last_used_at.is_some_and(|at| at >= stale) {
+            return Ok(false);
+        }
         let result = self
             .db
             .execute_raw(statement(
@@ -119,7 +124,7 @@ impl ApiKeys<'_> {
                 [
                     now.into(),
                     validate::optional_text("ip", ip, 64)?.into(),
-                    id.into(),
+                    key.id.into(),
                     stale.into(),
                 ],
             ))

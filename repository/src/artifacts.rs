@@ -324,7 +324,7 @@ impl Artifacts<'_> {
         ))
     }
 
-    /// The project's, scan's or snapshot's artifacts.
+    /// The scan's artifacts (report, event log, debug bundles), oldest first.
     #[instrument(name = "artifacts.list_for_scan", skip(self))]
     pub async fn list_for_scan(&self, scan_id: Uuid) -> Result<Vec<artifacts::Model>> {
         Ok(artifacts::Entity::find()

@@ -122,8 +122,13 @@ on_both_backends! {
         assert_eq!(keys.authenticate(&typo).await.unwrap(), None);
         assert_eq!(keys.authenticate("Bearer nonsense").await.unwrap(), None);
 
-        assert!(keys.touch(issued.key.id, Some("10.0.0.1")).await.unwrap());
-        assert!(!keys.touch(issued.key.id, Some("10.0.0.1")).await.unwrap(), "throttled");
+        assert!(keys.touch(&issued.key, Some("10.0.0.1")).await.unwrap());
+        // A stale row in hand: the statement's condition refuses the second write.
+        assert!(!keys.touch(&issued.key, Some("10.0.0.1")).await.unwrap(), "throttled");
+        // A fresh row in hand: refused before any statement.
+        let used = keys.get(issued.key.id).await.unwrap();
+        assert!(used.last_used_at.is_some());
+        assert!(!keys.touch(&used, Some("10.0.0.1")).await.unwrap(), "throttled");
 
         let rotated = keys.rotate(issued.key.id).await.unwrap();
         assert_eq!(rotated.key.rotated_from_id, Some(issued.key.id));

@@ -102,7 +102,7 @@ impl FromRequestParts<Store> for Caller {
             .authenticate(token)
             .await?
             .ok_or(ApiError::Unauthorized)?;
-        store.api_keys().touch(key.id, None).await?;
+        store.api_keys().touch(&key, None).await?;
         Ok(Caller(key))
     }
 }
