@@ -5,7 +5,7 @@ use std::time::Duration;
 use sea_orm::ConnectOptions;
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 
-use crate::{ConfigError, Source};
+use crate::{ConfigError, Source, parts};
 
 const BACKEND_VAR: &str = "VEGA_PERSISTENCE_BACKEND";
 const URL_VARS: [&str; 2] = ["VEGA_DATABASE_URL", "DATABASE_URL"];
@@ -174,10 +174,24 @@ impl DatabaseSettings {
                 break;
             }
         }
-        let (url, url_source) = match (found, backend) {
-            (Some((url, var)), _) => (url, Source::Env(var)),
-            (None, Backend::Sqlite) => (DEFAULT_SQLITE_URL.to_owned(), Source::Default),
-            (None, Backend::Postgres) => return Err(ConfigError::MissingDatabaseUrl),
+        let part = parts::first_set(lookup)?;
+        let (url, url_source) = match (found, part, backend) {
+            (Some((_, url_var)), Some(part_var), _) => {
+                return Err(ConfigError::TwoDatabaseSources { url_var, part_var });
+            }
+            (Some((url, var)), None, _) => (url, Source::Env(var)),
+            (None, Some(part_var), Backend::Postgres) => (
+                parts::url_from_parts(lookup, part_var)?,
+                Source::DatabaseParts,
+            ),
+            (None, Some(part_var), Backend::Sqlite) => {
+                return Err(ConfigError::PartsNeedPostgres {
+                    part_var,
+                    backend_source,
+                });
+            }
+            (None, None, Backend::Sqlite) => (DEFAULT_SQLITE_URL.to_owned(), Source::Default),
+            (None, None, Backend::Postgres) => return Err(ConfigError::MissingDatabaseUrl),
         };
 
         let settings = Self {
@@ -188,6 +202,7 @@ impl DatabaseSettings {
         };
         let var = match url_source {
             Source::Env(var) => var,
+            Source::DatabaseParts => parts::HOST_VAR,
             Source::Default | Source::Given => "the default database URL",
         };
         settings.validate(var)?;
@@ -373,6 +388,44 @@ mod tests {
         assert_eq!(s.database_name().as_deref(), Some("vega"));
         assert_eq!(s.user().as_deref(), Some("u"));
         assert!(!s.is_local());
+    }
+
+    #[test]
+    fn url_can_be_built_from_separate_variables() {
+        let s = settings(&[
+            ("VEGA_PERSISTENCE_BACKEND", "postgres"),
+            (
+                "VEGA_DATABASE_HOST",
+                "vega.cluster-x.eu-west-1.rds.amazonaws.com",
+            ),
+            ("VEGA_DATABASE_NAME", "vega"),
+            ("VEGA_DATABASE_USER", "vega_app"),
+            ("VEGA_DATABASE_PASSWORD", "s3cr@t/!"),
+        ])
+        .unwrap();
+        assert_eq!(s.url_source, Source::DatabaseParts);
+        assert_eq!(s.user().as_deref(), Some("vega_app"));
+        assert_eq!(s.port(), Some(5432));
+        assert!(!format!("{s:?}").contains("s3cr"));
+
+        let err = settings(&[
+            ("VEGA_PERSISTENCE_BACKEND", "postgres"),
+            ("DATABASE_URL", "postgres://u@h/v"),
+            ("VEGA_DATABASE_PASSWORD", "x"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::TwoDatabaseSources {
+                url_var: "DATABASE_URL",
+                part_var: "VEGA_DATABASE_PASSWORD"
+            }
+        );
+        let err = settings(&[("VEGA_DATABASE_HOST", "db")]).unwrap_err();
+        assert!(
+            err.to_string().contains("VEGA_PERSISTENCE_BACKEND"),
+            "{err}"
+        );
     }
 
     #[test]

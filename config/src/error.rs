@@ -23,6 +23,48 @@ pub enum ConfigError {
     )]
     MissingDatabaseUrl,
 
+    /// Both a full URL and separate database variables are set; which one wins would be a guess.
+    #[error(
+        "{url_var} and {part_var} are both set: configure the database with a full URL or with \
+         VEGA_DATABASE_HOST/_PORT/_NAME/_USER/_PASSWORD, not both"
+    )]
+    TwoDatabaseSources {
+        /// The URL variable that is set.
+        url_var: &'static str,
+        /// The first separate variable that is set.
+        part_var: &'static str,
+    },
+
+    /// Separate database variables are set but the backend is not postgres.
+    #[error(
+        "{part_var} is set but the persistence backend is sqlite ({backend_source}); \
+         set VEGA_PERSISTENCE_BACKEND=postgres"
+    )]
+    PartsNeedPostgres {
+        /// The first separate variable that is set.
+        part_var: &'static str,
+        /// Where the backend choice came from.
+        backend_source: crate::Source,
+    },
+
+    /// A separate database variable that the URL needs is unset.
+    #[error("{set} is set, so {var} is needed too")]
+    MissingDatabasePart {
+        /// The missing variable.
+        var: &'static str,
+        /// The variable that selected this way of configuring.
+        set: &'static str,
+    },
+
+    /// A separate database variable holds a value that cannot go into a URL.
+    #[error("{var} is not usable: {reason}")]
+    InvalidDatabasePart {
+        /// The variable.
+        var: &'static str,
+        /// What is wrong (never the password itself).
+        reason: String,
+    },
+
     /// The URL does not parse.
     #[error("{var} is not a valid database URL ({reason}); expected {expected}")]
     InvalidUrl {

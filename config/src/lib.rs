@@ -4,8 +4,11 @@
 //! setting means the same thing everywhere. The rules:
 //!
 //! - `VEGA_PERSISTENCE_BACKEND` is `postgres` or `sqlite` (default `sqlite`, the embedded mode);
-//! - the database URL comes from `VEGA_DATABASE_URL`, then `DATABASE_URL`; the sqlite backend
-//!   defaults to `sqlite://.vega/vega.sqlite3?mode=rwc`, the postgres backend has no default;
+//! - the database URL comes from `VEGA_DATABASE_URL`, then `DATABASE_URL`; or, for postgres,
+//!   is built from `VEGA_DATABASE_HOST`, `_PORT` (5432), `_NAME`, `_USER`, `_PASSWORD`,
+//!   `_SSLMODE` and `_SSLROOTCERT` (the shape an ECS task gets from the RDS-managed secret; setting both a URL and
+//!   these is an error); the sqlite backend defaults to `sqlite://.vega/vega.sqlite3?mode=rwc`,
+//!   the postgres backend has no default;
 //! - `VEGA_BLOB_BACKEND` is `fs` (default, rooted at `VEGA_BLOB_DIR`, default `.vega/blobs`) or
 //!   `s3` (`VEGA_S3_BUCKET` required, `VEGA_S3_PREFIX` optional; region, endpoint and credentials
 //!   come from the AWS SDK's own variables).
@@ -19,6 +22,7 @@ mod blob;
 mod connect;
 mod database;
 mod error;
+mod parts;
 
 pub use blob::BlobSettings;
 pub use connect::ConnectError;
@@ -33,6 +37,9 @@ pub enum Source {
     Env(&'static str),
     /// Not set anywhere; the built-in default applies.
     Default,
+    /// Built from `VEGA_DATABASE_HOST`, `_PORT`, `_NAME`, `_USER`, `_PASSWORD`, `_SSLMODE` and
+    /// `_SSLROOTCERT`.
+    DatabaseParts,
     /// Passed in directly (a command-line flag or a test), not read from the environment.
     Given,
 }
@@ -41,6 +48,7 @@ impl std::fmt::Display for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Source::Env(var) => write!(f, "from {var}"),
+            Source::DatabaseParts => f.write_str("from VEGA_DATABASE_HOST/_PORT/_NAME/_USER"),
             Source::Default => f.write_str("default"),
             Source::Given => f.write_str("given explicitly"),
         }
