@@ -1,6 +1,8 @@
 //! `vega-admin`: operator commands over the configured database and blob store (the same
 //! `VEGA_*` settings as every Vega binary).
 //!
+//! - `doctor`: the debugging checklist (settings, reachability, connection, migrations,
+//!   foreign-key indexes, blob store), one verdict per check; exit 1 when any fails;
 //! - `purge`: delete the objects of deleted projects, scans and snapshots;
 //! - `gc`: find objects no row knows and uploads that never committed, older than a grace
 //!   period; dry-run unless `--apply`;
@@ -12,6 +14,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
+
+mod doctor;
 use vega_repository::{GcOptions, PoolOptions, Store};
 
 /// Exit code of `audit` when it finds problems.
@@ -29,6 +33,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Check the configuration, the database (reachable, connectable, migrated, foreign keys
+    /// indexed) and the blob store (write, read back, delete a probe object). Exit 0 only when
+    /// every check passes.
+    Doctor,
     /// Delete the objects queued by deletes of projects, scans and snapshots. Safe to run
     /// repeatedly and concurrently.
     Purge,
@@ -72,10 +80,16 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
+    if let Command::Doctor = cli.command {
+        let report = doctor::run(vega_config::Settings::from_env()).await;
+        print(cli.json, &report, || report.to_text());
+        return Ok(if report.ok { 0 } else { 1 });
+    }
     let settings = vega_config::Settings::from_env()?;
     let store = Store::connect(&settings, &PoolOptions::default()).await?;
     let artifacts = store.artifacts();
     match cli.command {
+        Command::Doctor => unreachable!("handled before connecting"),
         Command::Purge => {
             let purged = artifacts.purge().await?;
             print(cli.json, &serde_json::json!({ "purged": purged }), || {

@@ -129,6 +129,17 @@ impl S3Server {
         aws_sdk_s3::Client::from_conf(config)
     }
 
+    /// The environment a child process needs to reach this server through aws-config's default
+    /// chain, as a deployed binary would reach S3.
+    pub fn aws_env(&self) -> [(&'static str, String); 4] {
+        [
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
+        ]
+    }
+
     /// A blob store on [`BUCKET`] under `prefix`.
     pub fn blob_store(&self, prefix: Option<&str>, options: S3Options) -> BlobStore {
         BlobStore::s3(self.client(), BUCKET, prefix.map(str::to_owned), options)

@@ -1,0 +1,510 @@
+//! `vega-admin doctor`: the debugging checklist, run in order, one verdict per check.
+//!
+//! Each check depends on the ones before it (no connection means no migration status), so a
+//! failure turns the checks after it that need it into skips rather than a cascade of errors
+//! that all say the same thing. Nothing here writes to the database; the blob probe writes one
+//! small object under `_doctor/` and deletes it.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
+use serde::Serialize;
+use tokio::io::AsyncReadExt;
+use vega_blobstore::{BlobStore, ObjectKey};
+use vega_config::{Backend, ConnectError, DatabaseSettings, Settings};
+use vega_migration::status::SchemaStatus;
+
+/// How long one network step (TCP connect, a blob request) may take before it is a failure.
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A check's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// The check passed.
+    Pass,
+    /// The check failed; `fix` says what to do.
+    Fail,
+    /// Not run because a check it needs failed.
+    Skip,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// Short, stable name (`settings`, `tcp`, `connect`, `migrations`, `fk-indexes`, `blobs`).
+    pub name: &'static str,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// What was found.
+    pub detail: String,
+    /// What to do about a failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+/// Every check, in the order run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// True when every check passed.
+    pub ok: bool,
+    /// The checks.
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    /// The human form: one line per check, the fix indented under a failure.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        for check in &self.checks {
+            let verdict = match check.verdict {
+                Verdict::Pass => "ok  ",
+                Verdict::Fail => "FAIL",
+                Verdict::Skip => "skip",
+            };
+            let _ = writeln!(out, "{verdict} {:<11} {}", check.name, check.detail);
+            if let Some(fix) = &check.fix {
+                let _ = writeln!(out, "     {:<11} fix: {fix}", "");
+            }
+        }
+        let count = |v| self.checks.iter().filter(|c| c.verdict == v).count();
+        let _ = write!(
+            out,
+            "{} passed, {} failed, {} skipped",
+            count(Verdict::Pass),
+            count(Verdict::Fail),
+            count(Verdict::Skip)
+        );
+        out
+    }
+}
+
+struct Checks(Vec<Check>);
+
+impl Checks {
+    fn pass(&mut self, name: &'static str, detail: impl Into<String>) {
+        self.push(name, Verdict::Pass, detail.into(), None);
+    }
+
+    fn fail(&mut self, name: &'static str, detail: impl Into<String>, fix: impl Into<String>) {
+        self.push(name, Verdict::Fail, detail.into(), Some(fix.into()));
+    }
+
+    fn skip(&mut self, names: &[&'static str], because: &str) {
+        for name in names {
+            self.push(name, Verdict::Skip, format!("not run: {because}"), None);
+        }
+    }
+
+    fn push(&mut self, name: &'static str, verdict: Verdict, detail: String, fix: Option<String>) {
+        self.0.push(Check {
+            name,
+            verdict,
+            detail,
+            fix,
+        });
+    }
+}
+
+/// Runs every check against `settings`; a settings error is itself the first, failed check.
+pub async fn run(settings: Result<Settings, vega_config::ConfigError>) -> Report {
+    let mut checks = Checks(Vec::new());
+    let settings = match settings {
+        Ok(settings) => settings,
+        Err(err) => {
+            checks.fail(
+                "settings",
+                err.to_string(),
+                "correct the variable named above; see the README's Configuration section",
+            );
+            checks.skip(
+                &["tcp", "connect", "migrations", "fk-indexes", "blobs"],
+                "the settings are invalid",
+            );
+            return finish(checks);
+        }
+    };
+    let db = &settings.database;
+    checks.pass(
+        "settings",
+        format!(
+            "backend {} ({}); database {} (URL {}); blobs {}",
+            db.backend,
+            db.backend_source,
+            db.target(),
+            db.url_source,
+            describe_blobs(&settings.blob),
+        ),
+    );
+
+    let conn = database_checks(db, &mut checks).await;
+    match &conn {
+        Some(conn) => {
+            migration_check(conn, &mut checks).await;
+            foreign_key_check(conn, &mut checks).await;
+        }
+        None => checks.skip(&["migrations", "fk-indexes"], "no database connection"),
+    }
+    if let Some(conn) = conn {
+        let _ = conn.close().await;
+    }
+    blob_check(&settings, &mut checks).await;
+    finish(checks)
+}
+
+fn finish(checks: Checks) -> Report {
+    Report {
+        ok: checks.0.iter().all(|c| c.verdict == Verdict::Pass),
+        checks: checks.0,
+    }
+}
+
+fn describe_blobs(blob: &vega_config::BlobSettings) -> String {
+    match blob {
+        vega_config::BlobSettings::Fs { root, root_source } => {
+            format!("fs:{} ({root_source})", root.display())
+        }
+        vega_config::BlobSettings::S3 { bucket, prefix } => match prefix {
+            Some(prefix) => format!("s3://{bucket}/{prefix}"),
+            None => format!("s3://{bucket}"),
+        },
+    }
+}
+
+/// The `pg_isready` question, then a real connection. Returns the connection when both pass.
+async fn database_checks(db: &DatabaseSettings, checks: &mut Checks) -> Option<DatabaseConnection> {
+    match (db.backend, db.host(), db.port()) {
+        (Backend::Postgres, Some(host), Some(port)) => {
+            let dial = tokio::net::TcpStream::connect((host.as_str(), port));
+            match tokio::time::timeout(STEP_TIMEOUT, dial).await {
+                Ok(Ok(_)) => checks.pass("tcp", format!("{host}:{port} accepts connections")),
+                Ok(Err(err)) => {
+                    checks.fail(
+                        "tcp",
+                        format!("cannot reach {host}:{port}: {err}"),
+                        format!(
+                            "is Postgres running? (pg_isready -h {host} -p {port}); is the host \
+                             right (the URL is {})?; in AWS, does the task's security group \
+                             reach the database's on {port}?",
+                            db.url_source
+                        ),
+                    );
+                    checks.skip(&["connect"], "the database is not reachable");
+                    return None;
+                }
+                Err(_) => {
+                    checks.fail(
+                        "tcp",
+                        format!("no answer from {host}:{port} in {STEP_TIMEOUT:?}"),
+                        format!(
+                            "a silent timeout is usually a firewall: in AWS, allow the task's \
+                             security group into the database's on {port}"
+                        ),
+                    );
+                    checks.skip(&["connect"], "the database is not reachable");
+                    return None;
+                }
+            }
+        }
+        (Backend::Postgres, _, _) => checks.pass("tcp", "Unix socket; tested by connecting"),
+        (Backend::Sqlite, _, _) => checks.pass("tcp", "embedded SQLite; no network"),
+    }
+
+    let mut options = db.connect_options();
+    options
+        .max_connections(1)
+        .min_connections(0)
+        .acquire_timeout(STEP_TIMEOUT);
+    match db.connect(options).await {
+        Ok(conn) => {
+            let version = server_version(&conn).await.unwrap_or_default();
+            checks.pass("connect", format!("connected to {} {version}", db.target()));
+            Some(conn)
+        }
+        Err(ConnectError::Connect { source, hint, .. }) => {
+            checks.fail("connect", source.to_string(), hint);
+            None
+        }
+        Err(err) => {
+            checks.fail("connect", err.to_string(), "make the directory writable");
+            None
+        }
+    }
+}
+
+async fn server_version(conn: &DatabaseConnection) -> Result<String, DbErr> {
+    let backend = conn.get_database_backend();
+    let sql = match backend {
+        DbBackend::Postgres => "SELECT current_setting('server_version') AS v",
+        _ => "SELECT sqlite_version() AS v",
+    };
+    let row = conn
+        .query_one_raw(Statement::from_string(backend, sql))
+        .await?;
+    Ok(row
+        .map(|r| r.try_get::<String>("", "v"))
+        .transpose()?
+        .map(|v| format!("(server {v})"))
+        .unwrap_or_default())
+}
+
+async fn migration_check(conn: &DatabaseConnection, checks: &mut Checks) {
+    let status = match SchemaStatus::read(conn).await {
+        Ok(status) => status,
+        Err(err) => {
+            checks.fail(
+                "migrations",
+                format!("cannot read schema_migrations: {err}"),
+                "check that the database user may read schema_migrations",
+            );
+            return;
+        }
+    };
+    if !status.unknown.is_empty() {
+        checks.fail(
+            "migrations",
+            format!(
+                "{} applied, {} pending, unknown to this build: {}",
+                status.applied.len(),
+                status.pending.len(),
+                status.unknown.join(", ")
+            ),
+            "the database was migrated by a newer build; deploy that build (this one is older \
+             than the schema)",
+        );
+    } else if !status.pending.is_empty() {
+        checks.fail(
+            "migrations",
+            format!(
+                "{} applied, {} pending: {}",
+                status.applied.len(),
+                status.pending.len(),
+                status.pending.join(", ")
+            ),
+            "run `vega-migrate up` (locally) or `scripts/aws/run-migrations.sh <env>` (AWS) \
+             before deploying code that needs them",
+        );
+    } else {
+        checks.pass(
+            "migrations",
+            format!("{} applied, none pending", status.applied.len()),
+        );
+    }
+}
+
+/// A foreign key: the child table, its columns in key order, and the parent table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ForeignKey {
+    table: String,
+    columns: Vec<String>,
+    parent: String,
+}
+
+/// A non-partial index (or primary key / unique constraint): its table and columns in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Index {
+    table: String,
+    columns: Vec<String>,
+}
+
+/// True when `index` can serve lookups on `fk`'s columns: its leading columns are exactly the
+/// key's columns, in any order. A partial index does not count: a parent's delete or key
+/// update must find every child row, not only those matching a predicate.
+fn covers(index: &Index, fk: &ForeignKey) -> bool {
+    let n = fk.columns.len();
+    index.table == fk.table
+        && index.columns.len() >= n
+        && index.columns[..n].iter().collect::<BTreeSet<_>>()
+            == fk.columns.iter().collect::<BTreeSet<_>>()
+}
+
+async fn foreign_key_check(conn: &DatabaseConnection, checks: &mut Checks) {
+    let (fks, indexes) = match read_keys(conn).await {
+        Ok(found) => found,
+        Err(err) => {
+            checks.fail(
+                "fk-indexes",
+                format!("cannot read the catalog: {err}"),
+                "check that the database user may read the system catalog",
+            );
+            return;
+        }
+    };
+    let missing: Vec<String> = fks
+        .iter()
+        .filter(|fk| !indexes.iter().any(|i| covers(i, fk)))
+        .map(|fk| format!("{}({}) -> {}", fk.table, fk.columns.join(", "), fk.parent))
+        .collect();
+    if missing.is_empty() {
+        checks.pass(
+            "fk-indexes",
+            format!("all {} foreign keys have a leading index", fks.len()),
+        );
+    } else {
+        checks.fail(
+            "fk-indexes",
+            format!(
+                "foreign keys without a leading index: {}",
+                missing.join("; ")
+            ),
+            "add an index whose leading columns are the key's in a new migration (on a live \
+             Postgres, CREATE INDEX CONCURRENTLY in a migration without a transaction); \
+             without one, joins and every delete of a parent row scan the child table",
+        );
+    }
+}
+
+async fn read_keys(conn: &DatabaseConnection) -> Result<(Vec<ForeignKey>, Vec<Index>), DbErr> {
+    let backend = conn.get_database_backend();
+    let (fk_sql, index_sql) = match backend {
+        DbBackend::Postgres => (PG_FOREIGN_KEYS, PG_INDEXES),
+        _ => (SQLITE_FOREIGN_KEYS, SQLITE_INDEXES),
+    };
+    let split = |s: String| s.split(',').map(str::to_owned).collect::<Vec<_>>();
+    let fks = conn
+        .query_all_raw(Statement::from_string(backend, fk_sql))
+        .await?
+        .into_iter()
+        .map(|row| {
+            Ok(ForeignKey {
+                table: row.try_get("", "table_name")?,
+                columns: split(row.try_get("", "columns")?),
+                parent: row.try_get("", "parent")?,
+            })
+        })
+        .collect::<Result<Vec<_>, DbErr>>()?;
+    let indexes = conn
+        .query_all_raw(Statement::from_string(backend, index_sql))
+        .await?
+        .into_iter()
+        .map(|row| {
+            Ok(Index {
+                table: row.try_get("", "table_name")?,
+                columns: split(row.try_get("", "columns")?),
+            })
+        })
+        .collect::<Result<Vec<_>, DbErr>>()?;
+    Ok((fks, indexes))
+}
+
+// Column lists come back comma-joined: sea-orm reads Postgres arrays only with a feature this
+// workspace does not otherwise need, and no Vega column name contains a comma.
+const PG_FOREIGN_KEYS: &str = "
+SELECT c.conrelid::regclass::text AS table_name,
+       c.confrelid::regclass::text AS parent,
+       (SELECT string_agg(a.attname, ',' ORDER BY k.ord)
+          FROM unnest(c.conkey) WITH ORDINALITY AS k(attnum, ord)
+          JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum) AS columns
+  FROM pg_constraint c
+ WHERE c.contype = 'f'
+   AND c.connamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())
+ ORDER BY 1, 3";
+
+const PG_INDEXES: &str = "
+SELECT i.indrelid::regclass::text AS table_name,
+       (SELECT string_agg(coalesce(a.attname::text, '(expression)'), ',' ORDER BY k.ord)
+          FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+          LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum) AS columns
+  FROM pg_index i
+  JOIN pg_class t ON t.oid = i.indrelid
+ WHERE i.indpred IS NULL
+   AND t.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())";
+
+const SQLITE_FOREIGN_KEYS: &str = "
+SELECT m.name AS table_name, f.\"table\" AS parent,
+       group_concat(f.\"from\", ',') AS columns
+  FROM sqlite_master m, pragma_foreign_key_list(m.name) f
+ WHERE m.type = 'table'
+ GROUP BY m.name, f.id
+ ORDER BY 1, 3";
+
+// SQLite's group_concat has no ORDER BY before 3.44; the subquery orders by key position.
+const SQLITE_INDEXES: &str = "
+SELECT table_name, group_concat(column_name, ',') AS columns
+  FROM (SELECT m.name AS table_name, l.name AS index_name,
+               coalesce(i.name, '(expression)') AS column_name
+          FROM sqlite_master m, pragma_index_list(m.name) l, pragma_index_info(l.name) i
+         WHERE m.type = 'table' AND l.partial = 0
+         ORDER BY m.name, l.name, i.seqno)
+ GROUP BY table_name, index_name";
+
+/// Writes, reads back and deletes one small object under `_doctor/`.
+async fn blob_check(settings: &Settings, checks: &mut Checks) {
+    let fix = match &settings.blob {
+        vega_config::BlobSettings::Fs { root, .. } => format!(
+            "make {} writable by this user, or set VEGA_BLOB_DIR",
+            root.display()
+        ),
+        vega_config::BlobSettings::S3 { bucket, .. } => format!(
+            "check that bucket {bucket} exists in the configured region (AWS_REGION), that \
+             AWS_ENDPOINT_URL is unset or right, and that the credentials allow s3:PutObject, \
+             s3:GetObject and s3:DeleteObject on it"
+        ),
+    };
+    match tokio::time::timeout(STEP_TIMEOUT * 3, probe(settings)).await {
+        Ok(Ok(description)) => checks.pass("blobs", description),
+        Ok(Err(err)) => checks.fail("blobs", err, fix),
+        Err(_) => checks.fail("blobs", format!("no answer in {:?}", STEP_TIMEOUT * 3), fix),
+    }
+}
+
+async fn probe(settings: &Settings) -> Result<String, String> {
+    let store = BlobStore::from_settings(&settings.blob)
+        .await
+        .map_err(|e| format!("cannot open the blob store: {e}"))?;
+    let where_ = store.describe();
+    let key = ObjectKey::parse(format!("_doctor/{}.probe", uuid::Uuid::now_v7()))
+        .map_err(|e| e.to_string())?;
+    let body = format!("vega doctor probe {key}");
+    let stored = store
+        .put_reader(&key, body.as_bytes())
+        .await
+        .map_err(|e| format!("cannot write {key} to {where_}: {e}"))?;
+    let read = async {
+        let mut reader = store.get(&key, stored.sha256, Some(stored.size)).await?;
+        let mut back = Vec::new();
+        reader.read_to_end(&mut back).await?;
+        Ok::<_, vega_blobstore::BlobError>(back)
+    }
+    .await;
+    // Delete whatever the read did, so a failing store is not left with probe objects.
+    let deleted = store.delete(&key).await;
+    let back = read.map_err(|e| format!("wrote {key} to {where_} but cannot read it back: {e}"))?;
+    if back != body.as_bytes() {
+        return Err(format!("{key} in {where_} read back different bytes"));
+    }
+    deleted.map_err(|e| format!("cannot delete {key} from {where_}: {e}"))?;
+    Ok(format!("{where_}: wrote, read back and deleted {key}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fk(columns: &[&str]) -> ForeignKey {
+        ForeignKey {
+            table: "t".into(),
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+            parent: "p".into(),
+        }
+    }
+
+    fn index(table: &str, columns: &[&str]) -> Index {
+        Index {
+            table: table.into(),
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn an_index_covers_a_key_only_through_its_leading_columns() {
+        assert!(covers(&index("t", &["a"]), &fk(&["a"])));
+        assert!(covers(&index("t", &["a", "b"]), &fk(&["a"])));
+        assert!(covers(&index("t", &["b", "a", "c"]), &fk(&["a", "b"])));
+        assert!(!covers(&index("t", &["b", "a"]), &fk(&["a"])));
+        assert!(!covers(&index("u", &["a"]), &fk(&["a"])));
+        assert!(!covers(&index("t", &["a"]), &fk(&["a", "b"])));
+    }
+}
