@@ -55,3 +55,21 @@ ensure_sea_orm_cli() {
     --version "$sea_orm_cli_version" --locked --no-default-features \
     --features codegen,runtime-tokio-rustls,sqlx-postgres --root "$tools_dir" --quiet
 }
+
+# A virtualenv under the cache with the pinned packages of scripts/<name>-requirements.txt,
+# rebuilt only when that file changes. Prints its path.
+ensure_venv() {
+  local requirements=$repo_root/scripts/$1-requirements.txt hash venv
+  hash=$(sha256sum "$requirements" | cut -c1-12)
+  venv=$cache_dir/venv-$1-$hash
+  # The marker is written last, so an interrupted install is redone rather than trusted.
+  if [ ! -f "$venv/.complete" ]; then
+    command -v python3 >/dev/null || die "python3 is missing; install Python 3.9+ with venv and pip"
+    log "installing $(grep -v '^#' "$requirements" | tr '\n' ' ')into $venv (once)"
+    rm -rf "$venv"
+    python3 -m venv "$venv" >&2
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements" >&2
+    touch "$venv/.complete"
+  fi
+  printf '%s\n' "$venv"
+}

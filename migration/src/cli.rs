@@ -83,6 +83,16 @@ enum Command {
     /// Exit 0 when the database is up to date, 3 with the pending versions when it is behind,
     /// 4 when it has versions this build does not know. Writes nothing (for deploy gates).
     Check,
+    /// Print the SQL that `up` would run, without applying it: the pending migrations of the
+    /// configured database, or with --all every migration (no database needed).
+    Sql {
+        /// Every migration, not only the pending ones; does not connect.
+        #[arg(long)]
+        all: bool,
+        /// The SQL dialect (default: the configured backend's).
+        #[arg(long, value_enum)]
+        dialect: Option<Dialect>,
+    },
     /// Drop every table in the schema, then apply all migrations.
     Fresh,
     /// Roll back all migrations, then apply them again.
@@ -100,6 +110,13 @@ enum Command {
         #[arg(long, env = "MIGRATION_DIR", default_value = "./migration")]
         migration_dir: String,
     },
+}
+
+/// The SQL dialect `sql` renders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Dialect {
+    Postgres,
+    Sqlite,
 }
 
 /// Why the command failed, mapped to an exit code by [`CliError::exit_code`].
@@ -125,6 +142,9 @@ pub enum CliError {
     /// A migration run failed.
     #[error(transparent)]
     Run(#[from] RunError),
+    /// `sql` could not render a migration.
+    #[error(transparent)]
+    Preview(#[from] crate::preview::PreviewError),
     /// `generate` failed.
     #[error("generate: {0}")]
     Generate(String),
@@ -179,6 +199,7 @@ impl Cli {
             Command::Reset => Plan::Reset,
             Command::Status => return self.status(&settings).await,
             Command::Check => return self.check(&settings).await,
+            Command::Sql { all, dialect } => return self.sql(&settings, all, dialect).await,
             Command::Generate { .. } => unreachable!("handled above"),
         };
         let destructive = match plan {
@@ -228,13 +249,46 @@ impl Cli {
         // One session for the lock, one for the migrations.
         options.max_connections(2).min_connections(0);
         if settings.backend == vega_config::Backend::Postgres {
-            let timeouts = [
-                ("lock_timeout", self.lock_timeout.clone()),
-                ("statement_timeout", self.statement_timeout.clone()),
-            ];
+            let timeouts = self.session_settings();
             options.map_sqlx_postgres_opts(move |o| o.options(timeouts.clone()));
         }
         Ok(settings.connect(options).await?)
+    }
+
+    /// The Postgres settings every migration session runs with.
+    fn session_settings(&self) -> Vec<(String, String)> {
+        vec![
+            ("lock_timeout".into(), self.lock_timeout.clone()),
+            ("statement_timeout".into(), self.statement_timeout.clone()),
+        ]
+    }
+
+    async fn sql(
+        &self,
+        settings: &DatabaseSettings,
+        all: bool,
+        dialect: Option<Dialect>,
+    ) -> Result<u8, CliError> {
+        let backend = match dialect {
+            Some(Dialect::Postgres) => DbBackend::Postgres,
+            Some(Dialect::Sqlite) => DbBackend::Sqlite,
+            None => match settings.backend {
+                vega_config::Backend::Postgres => DbBackend::Postgres,
+                vega_config::Backend::Sqlite => DbBackend::Sqlite,
+            },
+        };
+        let versions = if all {
+            crate::status::known_versions()
+        } else {
+            self.known_status(settings).await?.pending
+        };
+        let session = match backend {
+            DbBackend::Postgres => self.session_settings(),
+            _ => Vec::new(),
+        };
+        let script = crate::preview::render(backend, &versions, session).await?;
+        print!("{script}");
+        Ok(0)
     }
 
     async fn status(&self, settings: &DatabaseSettings) -> Result<u8, CliError> {
@@ -253,7 +307,8 @@ impl Cli {
         Ok(0)
     }
 
-    async fn check(&self, settings: &DatabaseSettings) -> Result<u8, CliError> {
+    /// The schema's status, refusing a database migrated by a newer build.
+    async fn known_status(&self, settings: &DatabaseSettings) -> Result<SchemaStatus, CliError> {
         let db = self.connect(settings).await?;
         let status = SchemaStatus::read(&db).await.map_err(RunError::from)?;
         if !status.unknown.is_empty() {
@@ -262,6 +317,11 @@ impl Cli {
             }
             .into());
         }
+        Ok(status)
+    }
+
+    async fn check(&self, settings: &DatabaseSettings) -> Result<u8, CliError> {
+        let status = self.known_status(settings).await?;
         if status.pending.is_empty() {
             println!("up to date: {} migrations applied", status.applied.len());
             return Ok(0);

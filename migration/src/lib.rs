@@ -12,11 +12,13 @@
 //! - [`status::SchemaStatus`], which reads applied, pending and unknown versions without writing;
 //! - [`runner`], the run order: lock, refuse unknown versions, apply each with its duration,
 //!   unlock;
+//! - [`preview`], the SQL a set of migrations would run, rendered without a database;
 //! - the `vega-migrate` command line in [`cli`].
 
 pub mod cli;
 mod ddl;
 pub mod lock;
+pub mod preview;
 pub mod runner;
 pub mod status;
 

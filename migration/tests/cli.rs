@@ -252,3 +252,42 @@ async fn schema_of(db: &impl ConnectionTrait) -> Vec<String> {
         .map(|r| r.try_get("", "item").unwrap())
         .collect()
 }
+
+#[tokio::test]
+async fn sql_previews_exactly_what_up_would_apply() {
+    let previewed = TestDb::postgres_empty().await;
+    assert_exit(&migrate(previewed.url(), &["up", "-n", "2"]), 0);
+    let out = migrate(previewed.url(), &["sql"]);
+    assert_exit(&out, 0);
+    let script = stdout(&out);
+    let versions = known_versions();
+    assert!(
+        !script.contains(&format!("-- {}\n", versions[1])),
+        "{script}"
+    );
+    for v in &versions[2..] {
+        assert!(script.contains(&format!("-- {v}\n")), "{script}");
+    }
+    // Previewing wrote nothing.
+    assert_exit(&migrate(previewed.url(), &["check"]), 3);
+
+    // The preview is runnable SQL that leaves the same schema as `up`.
+    previewed.conn().execute_unprepared(&script).await.unwrap();
+    assert_exit(&migrate(previewed.url(), &["check"]), 0);
+    let migrated = TestDb::postgres().await;
+    assert_eq!(
+        schema_of(previewed.conn()).await,
+        schema_of(migrated.conn()).await
+    );
+}
+
+#[test]
+fn sql_all_needs_no_database() {
+    let out = migrate("postgres://vega@127.0.0.1:1/vega", &["sql", "--all"]);
+    assert_exit(&out, 0);
+    assert!(stdout(&out).contains("SET lock_timeout = '5s';"));
+    assert_eq!(
+        stdout(&out).matches("COMMIT;").count(),
+        known_versions().len()
+    );
+}
