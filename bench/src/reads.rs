@@ -1,6 +1,7 @@
 //! Read paths beside hand-written SQL on a plain sqlx pool, over data generated inside
 //! Postgres: the project list (10k projects), open findings worst first (page 1 and page
-//! 1,000), a scan by id, an API-key check, and `vega-migrate up` on an empty database.
+//! 1,000), a scan by id, an API-key check, and `vega-migrate up` on an empty database. Each
+//! repository call is timed alternately with its baseline ([`measure_pair`]).
 
 use std::time::{Duration, Instant};
 
@@ -44,7 +45,9 @@ pub(crate) async fn run(
 
     // Project list, first page of 50.
     let n = sizes.iterations;
-    let raw_list = measure(n, || async {
+    let (raw_list, repo_list) = measure_pair(
+        n,
+        || async {
         sqlx::query(
             "SELECT p.id, p.name, p.slug, s.id AS scan_id, s.status AS scan_status, s.finished_at, \
                     s.count_critical, s.count_high, s.count_medium, s.count_low, s.count_info, s.count_unknown \
@@ -56,12 +59,12 @@ pub(crate) async fn run(
         .fetch_all(&raw)
         .await?;
         Ok(())
-    })
-    .await?;
-    let repo_list = measure(n, || async {
-        store.projects().list_for_owner(owner.id, None, 50).await?;
-        Ok(())
-    })
+        },
+        || async {
+            store.projects().list_for_owner(owner.id, None, 50).await?;
+            Ok(())
+        },
+    )
     .await?;
     let base = summary(
         &format!("project list page: raw SQL ({} projects)", sizes.projects),
@@ -98,7 +101,7 @@ pub(crate) async fn run(
             }),
         ),
     ] {
-        let raw_page = measure(n, || async {
+        let (raw_page, repo_page) = measure_pair(n, || async {
             let q = match cursor {
                 None => sqlx::query("SELECT * FROM findings WHERE project_id = $1 AND status = 'open' ORDER BY severity DESC, id DESC LIMIT 51")
                     .bind(big_project),
@@ -109,9 +112,7 @@ pub(crate) async fn run(
             };
             q.fetch_all(&raw).await?;
             Ok(())
-        })
-        .await?;
-        let repo_page = measure(n, || async {
+        }, || async {
             store.findings().list_open(big_project, cursor, 50).await?;
             Ok(())
         })
@@ -136,18 +137,20 @@ pub(crate) async fn run(
         .fetch_one(&raw)
         .await?
         .get("id");
-    let raw_get = measure(n, || async {
-        sqlx::query("SELECT * FROM scans WHERE id = $1")
-            .bind(scan_id)
-            .fetch_optional(&raw)
-            .await?;
-        Ok(())
-    })
-    .await?;
-    let repo_get = measure(n, || async {
-        store.scans().get(scan_id).await?;
-        Ok(())
-    })
+    let (raw_get, repo_get) = measure_pair(
+        n,
+        || async {
+            sqlx::query("SELECT * FROM scans WHERE id = $1")
+                .bind(scan_id)
+                .fetch_optional(&raw)
+                .await?;
+            Ok(())
+        },
+        || async {
+            store.scans().get(scan_id).await?;
+            Ok(())
+        },
+    )
     .await?;
     let base = summary("scan by id: raw prepared SELECT", 1, &raw_get, None);
     rows.push(summary("scan by id: repository", 1, &repo_get, Some(&base)));
@@ -166,15 +169,13 @@ pub(crate) async fn run(
         .await?;
     let token = issued.token.expose().to_owned();
     let hash = issued.key.token_hash.clone();
-    let raw_auth = measure(n, || async {
+    let (raw_auth, repo_auth) = measure_pair(n, || async {
         sqlx::query("SELECT * FROM api_keys WHERE token_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())")
             .bind(&hash)
             .fetch_optional(&raw)
             .await?;
         Ok(())
-    })
-    .await?;
-    let repo_auth = measure(n, || async {
+    }, || async {
         store
             .api_keys()
             .authenticate(&token)
@@ -269,6 +270,41 @@ async fn generate(db: &DatabaseConnection, owner: Uuid, sizes: &Sizes) -> Result
 }
 
 /// Runs `op` `n` times (after a short warm-up) and returns each duration.
+/// Times `baseline` and `subject` in alternation, one call each per round, so that drift in
+/// the machine or the server (autovacuum, checkpoints, cache warm-up) lands on both sides of
+/// the ratio instead of on whichever ran second. Returns (baseline times, subject times).
+pub(crate) async fn measure_pair<B, BF, S, SF>(
+    n: usize,
+    mut baseline: B,
+    mut subject: S,
+) -> Result<(Vec<Duration>, Vec<Duration>)>
+where
+    B: FnMut() -> BF,
+    BF: std::future::Future<Output = Result<()>>,
+    S: FnMut() -> SF,
+    SF: std::future::Future<Output = Result<()>>,
+{
+    for _ in 0..n.min(20) {
+        baseline().await?;
+        subject().await?;
+    }
+    let (mut base, mut subj) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for round in 0..n {
+        // Alternate which goes first too: the second call of a round can find warmer caches.
+        for first in [round % 2 == 0, round % 2 != 0] {
+            let started = Instant::now();
+            if first {
+                baseline().await?;
+                base.push(started.elapsed());
+            } else {
+                subject().await?;
+                subj.push(started.elapsed());
+            }
+        }
+    }
+    Ok((base, subj))
+}
+
 pub(crate) async fn measure<F, Fut>(n: usize, mut op: F) -> Result<Vec<Duration>>
 where
     F: FnMut() -> Fut,
