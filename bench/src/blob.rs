@@ -1,11 +1,12 @@
 //! Blob put/get of one large object on the filesystem and on loopback S3 (s3s-fs), beside
-//! `std::fs::copy` and one raw aws-sdk-s3 PUT/GET of the same file, and the process's peak
-//! resident memory afterwards.
+//! `std::fs::copy`, one raw aws-sdk-s3 PUT/GET and a raw multipart upload of the same file,
+//! and the process's peak resident memory afterwards.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::primitives::{ByteStream, Length};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use tokio::io::AsyncWriteExt;
 use vega_blobstore::{BlobStore, ObjectKey, S3Options};
 use vega_tests::s3::{BUCKET, S3Server};
@@ -28,12 +29,27 @@ pub(crate) async fn run(mib: u64, rows: &mut Vec<Row>) -> Result<()> {
     })
     .await?;
     let cp = summary("blob: std::fs::copy", n, &[copy], None);
+    // A put must survive a crash before its row commits, so it fsyncs; so does this baseline.
+    let copy_synced = time(|| async {
+        std::fs::copy(&source, dir.join("copy-synced"))?;
+        std::fs::File::open(dir.join("copy-synced"))?.sync_all()?;
+        Ok(())
+    })
+    .await?;
+    let cp_synced = summary("blob: std::fs::copy + fsync", n, &[copy_synced], None);
 
     let fs = BlobStore::filesystem(dir.join("fs"))?;
     let (put, get) = put_get(&fs, &source, "fs").await?;
     rows.push(summary("blob: fs put", n, &[put], Some(&cp)));
+    rows.push(summary(
+        "blob: fs put vs a synced copy",
+        n,
+        &[put],
+        Some(&cp_synced),
+    ));
     rows.push(summary("blob: fs get (verified)", n, &[get], Some(&cp)));
     rows.push(cp);
+    rows.push(cp_synced);
 
     let server = S3Server::start().await;
     let client = server.client();
@@ -61,6 +77,65 @@ pub(crate) async fn run(mib: u64, rows: &mut Vec<Row>) -> Result<()> {
         Ok(())
     })
     .await?;
+    // The same parts, uploaded plainly: s3s-fs's CompleteMultipartUpload rewrites the whole
+    // object on disk (real S3 only stitches metadata), which no client can avoid.
+    let raw_multipart = time(|| async {
+        let part = S3Options::default().part_size;
+        let size = std::fs::metadata(&source)?.len();
+        let id = client
+            .create_multipart_upload()
+            .bucket(BUCKET)
+            .key("raw-multipart")
+            .send()
+            .await?
+            .upload_id
+            .ok_or("no upload id")?;
+        let mut parts = Vec::new();
+        for (i, offset) in (0..size).step_by(part as usize).enumerate() {
+            let number = i as i32 + 1;
+            let body = ByteStream::read_from()
+                .path(&source)
+                .offset(offset)
+                .length(Length::Exact(part.min(size - offset)))
+                .build()
+                .await?;
+            let done = client
+                .upload_part()
+                .bucket(BUCKET)
+                .key("raw-multipart")
+                .upload_id(&id)
+                .part_number(number)
+                .body(body)
+                .send()
+                .await?;
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(done.e_tag)
+                    .build(),
+            );
+        }
+        client
+            .complete_multipart_upload()
+            .bucket(BUCKET)
+            .key("raw-multipart")
+            .upload_id(&id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await?;
+        Ok(())
+    })
+    .await?;
+    let raw_multipart = summary(
+        "blob: s3 raw aws-sdk multipart, same parts",
+        n,
+        &[raw_multipart],
+        None,
+    );
     let raw_put = summary("blob: s3 raw aws-sdk PutObject", n, &[raw_put], None);
     let raw_get = summary("blob: s3 raw aws-sdk GetObject", n, &[raw_get], None);
     let s3 = server.blob_store(None, S3Options::default());
@@ -72,11 +147,33 @@ pub(crate) async fn run(mib: u64, rows: &mut Vec<Row>) -> Result<()> {
         Some(&raw_put),
     ));
     rows.push(summary(
+        "blob: s3 put (multipart, sha256) vs raw multipart",
+        n,
+        &[put],
+        Some(&raw_multipart),
+    ));
+    rows.push(summary(
         "blob: s3 get (verified)",
         n,
         &[get],
         Some(&raw_get),
     ));
+    // The same upload with one part in flight, to show what concurrency buys on this link.
+    let serial = server.blob_store(
+        None,
+        S3Options {
+            upload_concurrency: 1,
+            ..S3Options::default()
+        },
+    );
+    let (serial_put, _) = put_get(&serial, &source, "s3-serial").await?;
+    rows.push(summary(
+        "blob: s3 put, one part in flight",
+        n,
+        &[serial_put],
+        Some(&raw_multipart),
+    ));
+    rows.push(raw_multipart);
     rows.push(raw_put);
     rows.push(raw_get);
     if let Some(kib) = peak_rss_kib() {

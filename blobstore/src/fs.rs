@@ -59,10 +59,51 @@ impl FsStore {
         }
     }
 
+    /// Streams `reader` into a new object, hashing the bytes as they are written.
     pub(crate) async fn put_reader(
         &self,
         key: &ObjectKey,
         mut reader: impl AsyncRead + Unpin + Send,
+    ) -> Result<Stored, BlobError> {
+        self.put_via_temp(key, async |temp| {
+            let mut file = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(temp)
+                .await?;
+            let stored = crate::copy_hashing(&mut reader, &mut file).await?;
+            file.sync_all().await?;
+            Ok(stored)
+        })
+        .await
+    }
+
+    /// Stores a copy of the file at `source`. The kernel copies it (`copy_file_range`, or a
+    /// reflink where the filesystem has them), then the copy is hashed while it is flushed to
+    /// disk: the hash is of the bytes that landed, even if `source` changes meanwhile, and the
+    /// two passes overlap instead of queueing behind each other.
+    pub(crate) async fn put_file(
+        &self,
+        key: &ObjectKey,
+        source: &Path,
+    ) -> Result<Stored, BlobError> {
+        self.put_via_temp(key, async |temp| {
+            tokio::fs::copy(source, temp).await?;
+            let sync = async { tokio::fs::File::open(temp).await?.sync_all().await };
+            let (stored, synced) = tokio::join!(crate::hash_file(temp), sync);
+            synced?;
+            stored
+        })
+        .await
+    }
+
+    /// Writes an object through a uniquely named, fully synced temporary file (`write`), then
+    /// links it into place. A hard link is an atomic create-if-absent: the key either appears
+    /// complete or not at all, and an existing object is never replaced.
+    async fn put_via_temp(
+        &self,
+        key: &ObjectKey,
+        write: impl AsyncFnOnce(&Path) -> Result<Stored, BlobError>,
     ) -> Result<Stored, BlobError> {
         let path = self.path(key, true)?;
         let name = path
@@ -71,16 +112,7 @@ impl FsStore {
             .unwrap_or_default();
         let temp = path.with_file_name(format!(".{name}{TEMP_MARKER}{}", uuid::Uuid::new_v4()));
         let result = async {
-            let mut file = tokio::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&temp)
-                .await?;
-            let stored = crate::copy_hashing(&mut reader, &mut file).await?;
-            file.sync_all().await?;
-            drop(file);
-            // A hard link is an atomic create-if-absent: the key either appears complete or
-            // not at all, and an existing object is never replaced.
+            let stored = write(&temp).await?;
             match tokio::fs::hard_link(&temp, &path).await {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     return Err(BlobError::AlreadyExists {

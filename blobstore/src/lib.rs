@@ -171,7 +171,7 @@ impl BlobStore {
     /// Stores a file under `key`, create-only, returning its size and SHA-256.
     pub async fn put_file(&self, key: &ObjectKey, path: &Path) -> Result<Stored, BlobError> {
         match &self.backend {
-            Backend::Fs(fs) => fs.put_reader(key, tokio::fs::File::open(path).await?).await,
+            Backend::Fs(fs) => fs.put_file(key, path).await,
             Backend::S3(s3) => s3.put_file(key, path).await,
         }
     }
@@ -254,6 +254,33 @@ impl BlobStore {
             Backend::S3(s3) => s3.presign_put(key, sha256, expires).await,
         }
     }
+}
+
+/// The size and SHA-256 of a file, read on the blocking pool with plain `std::fs` reads (a
+/// `tokio::fs` read is a thread hop per buffer).
+pub(crate) async fn hash_file(path: &Path) -> Result<Stored, BlobError> {
+    use sha2::Digest;
+    use std::io::Read;
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut file = std::fs::File::open(&path)?;
+        let mut hasher = sha2::Sha256::new();
+        let mut size = 0u64;
+        let mut buf = vec![0u8; 1024 * 1024];
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                return Ok(Stored {
+                    size,
+                    sha256: hasher.finalize().into(),
+                });
+            }
+            hasher.update(&buf[..n]);
+            size += n as u64;
+        }
+    })
+    .await
+    .map_err(|e| BlobError::Io(std::io::Error::other(e)))?
 }
 
 /// Copies `reader` into `writer`, returning the size and SHA-256 of what passed: the one place

@@ -13,6 +13,7 @@ use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use futures::{StreamExt, TryStreamExt};
 use tokio::io::AsyncRead;
 
 use crate::{BlobError, ListPage, ObjectKey, ObjectMeta, Stored};
@@ -30,6 +31,10 @@ pub struct S3Options {
     /// Part size (default 16 MiB; raised when 10,000 parts would not hold the object, and
     /// never below S3's 5 MiB minimum).
     pub part_size: u64,
+    /// Parts in flight at once (default 4). Each streams from its slice of the file, so
+    /// memory does not grow with this; one request at a time cannot fill the link, because
+    /// every part waits for the server to store and checksum it before the next one starts.
+    pub upload_concurrency: usize,
 }
 
 impl Default for S3Options {
@@ -37,6 +42,7 @@ impl Default for S3Options {
         Self {
             multipart_threshold: 64 * MIB,
             part_size: 16 * MIB,
+            upload_concurrency: 4,
         }
     }
 }
@@ -144,7 +150,7 @@ impl S3Store {
     }
 
     pub(crate) async fn put_file(&self, key: &ObjectKey, path: &Path) -> Result<Stored, BlobError> {
-        let stored = hash_file(path).await?;
+        let stored = crate::hash_file(path).await?;
         self.upload(key, path, stored).await?;
         Ok(stored)
     }
@@ -180,8 +186,44 @@ impl S3Store {
         }
     }
 
-    /// Uploads in parts read from slices of the file, one part in flight, so memory does not
-    /// grow with the object. Any failure aborts the upload so no parts linger.
+    /// Uploads one slice of the file as part `number`.
+    async fn upload_part(
+        &self,
+        full: &str,
+        upload_id: &str,
+        path: &Path,
+        number: i32,
+        offset: u64,
+        length: u64,
+    ) -> Result<CompletedPart, BlobError> {
+        let body = ByteStream::read_from()
+            .path(path)
+            .offset(offset)
+            .length(Length::Exact(length))
+            .build()
+            .await
+            .map_err(|e| BlobError::Io(std::io::Error::other(e)))?;
+        let part = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(full)
+            .upload_id(upload_id)
+            .part_number(number)
+            .content_length(length as i64)
+            .body(body)
+            .send()
+            .await
+            .map_err(s3_error("UploadPart"))?;
+        Ok(CompletedPart::builder()
+            .part_number(number)
+            .set_e_tag(part.e_tag().map(str::to_owned))
+            .build())
+    }
+
+    /// Uploads in parts read from slices of the file, [`S3Options::upload_concurrency`] in
+    /// flight, so memory does not grow with the object. Any failure aborts the upload so no
+    /// parts linger.
     async fn upload_parts(&self, key: &ObjectKey, path: &Path, size: u64) -> Result<(), BlobError> {
         let full = self.full_key(key.as_str());
         let part_size = self
@@ -199,39 +241,19 @@ impl S3Store {
             .map_err(s3_error("CreateMultipartUpload"))?;
         let upload_id = created.upload_id().unwrap_or_default().to_owned();
         let result = async {
-            let mut parts = Vec::new();
-            let mut offset = 0u64;
-            let mut number = 1;
-            while offset < size {
-                let length = part_size.min(size - offset);
-                let body = ByteStream::read_from()
-                    .path(path)
-                    .offset(offset)
-                    .length(Length::Exact(length))
-                    .build()
-                    .await
-                    .map_err(|e| BlobError::Io(std::io::Error::other(e)))?;
-                let part = self
-                    .client
-                    .upload_part()
-                    .bucket(&self.bucket)
-                    .key(&full)
-                    .upload_id(&upload_id)
-                    .part_number(number)
-                    .content_length(length as i64)
-                    .body(body)
-                    .send()
-                    .await
-                    .map_err(s3_error("UploadPart"))?;
-                parts.push(
-                    CompletedPart::builder()
-                        .part_number(number)
-                        .set_e_tag(part.e_tag().map(str::to_owned))
-                        .build(),
-                );
-                offset += length;
-                number += 1;
-            }
+            let slices = (0..size.div_ceil(part_size)).map(|i| {
+                let offset = i * part_size;
+                // Part numbers start at 1; at most MAX_PARTS, so the cast cannot truncate.
+                (i as i32 + 1, offset, part_size.min(size - offset))
+            });
+            let mut parts: Vec<CompletedPart> = futures::stream::iter(slices)
+                .map(|(number, offset, length)| {
+                    self.upload_part(&full, &upload_id, path, number, offset, length)
+                })
+                .buffer_unordered(self.options.upload_concurrency.max(1))
+                .try_collect()
+                .await?;
+            parts.sort_by_key(|p| p.part_number());
             let completed = self
                 .client
                 .complete_multipart_upload()
@@ -416,9 +438,4 @@ fn precondition_failed<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>)
     err.raw_response()
         .is_some_and(|r| r.status().as_u16() == 412)
         || err.as_service_error().and_then(|e| e.code()) == Some("PreconditionFailed")
-}
-
-async fn hash_file(path: &Path) -> Result<Stored, BlobError> {
-    let mut file = tokio::fs::File::open(path).await?;
-    Ok(crate::copy_hashing(&mut file, &mut tokio::io::sink()).await?)
 }

@@ -16,6 +16,8 @@ const MIB: usize = 1024 * 1024;
 const OPTIONS: S3Options = S3Options {
     multipart_threshold: 6 * MIB as u64,
     part_size: 5 * MIB as u64,
+    // Below the part count, so parts overlap and one waits for a free slot.
+    upload_concurrency: 2,
 };
 
 /// A backend under test and where its bytes live on disk (for tampering).

@@ -215,6 +215,8 @@ async fn an_upload_that_fails_midway_commits_no_row_and_leaves_no_object() {
     let options = S3Options {
         multipart_threshold: 5 << 20,
         part_size: 5 << 20,
+        // One part at a time, so "the server fails after N requests" is the same request.
+        upload_concurrency: 1,
     };
     let setup = Store::from_parts(db.conn().clone(), vega_tests::scratch_blob_store())
         .await
