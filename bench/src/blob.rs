@@ -48,6 +48,26 @@ pub(crate) async fn run(mib: u64, rows: &mut Vec<Row>) -> Result<()> {
         Some(&cp_synced),
     ));
     rows.push(summary("blob: fs get (verified)", n, &[get], Some(&cp)));
+    // A get hands every byte to the caller, so it reads them into the process; cp does not.
+    let plain_read = time(|| async {
+        let mut file = std::fs::File::open(dir.join("fs/projects/bench/fs"))?;
+        std::io::copy(&mut file, &mut std::io::sink())?;
+        Ok(())
+    })
+    .await?;
+    let plain_read = summary(
+        "blob: read the file into the process (std::io::copy)",
+        n,
+        &[plain_read],
+        None,
+    );
+    rows.push(summary(
+        "blob: fs get (verified) vs a plain read",
+        n,
+        &[get],
+        Some(&plain_read),
+    ));
+    rows.push(plain_read);
     rows.push(cp);
     rows.push(cp_synced);
 
