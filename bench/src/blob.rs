@@ -18,6 +18,13 @@ use crate::Result;
 pub(crate) async fn run(mib: u64, rows: &mut Vec<Row>) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("vega-bench-blob-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir)?;
+    // The directory holds several GiB: remove it whether or not the scenario succeeds.
+    let result = measure(&dir, mib, rows).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn measure(dir: &Path, mib: u64, rows: &mut Vec<Row>) -> Result<()> {
     let source = dir.join("source");
     write_source(&source, mib).await?;
     let n = mib as usize;
@@ -202,7 +209,6 @@ pub(crate) async fn run(mib: u64, rows: &mut Vec<Row>) -> Result<()> {
             kib / 1024
         );
     }
-    std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
 

@@ -26,6 +26,8 @@ pub const BUCKET: &str = "vega-test";
 pub struct S3Server {
     endpoint: String,
     root: PathBuf,
+    /// Whether dropping the server removes `root` (not when it serves another's directory).
+    owns_root: bool,
     served: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
@@ -35,12 +37,13 @@ impl S3Server {
     pub async fn start() -> Self {
         let root = std::env::temp_dir().join(format!("vega-s3-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(root.join(BUCKET)).expect("create the bucket directory");
-        Self::serve(root, usize::MAX).await
+        Self::serve(root, usize::MAX, true).await
     }
 
-    /// A server over an existing directory (to restart one that was stopped).
+    /// A server over an existing directory (to restart one that was stopped); the directory
+    /// stays with the server that created it.
     pub async fn restart_over(root: &Path) -> Self {
-        Self::serve(root.to_owned(), usize::MAX).await
+        Self::serve(root.to_owned(), usize::MAX, false).await
     }
 
     /// A server that answers `requests` requests and then drops every connection, as a server
@@ -48,10 +51,10 @@ impl S3Server {
     pub async fn failing_after(requests: usize) -> Self {
         let root = std::env::temp_dir().join(format!("vega-s3-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(root.join(BUCKET)).expect("create the bucket directory");
-        Self::serve(root, requests).await
+        Self::serve(root, requests, true).await
     }
 
-    async fn serve(root: PathBuf, limit: usize) -> Self {
+    async fn serve(root: PathBuf, limit: usize, owns_root: bool) -> Self {
         let fs = s3s_fs::FileSystem::new(&root).expect("s3s-fs over the directory");
         let mut builder = S3ServiceBuilder::new(fs);
         builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
@@ -95,6 +98,7 @@ impl S3Server {
         Self {
             endpoint,
             root,
+            owns_root,
             served,
             task,
         }
@@ -154,5 +158,9 @@ impl S3Server {
 impl Drop for S3Server {
     fn drop(&mut self) {
         self.task.abort();
+        // The benchmarks store GiB-sized objects here; leaving them filled the disk.
+        if self.owns_root {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
     }
 }
