@@ -5,7 +5,6 @@
 //! that all say the same thing. Nothing here writes to the database; the blob probe writes one
 //! small object under `_doctor/` and deletes it.
 
-use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -14,6 +13,7 @@ use serde::Serialize;
 use tokio::io::AsyncReadExt;
 use vega_blobstore::{BlobStore, ObjectKey};
 use vega_config::{Backend, ConnectError, DatabaseSettings, Settings};
+use vega_migration::catalog;
 use vega_migration::status::SchemaStatus;
 
 /// How long one network step (TCP connect, a blob request) may take before it is a failure.
@@ -139,16 +139,13 @@ pub async fn run(settings: Result<Settings, vega_config::ConfigError>) -> Report
         ),
     );
 
-    let conn = database_checks(db, &mut checks).await;
-    match &conn {
+    match database_checks(db, &mut checks).await {
         Some(conn) => {
-            migration_check(conn, &mut checks).await;
-            foreign_key_check(conn, &mut checks).await;
+            migration_check(&conn, &mut checks).await;
+            foreign_key_check(&conn, &mut checks).await;
+            let _ = conn.close().await;
         }
         None => checks.skip(&["migrations", "fk-indexes"], "no database connection"),
-    }
-    if let Some(conn) = conn {
-        let _ = conn.close().await;
     }
     blob_check(&settings, &mut checks).await;
     finish(checks)
@@ -184,12 +181,7 @@ async fn database_checks(db: &DatabaseSettings, checks: &mut Checks) -> Option<D
                     checks.fail(
                         "tcp",
                         format!("cannot reach {host}:{port}: {err}"),
-                        format!(
-                            "is Postgres running? (pg_isready -h {host} -p {port}); is the host \
-                             right (the URL is {})?; in AWS, does the task's security group \
-                             reach the database's on {port}?",
-                            db.url_source
-                        ),
+                        db.connection_hint(),
                     );
                     checks.skip(&["connect"], "the database is not reachable");
                     return None;
@@ -294,34 +286,14 @@ async fn migration_check(conn: &DatabaseConnection, checks: &mut Checks) {
     }
 }
 
-/// A foreign key: the child table, its columns in key order, and the parent table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct ForeignKey {
-    table: String,
-    columns: Vec<String>,
-    parent: String,
-}
-
-/// A non-partial index (or primary key / unique constraint): its table and columns in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Index {
-    table: String,
-    columns: Vec<String>,
-}
-
-/// True when `index` can serve lookups on `fk`'s columns: its leading columns are exactly the
-/// key's columns, in any order. A partial index does not count: a parent's delete or key
-/// update must find every child row, not only those matching a predicate.
-fn covers(index: &Index, fk: &ForeignKey) -> bool {
-    let n = fk.columns.len();
-    index.table == fk.table
-        && index.columns.len() >= n
-        && index.columns[..n].iter().collect::<BTreeSet<_>>()
-            == fk.columns.iter().collect::<BTreeSet<_>>()
-}
-
 async fn foreign_key_check(conn: &DatabaseConnection, checks: &mut Checks) {
-    let (fks, indexes) = match read_keys(conn).await {
+    let read = async {
+        Ok::<_, DbErr>((
+            catalog::foreign_keys(conn).await?,
+            catalog::full_indexes(conn).await?,
+        ))
+    };
+    let (fks, indexes) = match read.await {
         Ok(found) => found,
         Err(err) => {
             checks.fail(
@@ -334,7 +306,7 @@ async fn foreign_key_check(conn: &DatabaseConnection, checks: &mut Checks) {
     };
     let missing: Vec<String> = fks
         .iter()
-        .filter(|fk| !indexes.iter().any(|i| covers(i, fk)))
+        .filter(|fk| !indexes.iter().any(|index| fk.is_led_by(index)))
         .map(|fk| format!("{}({}) -> {}", fk.table, fk.columns.join(", "), fk.parent))
         .collect();
     if missing.is_empty() {
@@ -355,80 +327,6 @@ async fn foreign_key_check(conn: &DatabaseConnection, checks: &mut Checks) {
         );
     }
 }
-
-async fn read_keys(conn: &DatabaseConnection) -> Result<(Vec<ForeignKey>, Vec<Index>), DbErr> {
-    let backend = conn.get_database_backend();
-    let (fk_sql, index_sql) = match backend {
-        DbBackend::Postgres => (PG_FOREIGN_KEYS, PG_INDEXES),
-        _ => (SQLITE_FOREIGN_KEYS, SQLITE_INDEXES),
-    };
-    let split = |s: String| s.split(',').map(str::to_owned).collect::<Vec<_>>();
-    let fks = conn
-        .query_all_raw(Statement::from_string(backend, fk_sql))
-        .await?
-        .into_iter()
-        .map(|row| {
-            Ok(ForeignKey {
-                table: row.try_get("", "table_name")?,
-                columns: split(row.try_get("", "columns")?),
-                parent: row.try_get("", "parent")?,
-            })
-        })
-        .collect::<Result<Vec<_>, DbErr>>()?;
-    let indexes = conn
-        .query_all_raw(Statement::from_string(backend, index_sql))
-        .await?
-        .into_iter()
-        .map(|row| {
-            Ok(Index {
-                table: row.try_get("", "table_name")?,
-                columns: split(row.try_get("", "columns")?),
-            })
-        })
-        .collect::<Result<Vec<_>, DbErr>>()?;
-    Ok((fks, indexes))
-}
-
-// Column lists come back comma-joined: sea-orm reads Postgres arrays only with a feature this
-// workspace does not otherwise need, and no Vega column name contains a comma.
-const PG_FOREIGN_KEYS: &str = "
-SELECT c.conrelid::regclass::text AS table_name,
-       c.confrelid::regclass::text AS parent,
-       (SELECT string_agg(a.attname, ',' ORDER BY k.ord)
-          FROM unnest(c.conkey) WITH ORDINALITY AS k(attnum, ord)
-          JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum) AS columns
-  FROM pg_constraint c
- WHERE c.contype = 'f'
-   AND c.connamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())
- ORDER BY 1, 3";
-
-const PG_INDEXES: &str = "
-SELECT i.indrelid::regclass::text AS table_name,
-       (SELECT string_agg(coalesce(a.attname::text, '(expression)'), ',' ORDER BY k.ord)
-          FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
-          LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum) AS columns
-  FROM pg_index i
-  JOIN pg_class t ON t.oid = i.indrelid
- WHERE i.indpred IS NULL
-   AND t.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())";
-
-const SQLITE_FOREIGN_KEYS: &str = "
-SELECT m.name AS table_name, f.\"table\" AS parent,
-       group_concat(f.\"from\", ',') AS columns
-  FROM sqlite_master m, pragma_foreign_key_list(m.name) f
- WHERE m.type = 'table'
- GROUP BY m.name, f.id
- ORDER BY 1, 3";
-
-// SQLite's group_concat has no ORDER BY before 3.44; the subquery orders by key position.
-const SQLITE_INDEXES: &str = "
-SELECT table_name, group_concat(column_name, ',') AS columns
-  FROM (SELECT m.name AS table_name, l.name AS index_name,
-               coalesce(i.name, '(expression)') AS column_name
-          FROM sqlite_master m, pragma_index_list(m.name) l, pragma_index_info(l.name) i
-         WHERE m.type = 'table' AND l.partial = 0
-         ORDER BY m.name, l.name, i.seqno)
- GROUP BY table_name, index_name";
 
 /// Writes, reads back and deletes one small object under `_doctor/`.
 async fn blob_check(settings: &Settings, checks: &mut Checks) {
@@ -477,34 +375,4 @@ async fn probe(settings: &Settings) -> Result<String, String> {
     }
     deleted.map_err(|e| format!("cannot delete {key} from {where_}: {e}"))?;
     Ok(format!("{where_}: wrote, read back and deleted {key}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn fk(columns: &[&str]) -> ForeignKey {
-        ForeignKey {
-            table: "t".into(),
-            columns: columns.iter().map(|c| c.to_string()).collect(),
-            parent: "p".into(),
-        }
-    }
-
-    fn index(table: &str, columns: &[&str]) -> Index {
-        Index {
-            table: table.into(),
-            columns: columns.iter().map(|c| c.to_string()).collect(),
-        }
-    }
-
-    #[test]
-    fn an_index_covers_a_key_only_through_its_leading_columns() {
-        assert!(covers(&index("t", &["a"]), &fk(&["a"])));
-        assert!(covers(&index("t", &["a", "b"]), &fk(&["a"])));
-        assert!(covers(&index("t", &["b", "a", "c"]), &fk(&["a", "b"])));
-        assert!(!covers(&index("t", &["b", "a"]), &fk(&["a"])));
-        assert!(!covers(&index("u", &["a"]), &fk(&["a"])));
-        assert!(!covers(&index("t", &["a"]), &fk(&["a", "b"])));
-    }
 }

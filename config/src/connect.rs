@@ -45,7 +45,7 @@ impl DatabaseSettings {
             .await
             .map_err(|source| ConnectError::Connect {
                 target: self.target(),
-                hint: self.hint(),
+                hint: self.connection_hint(),
                 source,
             })
     }
@@ -67,7 +67,9 @@ impl DatabaseSettings {
         }
     }
 
-    fn hint(&self) -> String {
+    /// What to check when the database cannot be reached, in the order the checks usually
+    /// find the cause: the server, the URL and where it came from, the network in AWS.
+    pub fn connection_hint(&self) -> String {
         match self.backend {
             Backend::Postgres => {
                 let host = self.host().unwrap_or_else(|| "localhost".into());

@@ -13,8 +13,10 @@
 //! - [`runner`], the run order: lock, refuse unknown versions, apply each with its duration,
 //!   unlock;
 //! - [`preview`], the SQL a set of migrations would run, rendered without a database;
+//! - [`catalog`], foreign keys and indexes as the database's catalog lists them;
 //! - the `vega-migrate` command line in [`cli`].
 
+pub mod catalog;
 pub mod cli;
 mod ddl;
 pub mod lock;

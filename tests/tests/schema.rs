@@ -4,11 +4,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use chrono::{DateTime, FixedOffset, Utc};
-use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ConnectionTrait, DbBackend, DbErr, EntityTrait, SqlErr,
-    Statement,
-};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, DbErr, EntityTrait, SqlErr};
 use vega_entity::{findings, projects, repositories, scans, usage_records, users};
+use vega_migration::catalog;
 use vega_tests::{TestDb, on_both_backends};
 
 fn now() -> DateTime<FixedOffset> {
@@ -213,107 +211,16 @@ on_both_backends! {
     }
 
     async fn every_foreign_key_leads_a_full_index_and_names_its_delete_rule(db: &TestDb) {
-        let fks = foreign_keys(db).await;
+        let fks = catalog::foreign_keys(db.conn()).await.unwrap();
         assert!(fks.len() >= 25, "found only {} foreign keys", fks.len());
-        let indexes = full_index_leading_columns(db).await;
+        let indexes = catalog::full_indexes(db.conn()).await.unwrap();
         for fk in &fks {
             assert!(
-                indexes.iter().any(|(table, columns)| table == &fk.table && columns.starts_with(&fk.columns)),
+                indexes.iter().any(|index| fk.is_led_by(index)),
                 "{}.{:?} has no full index that starts with it (the seed's slow-delete trap)",
                 fk.table, fk.columns
             );
             assert_ne!(fk.on_delete, "NO ACTION", "{}.{:?} does not say what happens on delete", fk.table, fk.columns);
         }
     }
-}
-
-#[derive(Debug)]
-struct ForeignKey {
-    table: String,
-    columns: Vec<String>,
-    on_delete: String,
-}
-
-async fn query(db: &TestDb, sql: &str) -> Vec<sea_orm::QueryResult> {
-    db.conn()
-        .query_all_raw(Statement::from_string(db.backend(), sql))
-        .await
-        .unwrap()
-}
-
-/// Every foreign key: its table, its columns in order, and its delete rule.
-async fn foreign_keys(db: &TestDb) -> Vec<ForeignKey> {
-    let sql = match db.backend() {
-        DbBackend::Postgres => {
-            "SELECT c.conrelid::regclass::text AS tbl, c.conname AS fk, a.attname AS col,
-                    CASE c.confdeltype WHEN 'a' THEN 'NO ACTION' WHEN 'r' THEN 'RESTRICT'
-                         WHEN 'c' THEN 'CASCADE' WHEN 'n' THEN 'SET NULL' ELSE 'SET DEFAULT' END
-                        AS on_delete
-               FROM pg_constraint c
-               CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY AS k(attnum, ord)
-               JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum
-              WHERE c.contype = 'f' AND c.connamespace = 'public'::regnamespace
-              ORDER BY tbl, fk, k.ord"
-        }
-        _ => {
-            "SELECT m.name AS tbl, CAST(f.id AS TEXT) AS fk, f.\"from\" AS col,
-                    f.on_delete AS on_delete
-               FROM sqlite_master m, pragma_foreign_key_list(m.name) f
-              WHERE m.type = 'table'
-              ORDER BY tbl, fk, f.seq"
-        }
-    };
-    let mut fks: Vec<(String, String, ForeignKey)> = Vec::new();
-    for row in query(db, sql).await {
-        let table: String = row.try_get("", "tbl").unwrap();
-        let name: String = row.try_get("", "fk").unwrap();
-        let column: String = row.try_get("", "col").unwrap();
-        match fks.last_mut() {
-            Some((t, n, fk)) if *t == table && *n == name => fk.columns.push(column),
-            _ => fks.push((
-                table.clone(),
-                name,
-                ForeignKey {
-                    table,
-                    columns: vec![column],
-                    on_delete: row.try_get("", "on_delete").unwrap(),
-                },
-            )),
-        }
-    }
-    fks.into_iter().map(|(_, _, fk)| fk).collect()
-}
-
-/// For every non-partial index (primary keys and unique constraints included): its table and
-/// its key columns in order.
-async fn full_index_leading_columns(db: &TestDb) -> Vec<(String, Vec<String>)> {
-    let sql = match db.backend() {
-        DbBackend::Postgres => {
-            "SELECT i.indrelid::regclass::text AS tbl, i.indexrelid::regclass::text AS idx,
-                    a.attname AS col
-               FROM pg_index i
-               JOIN pg_class t ON t.oid = i.indrelid
-               CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
-               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-              WHERE i.indpred IS NULL AND t.relnamespace = 'public'::regnamespace
-              ORDER BY tbl, idx, k.ord"
-        }
-        _ => {
-            "SELECT m.name AS tbl, l.name AS idx, ii.name AS col
-               FROM sqlite_master m, pragma_index_list(m.name) l, pragma_index_info(l.name) ii
-              WHERE m.type = 'table' AND l.partial = 0
-              ORDER BY tbl, idx, ii.seqno"
-        }
-    };
-    let mut indexes: Vec<(String, String, Vec<String>)> = Vec::new();
-    for row in query(db, sql).await {
-        let table: String = row.try_get("", "tbl").unwrap();
-        let index: String = row.try_get("", "idx").unwrap();
-        let column: String = row.try_get("", "col").unwrap();
-        match indexes.last_mut() {
-            Some((t, i, columns)) if *t == table && *i == index => columns.push(column),
-            _ => indexes.push((table, index, vec![column])),
-        }
-    }
-    indexes.into_iter().map(|(t, _, c)| (t, c)).collect()
 }
