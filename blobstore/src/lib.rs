@@ -256,56 +256,65 @@ impl BlobStore {
     }
 }
 
+/// Size and SHA-256 of the bytes fed to it: the one place stored bytes are hashed.
+#[derive(Default)]
+struct Hashing {
+    hasher: sha2::Sha256,
+    size: u64,
+}
+
+impl Hashing {
+    fn update(&mut self, bytes: &[u8]) {
+        use sha2::Digest;
+        self.hasher.update(bytes);
+        self.size += bytes.len() as u64;
+    }
+
+    fn finish(self) -> Stored {
+        use sha2::Digest;
+        Stored {
+            size: self.size,
+            sha256: self.hasher.finalize().into(),
+        }
+    }
+}
+
 /// The size and SHA-256 of a file, read on the blocking pool with plain `std::fs` reads (a
 /// `tokio::fs` read is a thread hop per buffer).
 pub(crate) async fn hash_file(path: &Path) -> Result<Stored, BlobError> {
-    use sha2::Digest;
     use std::io::Read;
     let path = path.to_owned();
     tokio::task::spawn_blocking(move || {
         let mut file = std::fs::File::open(&path)?;
-        let mut hasher = sha2::Sha256::new();
-        let mut size = 0u64;
+        let mut hashing = Hashing::default();
         let mut buf = vec![0u8; 1024 * 1024];
         loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                return Ok(Stored {
-                    size,
-                    sha256: hasher.finalize().into(),
-                });
+            match file.read(&mut buf)? {
+                0 => return Ok(hashing.finish()),
+                n => hashing.update(&buf[..n]),
             }
-            hasher.update(&buf[..n]);
-            size += n as u64;
         }
     })
     .await
     .map_err(|e| BlobError::Io(std::io::Error::other(e)))?
 }
 
-/// Copies `reader` into `writer`, returning the size and SHA-256 of what passed: the one place
-/// bytes are hashed on their way in.
+/// Copies `reader` into `writer`, returning the size and SHA-256 of what passed.
 pub(crate) async fn copy_hashing(
     reader: &mut (impl AsyncRead + Unpin + ?Sized),
     writer: &mut (impl tokio::io::AsyncWrite + Unpin + ?Sized),
 ) -> std::io::Result<Stored> {
-    use sha2::Digest;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut hasher = sha2::Sha256::new();
-    let mut size = 0u64;
+    let mut hashing = Hashing::default();
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = reader.read(&mut buf).await?;
         if n == 0 {
             writer.flush().await?;
-            return Ok(Stored {
-                size,
-                sha256: hasher.finalize().into(),
-            });
+            return Ok(hashing.finish());
         }
-        hasher.update(&buf[..n]);
+        hashing.update(&buf[..n]);
         writer.write_all(&buf[..n]).await?;
-        size += n as u64;
     }
 }
 
