@@ -20,8 +20,8 @@ use crate::page::{Page, page_size};
 use crate::store::{is_postgres, now, statement};
 use crate::{Error, Result, fingerprint, validate};
 
-/// Rows per multi-row statement: far below both engines' bind-parameter limits (65,535 and
-/// 32,766) at ~15 parameters per row, and large enough that round trips do not dominate.
+/// Rows per multi-row statement on SQLite: far below its bind-parameter limit (32,766) at 15
+/// parameters per row, and large enough that round trips do not dominate.
 const CHUNK: usize = 1000;
 
 /// Rows per statement on Postgres, where each column travels as one array parameter
@@ -232,28 +232,18 @@ pub(crate) async fn ingest(
 ) -> Result<IngestSummary> {
     let now = now();
     let mut counts = SeverityCounts::default();
+    for p in &prepared {
+        counts.add(p.finding.severity, 1);
+    }
     let mut new = 0;
-    let chunk_size = if is_postgres(txn) { PG_CHUNK } else { CHUNK };
-    for chunk in prepared.chunks(chunk_size) {
-        let previous = previous_statuses(txn, scan.repository_id, chunk).await?;
-        let ids = upsert(txn, scan, chunk, now).await?;
-        let mut occurrences = Vec::with_capacity(chunk.len());
-        for p in chunk {
-            let change = match previous.get(&p.fingerprint).map(String::as_str) {
-                None => OccurrenceChange::New,
-                Some(s) if s == FindingStatus::Fixed.as_str() => OccurrenceChange::Reopened,
-                Some(_) => OccurrenceChange::Existing,
-            };
-            new += i32::from(change == OccurrenceChange::New);
-            counts.add(p.finding.severity, 1);
-            let finding_id = ids.get(&p.fingerprint).copied().ok_or_else(|| {
-                Error::Database(sea_orm::DbErr::Custom(
-                    "upsert returned no id for a finding".into(),
-                ))
-            })?;
-            occurrences.push((finding_id, p, change));
+    if is_postgres(txn) {
+        for chunk in prepared.chunks(PG_CHUNK) {
+            new += write_chunk_postgres(txn, scan, chunk, now).await?;
         }
-        insert_occurrences(txn, scan, &occurrences).await?;
+    } else {
+        for chunk in prepared.chunks(CHUNK) {
+            new += write_chunk_sqlite(txn, scan, chunk, now).await?;
+        }
     }
     let fixed = if scan.kind == ScanKind::Full.as_str() && scan.tracks_default_branch {
         let result = txn
@@ -278,6 +268,145 @@ pub(crate) async fn ingest(
     })
 }
 
+/// A chunk's upsert and occurrences on Postgres, in one statement: the chunk travels once, as
+/// one array parameter per column (`unnest`), so the statement is parsed and planned once
+/// whatever its row count, and nothing comes back but the count of new findings. Every part of
+/// a `WITH` sees the snapshot from before the statement, so `prior` is each finding's status
+/// before the upsert changes it.
+///
+/// sea-query binds arrays without NULL elements, so optional values travel as a sentinel that
+/// validation rules out ('' for text, 0 for numbers, JSON `null`) and `NULLIF` turns back
+/// into NULL.
+async fn write_chunk_postgres(
+    txn: &impl ConnectionTrait,
+    scan: &scans::Model,
+    chunk: &[Prepared],
+    now: chrono::DateTime<chrono::FixedOffset>,
+) -> Result<i32> {
+    let f = || chunk.iter().map(|p| &p.finding);
+    let text = |v: &Option<String>| v.clone().unwrap_or_default();
+    let values: Vec<Value> = vec![
+        scan.project_id.into(),
+        scan.repository_id.into(),
+        scan.id.into(),
+        now.into(),
+        chunk
+            .iter()
+            .map(|_| Uuid::now_v7())
+            .collect::<Vec<_>>()
+            .into(),
+        chunk
+            .iter()
+            .map(|p| p.fingerprint.to_vec())
+            .collect::<Vec<_>>()
+            .into(),
+        f().map(|f| f.scanner.clone()).collect::<Vec<_>>().into(),
+        f().map(|f| f.category.as_str().to_owned())
+            .collect::<Vec<_>>()
+            .into(),
+        f().map(|f| f.rule_id.clone()).collect::<Vec<_>>().into(),
+        f().map(|f| f.title.clone()).collect::<Vec<_>>().into(),
+        f().map(|f| f.severity.as_i16()).collect::<Vec<_>>().into(),
+        f().map(|f| f.cwe.unwrap_or(0)).collect::<Vec<_>>().into(),
+        f().map(|f| text(&f.cve)).collect::<Vec<_>>().into(),
+        f().map(|f| text(&f.file_path)).collect::<Vec<_>>().into(),
+        f().map(|f| f.start_line.unwrap_or(0))
+            .collect::<Vec<_>>()
+            .into(),
+        f().map(|f| f.end_line.unwrap_or(0))
+            .collect::<Vec<_>>()
+            .into(),
+        f().map(|f| text(&f.package_name))
+            .collect::<Vec<_>>()
+            .into(),
+        f().map(|f| text(&f.package_version))
+            .collect::<Vec<_>>()
+            .into(),
+        f().map(|f| f.details.clone().unwrap_or(serde_json::Value::Null))
+            .collect::<Vec<_>>()
+            .into(),
+    ];
+    // Each row's prior status is a correlated subquery, one probe of the unique index per row
+    // whatever the planner estimates: after five executions Postgres plans this statement
+    // generically, guesses ten rows for each `unnest`, and as a join it chose a nested loop
+    // over the whole chunk for every row (measured: 2.5 s per 5,000 existing findings).
+    let sql = format!(
+        "WITH u AS ( \
+           SELECT x.*, (SELECT f.status FROM findings f \
+                         WHERE f.repository_id = $2 AND f.fingerprint = x.fingerprint) AS prior \
+             FROM unnest($5::uuid[], $6::bytea[], $7::text[], $8::text[], $9::text[], \
+                         $10::text[], $11::int2[], $12::int4[], $13::text[], $14::text[], \
+                         $15::int4[], $16::int4[], $17::text[], $18::text[], $19::jsonb[]) \
+               AS x(id, fingerprint, scanner, category, rule_id, title, severity, cwe, cve, \
+                    file_path, start_line, end_line, package_name, package_version, details) \
+         ), upserted AS ( \
+           INSERT INTO findings ({FINDING_COLUMNS}) \
+           SELECT u.id, $1, $2, u.fingerprint, u.scanner, u.category, u.rule_id, u.title, \
+                  u.severity, u.severity, NULLIF(u.cwe, 0), NULLIF(u.cve, ''), \
+                  NULLIF(u.file_path, ''), NULLIF(u.start_line, 0), NULLIF(u.end_line, 0), \
+                  NULLIF(u.package_name, ''), NULLIF(u.package_version, ''), \
+                  NULLIF(u.details, 'null'::jsonb), 'open', $3, $3, $4, $4, 1, $4, $4 \
+             FROM u \
+           {ON_FINDING_CONFLICT} \
+         ), occurrences AS ( \
+           INSERT INTO finding_occurrences (scan_id, finding_id, project_id, severity, change, \
+                                            file_path, start_line, end_line) \
+           SELECT $3, upserted.id, $1, u.severity, \
+                  CASE WHEN u.prior IS NULL THEN 'new' \
+                       WHEN u.prior = 'fixed' THEN 'reopened' ELSE 'existing' END, \
+                  NULLIF(u.file_path, ''), NULLIF(u.start_line, 0), NULLIF(u.end_line, 0) \
+             FROM upserted JOIN u USING (fingerprint) \
+           RETURNING change \
+         ) \
+         SELECT count(*) AS written, count(*) FILTER (WHERE change = 'new') AS new \
+           FROM occurrences"
+    );
+    let row = txn
+        .query_one_raw(statement(txn, &sql, values))
+        .await?
+        .ok_or_else(|| Error::Database(sea_orm::DbErr::RecordNotFound("ingest count".into())))?;
+    let written: i64 = row.try_get("", "written")?;
+    if usize::try_from(written).ok() != Some(chunk.len()) {
+        return Err(Error::Database(sea_orm::DbErr::Custom(format!(
+            "ingest wrote {written} occurrences for {} findings",
+            chunk.len()
+        ))));
+    }
+    let new: i64 = row.try_get("", "new")?;
+    Ok(i32::try_from(new).unwrap_or(i32::MAX))
+}
+
+/// A chunk's upsert and occurrences on SQLite, which has no arrays and no data-modifying
+/// `WITH`: the prior statuses, then a multi-row upsert returning the ids, then the
+/// occurrences. Returns how many findings were new.
+async fn write_chunk_sqlite(
+    txn: &impl ConnectionTrait,
+    scan: &scans::Model,
+    chunk: &[Prepared],
+    now: chrono::DateTime<chrono::FixedOffset>,
+) -> Result<i32> {
+    let previous = previous_statuses(txn, scan.repository_id, chunk).await?;
+    let ids = upsert(txn, scan, chunk, now).await?;
+    let mut new = 0;
+    let mut occurrences = Vec::with_capacity(chunk.len());
+    for p in chunk {
+        let change = match previous.get(&p.fingerprint).map(String::as_str) {
+            None => OccurrenceChange::New,
+            Some(s) if s == FindingStatus::Fixed.as_str() => OccurrenceChange::Reopened,
+            Some(_) => OccurrenceChange::Existing,
+        };
+        new += i32::from(change == OccurrenceChange::New);
+        let finding_id = ids.get(&p.fingerprint).copied().ok_or_else(|| {
+            Error::Database(sea_orm::DbErr::Custom(
+                "upsert returned no id for a finding".into(),
+            ))
+        })?;
+        occurrences.push((finding_id, p, change));
+    }
+    insert_occurrences(txn, scan, &occurrences).await?;
+    Ok(new)
+}
+
 /// The current status of those fingerprints that already exist in the repository: absent
 /// means new, `fixed` means reopened.
 async fn previous_statuses(
@@ -285,34 +414,15 @@ async fn previous_statuses(
     repository_id: Uuid,
     chunk: &[Prepared],
 ) -> Result<HashMap<[u8; 32], String>> {
-    let fingerprints = chunk.iter().map(|p| p.fingerprint.to_vec());
-    // On Postgres, one array parameter joined through unnest: a list of 1,000 bind parameters
-    // is re-planned on every execution, and `fingerprint = ANY($2)` fell to a generic plan that
-    // filtered the whole repository per chunk once earlier chunks' rows existed (measured: ~1 s
-    // per chunk, 92 s for 100k new findings). The join is a nested loop of unique-index probes
-    // whatever the statistics say. SQLite has no arrays and plans an IN list well.
-    let (sql, values): (String, Vec<Value>) = if is_postgres(txn) {
-        let array: Vec<Vec<u8>> = fingerprints.collect();
-        (
-            "SELECT f.fingerprint, f.status FROM unnest($2::bytea[]) AS x(fingerprint) \
-               JOIN findings f ON f.repository_id = $1 AND f.fingerprint = x.fingerprint"
-                .into(),
-            vec![repository_id.into(), array.into()],
-        )
-    } else {
-        let placeholders = (2..chunk.len() + 2)
-            .map(|i| format!("${i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let mut values: Vec<Value> = vec![repository_id.into()];
-        values.extend(fingerprints.map(Value::from));
-        (
-            format!(
-                "SELECT fingerprint, status FROM findings WHERE repository_id = $1 AND fingerprint IN ({placeholders})"
-            ),
-            values,
-        )
-    };
+    let placeholders = (2..chunk.len() + 2)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut values: Vec<Value> = vec![repository_id.into()];
+    values.extend(chunk.iter().map(|p| Value::from(p.fingerprint.to_vec())));
+    let sql = format!(
+        "SELECT fingerprint, status FROM findings WHERE repository_id = $1 AND fingerprint IN ({placeholders})"
+    );
     let rows = txn.query_all_raw(statement(txn, &sql, values)).await?;
     rows.iter()
         .map(|row| Ok((fingerprint_of(row)?, row.try_get("", "status")?)))
@@ -328,9 +438,6 @@ async fn upsert(
     chunk: &[Prepared],
     now: chrono::DateTime<chrono::FixedOffset>,
 ) -> Result<HashMap<[u8; 32], Uuid>> {
-    if is_postgres(txn) {
-        return upsert_unnest(txn, scan, chunk, now).await;
-    }
     // $1..$4 are shared by every row; each row adds 15 parameters.
     const SHARED: usize = 4;
     const PER_ROW: usize = 15;
@@ -395,80 +502,6 @@ async fn upsert(
         .collect()
 }
 
-/// The Postgres form of [`upsert`]: one array parameter per column through `unnest`, so a
-/// chunk's statement is parsed and planned once, whatever its row count. sea-query binds arrays
-/// without NULL elements, so optional values travel as a sentinel that validation rules out
-/// ('' for text, 0 for numbers, JSON `null`) and `NULLIF` turns back into NULL.
-async fn upsert_unnest(
-    txn: &impl ConnectionTrait,
-    scan: &scans::Model,
-    chunk: &[Prepared],
-    now: chrono::DateTime<chrono::FixedOffset>,
-) -> Result<HashMap<[u8; 32], Uuid>> {
-    let f = || chunk.iter().map(|p| &p.finding);
-    let text = |v: &Option<String>| v.clone().unwrap_or_default();
-    let values: Vec<Value> = vec![
-        scan.project_id.into(),
-        scan.repository_id.into(),
-        scan.id.into(),
-        now.into(),
-        chunk
-            .iter()
-            .map(|_| Uuid::now_v7())
-            .collect::<Vec<_>>()
-            .into(),
-        chunk
-            .iter()
-            .map(|p| p.fingerprint.to_vec())
-            .collect::<Vec<_>>()
-            .into(),
-        f().map(|f| f.scanner.clone()).collect::<Vec<_>>().into(),
-        f().map(|f| f.category.as_str().to_owned())
-            .collect::<Vec<_>>()
-            .into(),
-        f().map(|f| f.rule_id.clone()).collect::<Vec<_>>().into(),
-        f().map(|f| f.title.clone()).collect::<Vec<_>>().into(),
-        f().map(|f| f.severity.as_i16()).collect::<Vec<_>>().into(),
-        f().map(|f| f.cwe.unwrap_or(0)).collect::<Vec<_>>().into(),
-        f().map(|f| text(&f.cve)).collect::<Vec<_>>().into(),
-        f().map(|f| text(&f.file_path)).collect::<Vec<_>>().into(),
-        f().map(|f| f.start_line.unwrap_or(0))
-            .collect::<Vec<_>>()
-            .into(),
-        f().map(|f| f.end_line.unwrap_or(0))
-            .collect::<Vec<_>>()
-            .into(),
-        f().map(|f| text(&f.package_name))
-            .collect::<Vec<_>>()
-            .into(),
-        f().map(|f| text(&f.package_version))
-            .collect::<Vec<_>>()
-            .into(),
-        f().map(|f| f.details.clone().unwrap_or(serde_json::Value::Null))
-            .collect::<Vec<_>>()
-            .into(),
-    ];
-    let sql = format!(
-        "INSERT INTO findings ({FINDING_COLUMNS}) \
-         SELECT u.id, $1, $2, u.fingerprint, u.scanner, u.category, u.rule_id, u.title, u.severity, \
-                u.severity, NULLIF(u.cwe, 0), NULLIF(u.cve, ''), NULLIF(u.file_path, ''), \
-                NULLIF(u.start_line, 0), NULLIF(u.end_line, 0), NULLIF(u.package_name, ''), \
-                NULLIF(u.package_version, ''), NULLIF(u.details, 'null'::jsonb), 'open', $3, $3, \
-                $4, $4, 1, $4, $4 \
-           FROM unnest($5::uuid[], $6::bytea[], $7::text[], $8::text[], $9::text[], $10::text[], \
-                       $11::int2[], $12::int4[], $13::text[], $14::text[], $15::int4[], $16::int4[], \
-                       $17::text[], $18::text[], $19::jsonb[]) \
-                AS u(id, fingerprint, scanner, category, rule_id, title, severity, cwe, cve, \
-                     file_path, start_line, end_line, package_name, package_version, details) \
-         {ON_FINDING_CONFLICT}"
-    );
-    let returned = txn.query_all_raw(statement(txn, &sql, values)).await?;
-    returned
-        .iter()
-        .map(|row| Ok((fingerprint_of(row)?, row.try_get("", "id")?)))
-        .collect()
-}
-
 fn fingerprint_of(row: &sea_orm::QueryResult) -> Result<[u8; 32]> {
     let bytes: Vec<u8> = row.try_get("", "fingerprint")?;
     <[u8; 32]>::try_from(bytes)
@@ -480,45 +513,6 @@ async fn insert_occurrences(
     scan: &scans::Model,
     occurrences: &[(Uuid, &Prepared, OccurrenceChange)],
 ) -> Result<()> {
-    if is_postgres(txn) {
-        let o = || occurrences.iter().map(|(_, p, _)| &p.finding);
-        let values: Vec<Value> = vec![
-            scan.id.into(),
-            scan.project_id.into(),
-            occurrences
-                .iter()
-                .map(|(id, ..)| *id)
-                .collect::<Vec<_>>()
-                .into(),
-            o().map(|f| f.severity.as_i16()).collect::<Vec<_>>().into(),
-            occurrences
-                .iter()
-                .map(|(.., c)| c.as_str().to_owned())
-                .collect::<Vec<_>>()
-                .into(),
-            o().map(|f| f.file_path.clone().unwrap_or_default())
-                .collect::<Vec<_>>()
-                .into(),
-            o().map(|f| f.start_line.unwrap_or(0))
-                .collect::<Vec<_>>()
-                .into(),
-            o().map(|f| f.end_line.unwrap_or(0))
-                .collect::<Vec<_>>()
-                .into(),
-        ];
-        txn.execute_raw(statement(
-            txn,
-            "INSERT INTO finding_occurrences (scan_id, finding_id, project_id, severity, change, \
-                                              file_path, start_line, end_line) \
-             SELECT $1, u.finding_id, $2, u.severity, u.change, NULLIF(u.file_path, ''), \
-                    NULLIF(u.start_line, 0), NULLIF(u.end_line, 0) \
-               FROM unnest($3::uuid[], $4::int2[], $5::text[], $6::text[], $7::int4[], $8::int4[]) \
-                    AS u(finding_id, severity, change, file_path, start_line, end_line)",
-            values,
-        ))
-        .await?;
-        return Ok(());
-    }
     const SHARED: usize = 2;
     const PER_ROW: usize = 6;
     let mut values: Vec<Value> = Vec::with_capacity(SHARED + occurrences.len() * PER_ROW);
