@@ -118,7 +118,7 @@ async fn main() -> Result<()> {
         usage::run(&store, &url, args.usage_records, args.iterations, &mut rows).await?;
     }
     if wanted("queue") {
-        queue::run(&store, &db, &url, args.queue_scans, &mut rows).await?;
+        queue::run(&store, &db, &url, args.queue_scans, args.runs, &mut rows).await?;
     }
     print(&rows);
     if let Some(path) = args.json {
@@ -367,13 +367,19 @@ pub(crate) fn summary(scenario: &str, n: usize, times: &[Duration], baseline: Op
 }
 
 fn print(rows: &[Row]) {
+    let width = rows
+        .iter()
+        .map(|r| r.scenario.len())
+        .max()
+        .unwrap_or(0)
+        .max(8);
     println!(
-        "{:<45} {:>8} {:>10} {:>10} {:>10} {:>10} {:>7}",
+        "{:<width$} {:>9} {:>10} {:>10} {:>10} {:>10} {:>7}",
         "scenario", "rows/MiB", "median ms", "min ms", "max ms", "per s", "ratio"
     );
     for r in rows {
         println!(
-            "{:<45} {:>8} {:>10.1} {:>10.1} {:>10.1} {:>10.0} {:>7}",
+            "{:<width$} {:>9} {:>10.3} {:>10.3} {:>10.3} {:>10.0} {:>7}",
             r.scenario,
             r.rows,
             r.median_ms,

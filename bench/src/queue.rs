@@ -1,5 +1,6 @@
 //! The worker loop — claim, heartbeat, complete — over 10k queued scans at 1, 4 and 8
-//! concurrent workers, through the repository and through the same statements in raw sqlx.
+//! concurrent workers, through the repository and through the same statements in raw sqlx,
+//! in alternating rounds.
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,7 @@ pub(crate) async fn run(
     db: &DatabaseConnection,
     url: &str,
     scans: u64,
+    runs: usize,
     rows: &mut Vec<Row>,
 ) -> Result<()> {
     let raw = sqlx::postgres::PgPoolOptions::new()
@@ -55,57 +57,58 @@ pub(crate) async fn run(
         })
         .await?;
     for workers in [1, 4, 8] {
-        enqueue(db, project.id, repo.id, scans).await?;
-        let started = Instant::now();
-        let tasks: Vec<_> = (0..workers)
-            .map(|w| {
+        // Alternating rounds, so drift in the disk's fsync latency (each scan is a commit)
+        // lands on both sides rather than on whichever ran second.
+        let (mut repo_times, mut raw_times) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            enqueue(db, project.id, repo.id, scans).await?;
+            let started = Instant::now();
+            let done = run_workers(workers, |w| {
                 let store = store.clone();
                 tokio::spawn(async move { repository_worker(store, format!("repo-{w}")).await })
             })
-            .collect();
-        let mut done = 0;
-        for task in tasks {
-            done += task
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
-        }
-        let repo_time = started.elapsed();
-        check_each_claimed_once(db, scans, done).await?;
+            .await?;
+            repo_times.push(started.elapsed());
+            check_each_claimed_once(db, scans, done).await?;
 
-        enqueue(db, project.id, repo.id, scans).await?;
-        let started = Instant::now();
-        let tasks: Vec<_> = (0..workers)
-            .map(|w| {
+            enqueue(db, project.id, repo.id, scans).await?;
+            let started = Instant::now();
+            let done = run_workers(workers, |w| {
                 let raw = raw.clone();
                 tokio::spawn(async move { raw_worker(raw, format!("raw-{w}")).await })
             })
-            .collect();
-        let mut raw_done = 0;
-        for task in tasks {
-            raw_done += task
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+            .await?;
+            raw_times.push(started.elapsed());
+            check_each_claimed_once(db, scans, done).await?;
         }
-        let raw_time = started.elapsed();
-        check_each_claimed_once(db, scans, raw_done).await?;
-
         let base = summary(
             &format!("claim+heartbeat+complete x{workers}: raw SQL"),
             scans as usize,
-            &[raw_time],
+            &raw_times,
             None,
         );
         rows.push(summary(
             &format!("claim+heartbeat+complete x{workers}: repository"),
             scans as usize,
-            &[repo_time],
+            &repo_times,
             Some(&base),
         ));
         rows.push(base);
     }
     Ok(())
+}
+
+/// Starts `workers` workers and waits for all of them; returns the scans they completed.
+async fn run_workers(
+    workers: usize,
+    spawn: impl Fn(usize) -> tokio::task::JoinHandle<Result<u64>>,
+) -> Result<u64> {
+    let tasks: Vec<_> = (0..workers).map(spawn).collect();
+    let mut done = 0;
+    for task in tasks {
+        done += task.await.map_err(|e| e.to_string())??;
+    }
+    Ok(done)
 }
 
 async fn enqueue(db: &DatabaseConnection, project: Uuid, repo: Uuid, n: u64) -> Result<()> {

@@ -1,19 +1,27 @@
 //! Read paths beside hand-written SQL on a plain sqlx pool, over data generated inside
 //! Postgres: the project list (10k projects), open findings worst first (page 1 and page
 //! 1,000), a scan by id, an API-key check, and `vega-migrate up` on an empty database. Each
-//! repository call is timed alternately with its baseline ([`measure_pair`]).
+//! repository call is timed alternately with its baseline ([`measure_pair`]), once against
+//! raw sqlx that only fetches the rows and once against raw sqlx that also decodes them into
+//! the entity ([`decoded_pair`]).
 
 use std::time::{Duration, Instant};
 
 use sea_orm::sqlx::{self, Row as _};
-use sea_orm::{ConnectionTrait, DatabaseConnection};
+use sea_orm::{ConnectionTrait, DatabaseConnection, FromQueryResult, QueryResult};
 use uuid::Uuid;
+use vega_entity::{api_keys, findings, scans};
 use vega_migration::{Migrator, MigratorTrait};
 use vega_repository::{FindingCursor, NewApiKey, NewUser, Store};
 
 use crate::{Row, summary};
 
 use crate::Result;
+
+/// The raw baselines' single-row lookups, the statements the repository sends.
+const SCAN_BY_ID: &str = "SELECT * FROM scans WHERE id = $1";
+const KEY_BY_HASH: &str = "SELECT * FROM api_keys WHERE token_hash = $1 AND revoked_at IS NULL \
+                           AND (expires_at IS NULL OR expires_at > now())";
 
 /// Sizes of the generated data.
 pub(crate) struct Sizes {
@@ -101,21 +109,18 @@ pub(crate) async fn run(
             }),
         ),
     ] {
-        let (raw_page, repo_page) = measure_pair(n, || async {
-            let q = match cursor {
-                None => sqlx::query("SELECT * FROM findings WHERE project_id = $1 AND status = 'open' ORDER BY severity DESC, id DESC LIMIT 51")
-                    .bind(big_project),
-                Some(c) => sqlx::query("SELECT * FROM findings WHERE project_id = $1 AND status = 'open' AND (severity, id) < ($2, $3) ORDER BY severity DESC, id DESC LIMIT 51")
-                    .bind(big_project)
-                    .bind(c.severity)
-                    .bind(c.id),
-            };
-            q.fetch_all(&raw).await?;
-            Ok(())
-        }, || async {
+        let list_open = || async {
             store.findings().list_open(big_project, cursor, 50).await?;
             Ok(())
-        })
+        };
+        let (raw_page, repo_page) = measure_pair(
+            n,
+            || async {
+                open_page(big_project, cursor).fetch_all(&raw).await?;
+                Ok(())
+            },
+            list_open,
+        )
         .await?;
         let base = summary(
             &format!("open findings {label}: raw keyset SQL"),
@@ -130,6 +135,23 @@ pub(crate) async fn run(
             Some(&base),
         ));
         rows.push(base);
+        let (decoded_page, repo_page) = measure_pair(
+            n,
+            || async {
+                for row in open_page(big_project, cursor).fetch_all(&raw).await? {
+                    decode::<findings::Model>(row)?;
+                }
+                Ok(())
+            },
+            list_open,
+        )
+        .await?;
+        decoded_pair(
+            rows,
+            &format!("open findings {label}"),
+            &decoded_page,
+            &repo_page,
+        );
     }
 
     // A scan by id.
@@ -137,24 +159,39 @@ pub(crate) async fn run(
         .fetch_one(&raw)
         .await?
         .get("id");
+    let get = || async {
+        store.scans().get(scan_id).await?;
+        Ok(())
+    };
     let (raw_get, repo_get) = measure_pair(
         n,
         || async {
-            sqlx::query("SELECT * FROM scans WHERE id = $1")
+            sqlx::query(SCAN_BY_ID)
                 .bind(scan_id)
                 .fetch_optional(&raw)
                 .await?;
             Ok(())
         },
-        || async {
-            store.scans().get(scan_id).await?;
-            Ok(())
-        },
+        get,
     )
     .await?;
     let base = summary("scan by id: raw prepared SELECT", 1, &raw_get, None);
     rows.push(summary("scan by id: repository", 1, &repo_get, Some(&base)));
     rows.push(base);
+    let (decoded_get, repo_get) = measure_pair(
+        n,
+        || async {
+            let row = sqlx::query(SCAN_BY_ID)
+                .bind(scan_id)
+                .fetch_one(&raw)
+                .await?;
+            decode::<scans::Model>(row)?;
+            Ok(())
+        },
+        get,
+    )
+    .await?;
+    decoded_pair(rows, "scan by id", &decoded_get, &repo_get);
 
     // API-key authentication (checksum, SHA-256, one indexed lookup).
     let issued = store
@@ -169,20 +206,25 @@ pub(crate) async fn run(
         .await?;
     let token = issued.token.expose().to_owned();
     let hash = issued.key.token_hash.clone();
-    let (raw_auth, repo_auth) = measure_pair(n, || async {
-        sqlx::query("SELECT * FROM api_keys WHERE token_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())")
-            .bind(&hash)
-            .fetch_optional(&raw)
-            .await?;
-        Ok(())
-    }, || async {
+    let authenticate = || async {
         store
             .api_keys()
             .authenticate(&token)
             .await?
             .ok_or("key not found")?;
         Ok(())
-    })
+    };
+    let (raw_auth, repo_auth) = measure_pair(
+        n,
+        || async {
+            sqlx::query(KEY_BY_HASH)
+                .bind(&hash)
+                .fetch_optional(&raw)
+                .await?;
+            Ok(())
+        },
+        authenticate,
+    )
     .await?;
     let base = summary("api key: raw prepared SELECT by hash", 1, &raw_auth, None);
     rows.push(summary(
@@ -192,6 +234,17 @@ pub(crate) async fn run(
         Some(&base),
     ));
     rows.push(base);
+    let (decoded_auth, repo_auth) = measure_pair(
+        n,
+        || async {
+            let row = sqlx::query(KEY_BY_HASH).bind(&hash).fetch_one(&raw).await?;
+            decode::<api_keys::Model>(row)?;
+            Ok(())
+        },
+        authenticate,
+    )
+    .await?;
+    decoded_pair(rows, "api key", &decoded_auth, &repo_auth);
 
     // vega-migrate's work on an empty database.
     let mut migrate = Vec::new();
@@ -276,6 +329,52 @@ async fn generate(db: &DatabaseConnection, owner: Uuid, sizes: &Sizes) -> Result
 /// Times `baseline` and `subject` in alternation, one call each per round, so that drift in
 /// the machine or the server (autovacuum, checkpoints, cache warm-up) lands on both sides of
 /// the ratio instead of on whichever ran second. Returns (baseline times, subject times).
+/// The raw keyset query of an open-findings page (51 rows: a page of 50 and the look-ahead).
+fn open_page(
+    project: Uuid,
+    after: Option<FindingCursor>,
+) -> sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    match after {
+        None => sqlx::query(
+            "SELECT * FROM findings WHERE project_id = $1 AND status = 'open' \
+              ORDER BY severity DESC, id DESC LIMIT 51",
+        )
+        .bind(project),
+        Some(c) => sqlx::query(
+            "SELECT * FROM findings WHERE project_id = $1 AND status = 'open' \
+                AND (severity, id) < ($2, $3) ORDER BY severity DESC, id DESC LIMIT 51",
+        )
+        .bind(project)
+        .bind(c.severity)
+        .bind(c.id),
+    }
+}
+
+/// Decodes a row into an entity model the way SeaORM decodes the repository's rows, so a
+/// baseline that uses it differs from the repository only in how the query is executed.
+fn decode<M: FromQueryResult>(row: sqlx::postgres::PgRow) -> Result<M> {
+    Ok(M::from_query_result(&QueryResult::from(row), "")?)
+}
+
+/// The rows of a repository call measured against raw sqlx that also decodes its rows into the
+/// entity: the cost of the repository's execution path alone, without the mapping that the
+/// bare raw baselines skip.
+fn decoded_pair(rows: &mut Vec<Row>, what: &str, decoded: &[Duration], repo: &[Duration]) {
+    let base = summary(
+        &format!("{what}: raw sqlx, decoded into the entity"),
+        1,
+        decoded,
+        None,
+    );
+    rows.push(summary(
+        &format!("{what}: repository vs decoded raw"),
+        1,
+        repo,
+        Some(&base),
+    ));
+    rows.push(base);
+}
+
 pub(crate) async fn measure_pair<B, BF, S, SF>(
     n: usize,
     mut baseline: B,
