@@ -4,7 +4,7 @@ use tracing::instrument;
 use uuid::Uuid;
 use vega_entity::{ActorType, events};
 
-use crate::page::{Page, page_size};
+use crate::page::{Page, limit_clause, page_size};
 use crate::store::{now, statement};
 use crate::{Error, Result, validate};
 
@@ -112,14 +112,13 @@ impl Events<'_> {
     ) -> Result<Page<events::Model, EventCursor>> {
         let limit = page_size(limit)?;
         let (filter, mut values): (&str, Vec<Value>) = match feed {
-            EventFeed::Project(id) => ("project_id = $2", vec![id.into()]),
-            EventFeed::Actor(id) => ("actor_user_id = $2", vec![id.into()]),
+            EventFeed::Project(id) => ("project_id = $1", vec![id.into()]),
+            EventFeed::Actor(id) => ("actor_user_id = $1", vec![id.into()]),
             EventFeed::Subject(kind, id) => (
-                "subject_type = $2 AND subject_id = $3",
+                "subject_type = $1 AND subject_id = $2",
                 vec![kind.into(), id.into()],
             ),
         };
-        values.insert(0, (limit + 1).into());
         let cursor = match before {
             Some(c) => {
                 values.push(c.created_at.into());
@@ -130,7 +129,8 @@ impl Events<'_> {
             None => String::new(),
         };
         let sql = format!(
-            "SELECT * FROM events WHERE {filter} {cursor} ORDER BY created_at DESC, id DESC LIMIT $1"
+            "SELECT * FROM events WHERE {filter} {cursor} ORDER BY created_at DESC, id DESC {}",
+            limit_clause(limit + 1)
         );
         let rows = events::Entity::find()
             .from_raw_sql(statement(self.db, &sql, values))

@@ -16,7 +16,7 @@ use vega_entity::{
     finding_occurrences, findings, scans,
 };
 
-use crate::page::{Page, page_size};
+use crate::page::{Page, limit_clause, page_size};
 use crate::store::{is_postgres, now, statement};
 use crate::{Error, Result, fingerprint, validate};
 
@@ -599,18 +599,19 @@ impl Findings<'_> {
         let limit = page_size(limit)?;
         let (cursor, mut values): (&str, Vec<Value>) = match after {
             Some(c) => (
-                "AND (severity, id) < ($3, $4)",
+                "AND (severity, id) < ($2, $3)",
                 vec![c.severity.into(), c.id.into()],
             ),
             None => ("", vec![]),
         };
-        values.splice(0..0, [project_id.into(), (limit + 1).into()]);
+        values.insert(0, project_id.into());
         let rows = findings::Entity::find()
             .from_raw_sql(statement(
                 self.db,
                 &format!(
                     "SELECT * FROM findings WHERE project_id = $1 AND status = 'open' {cursor} \
-                      ORDER BY severity DESC, id DESC LIMIT $2"
+                      ORDER BY severity DESC, id DESC {}",
+                    limit_clause(limit + 1)
                 ),
                 values,
             ))

@@ -29,6 +29,16 @@ impl<T, C> Page<T, C> {
 /// The largest page a list method returns.
 pub const MAX_PAGE_SIZE: u64 = 500;
 
+/// The `LIMIT` clause of a list statement that fetches `rows` rows, written into the statement's
+/// text rather than bound. Postgres plans a statement whose limit is a parameter afresh on
+/// every execution: its generic plan is costed for an unknown limit, never beats the custom
+/// plans, and so is never reused (~0.1 ms of planning per page, measured in vega-bench). The
+/// limit is an integer the caller validated, so the text is safe, and the few sizes in use
+/// give the driver's statement cache few shapes.
+pub(crate) fn limit_clause(rows: u64) -> String {
+    format!("LIMIT {rows}")
+}
+
 /// Checks a requested page size (1..=[`MAX_PAGE_SIZE`]).
 pub(crate) fn page_size(limit: u64) -> crate::Result<u64> {
     if (1..=MAX_PAGE_SIZE).contains(&limit) {

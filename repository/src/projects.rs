@@ -7,7 +7,7 @@ use tracing::instrument;
 use uuid::Uuid;
 use vega_entity::projects;
 
-use crate::page::{Page, page_size};
+use crate::page::{Page, limit_clause, page_size};
 use crate::store::{now, statement};
 use crate::{Error, Result, SeverityCounts, validate};
 
@@ -188,7 +188,7 @@ impl Projects<'_> {
         // Two statement shapes rather than `($2 IS NULL OR p.id < $2)`, which a cached generic
         // plan cannot turn into an index bound.
         let (cursor, mut values) = match after {
-            Some(after) => ("AND p.id < $3", vec![after.into()]),
+            Some(after) => ("AND p.id < $2", vec![after.into()]),
             None => ("", vec![]),
         };
         let sql = format!(
@@ -197,9 +197,9 @@ impl Projects<'_> {
                     s.count_low, s.count_info, s.count_unknown \
                FROM projects p LEFT JOIN scans s ON s.id = p.latest_scan_id \
               WHERE p.owner_id = $1 AND p.archived_at IS NULL {cursor} \
-              ORDER BY p.id DESC LIMIT $2"
+              ORDER BY p.id DESC {}",
+            limit_clause(limit + 1)
         );
-        values.insert(0, (limit + 1).into());
         values.insert(0, owner_id.into());
         let rows = SummaryRow::find_by_statement(statement(self.db, &sql, values))
             .all(self.db)

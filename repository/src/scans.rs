@@ -14,7 +14,7 @@ use tracing::instrument;
 use uuid::Uuid;
 use vega_entity::{ScanKind, ScanStatus, TriggerKind, scans};
 
-use crate::page::{Page, page_size};
+use crate::page::{Page, limit_clause, page_size};
 use crate::store::{is_postgres, now, statement};
 use crate::{Error, NewFinding, Result, findings, validate};
 
@@ -200,34 +200,34 @@ impl Scans<'_> {
         }
         let now = now();
         let expires = now + lease_duration("lease_for", lease_for)?;
+        let limit = limit_clause(limit.into());
         let sql = if is_postgres(self.db) {
             // The CTE is an optimisation fence: the planner cannot turn the LIMITed,
             // SKIP LOCKED subquery into a join that locks more rows than it claims.
-            "WITH next AS ( \
-                 SELECT id FROM scans WHERE status = 'queued' AND scheduled_at <= $1 \
-                  ORDER BY priority, scheduled_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             UPDATE scans s SET status = 'running', attempt = s.attempt + 1, claimed_by = $3, \
-                    claimed_at = $1, heartbeat_at = $1, lease_expires_at = $4, \
-                    started_at = COALESCE(s.started_at, $1), updated_at = $1 \
-               FROM next WHERE s.id = next.id RETURNING s.*"
+            format!(
+                "WITH next AS ( \
+                     SELECT id FROM scans WHERE status = 'queued' AND scheduled_at <= $1 \
+                      ORDER BY priority, scheduled_at, id {limit} FOR UPDATE SKIP LOCKED) \
+                 UPDATE scans s SET status = 'running', attempt = s.attempt + 1, claimed_by = $2, \
+                        claimed_at = $1, heartbeat_at = $1, lease_expires_at = $3, \
+                        started_at = COALESCE(s.started_at, $1), updated_at = $1 \
+                   FROM next WHERE s.id = next.id RETURNING s.*"
+            )
         } else {
-            "UPDATE scans SET status = 'running', attempt = attempt + 1, claimed_by = $3, \
-                    claimed_at = $1, heartbeat_at = $1, lease_expires_at = $4, \
-                    started_at = COALESCE(started_at, $1), updated_at = $1 \
-              WHERE id IN (SELECT id FROM scans WHERE status = 'queued' AND scheduled_at <= $1 \
-                            ORDER BY priority, scheduled_at, id LIMIT $2) \
-             RETURNING *"
+            format!(
+                "UPDATE scans SET status = 'running', attempt = attempt + 1, claimed_by = $2, \
+                        claimed_at = $1, heartbeat_at = $1, lease_expires_at = $3, \
+                        started_at = COALESCE(started_at, $1), updated_at = $1 \
+                  WHERE id IN (SELECT id FROM scans WHERE status = 'queued' AND scheduled_at <= $1 \
+                                ORDER BY priority, scheduled_at, id {limit}) \
+                 RETURNING *"
+            )
         };
         let mut claimed = scans::Entity::find()
             .from_raw_sql(statement(
                 self.db,
-                sql,
-                [
-                    now.into(),
-                    i64::from(limit).into(),
-                    worker_id.clone().into(),
-                    expires.into(),
-                ],
+                &sql,
+                [now.into(), worker_id.clone().into(), expires.into()],
             ))
             .all(self.db)
             .await?;
