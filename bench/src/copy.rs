@@ -1,5 +1,6 @@
 //! The practical ceiling for ingest: `COPY … FROM STDIN (FORMAT binary)` of the same finding
-//! and occurrence rows into the same indexed tables, with no dedup, no lookups and no logic.
+//! and occurrence rows into the same indexed tables (every column ingest fills, the scan
+//! pointers and their foreign keys included), with no dedup, no lookups and no logic.
 
 use chrono::{DateTime, Utc};
 use sea_orm::DatabaseConnection;
@@ -9,7 +10,8 @@ use vega_repository::NewFinding;
 
 use crate::Result;
 
-/// Copies `findings` as new findings of `repository_id` and occurrences of `scan_id`.
+/// Copies `findings` as new findings of `repository_id` first and last seen by `scan_id`, and
+/// as that scan's occurrences.
 pub(crate) async fn copy_findings(
     db: &DatabaseConnection,
     project_id: Uuid,
@@ -23,7 +25,7 @@ pub(crate) async fn copy_findings(
 
     let mut out = header();
     for (f, id) in findings.iter().zip(&ids) {
-        out.extend_from_slice(&16i16.to_be_bytes());
+        out.extend_from_slice(&21i16.to_be_bytes());
         uuid(&mut out, *id);
         uuid(&mut out, project_id);
         uuid(&mut out, repository_id);
@@ -34,8 +36,15 @@ pub(crate) async fn copy_findings(
         bytes(&mut out, f.title.as_bytes());
         bytes(&mut out, &f.severity.as_i16().to_be_bytes());
         bytes(&mut out, &f.severity.as_i16().to_be_bytes());
+        optional(
+            &mut out,
+            f.cwe.map(i32::to_be_bytes).as_ref().map(|b| &b[..]),
+        );
         optional(&mut out, f.file_path.as_deref().map(str::as_bytes));
+        lines(&mut out, f);
         bytes(&mut out, b"open");
+        uuid(&mut out, scan_id);
+        uuid(&mut out, scan_id);
         for _ in 0..4 {
             bytes(&mut out, &now.to_be_bytes());
         }
@@ -44,7 +53,8 @@ pub(crate) async fn copy_findings(
     let mut copy = pool
         .copy_in_raw(
             "COPY findings (id, project_id, repository_id, fingerprint, scanner, category, rule_id, title, \
-                            severity, scanner_severity, file_path, status, first_seen_at, last_seen_at, created_at, \
+                            severity, scanner_severity, cwe, file_path, start_line, end_line, status, \
+                            first_seen_scan_id, last_seen_scan_id, first_seen_at, last_seen_at, created_at, \
                             updated_at) \
              FROM STDIN (FORMAT binary)",
         )
@@ -54,24 +64,33 @@ pub(crate) async fn copy_findings(
 
     let mut out = header();
     for (f, id) in findings.iter().zip(&ids) {
-        out.extend_from_slice(&6i16.to_be_bytes());
+        out.extend_from_slice(&8i16.to_be_bytes());
         uuid(&mut out, scan_id);
         uuid(&mut out, *id);
         uuid(&mut out, project_id);
         bytes(&mut out, &f.severity.as_i16().to_be_bytes());
         bytes(&mut out, b"new");
         optional(&mut out, f.file_path.as_deref().map(str::as_bytes));
+        lines(&mut out, f);
     }
     out.extend_from_slice(&(-1i16).to_be_bytes());
     let mut copy = pool
         .copy_in_raw(
-            "COPY finding_occurrences (scan_id, finding_id, project_id, severity, change, file_path) \
+            "COPY finding_occurrences (scan_id, finding_id, project_id, severity, change, file_path, \
+                                       start_line, end_line) \
              FROM STDIN (FORMAT binary)",
         )
         .await?;
     copy.send(out).await?;
     copy.finish().await?;
     Ok(())
+}
+
+/// A finding's start and end lines, as two nullable int4 fields.
+fn lines(out: &mut Vec<u8>, f: &NewFinding) {
+    for line in [f.start_line, f.end_line] {
+        optional(out, line.map(i32::to_be_bytes).as_ref().map(|b| &b[..]));
+    }
 }
 
 fn header() -> Vec<u8> {
