@@ -1,6 +1,6 @@
 //! Blob put/get of one large object on the filesystem and on loopback S3 (s3s-fs), beside
 //! `std::fs::copy`, one raw aws-sdk-s3 PUT/GET and a raw multipart upload of the same file,
-//! and the process's peak resident memory afterwards.
+//! and the process's peak resident memory afterwards, in `--runs` rounds.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -15,176 +15,40 @@ use crate::{Row, summary};
 
 use crate::Result;
 
-pub(crate) async fn run(mib: u64, rows: &mut Vec<Row>) -> Result<()> {
+pub(crate) async fn run(mib: u64, runs: usize, rows: &mut Vec<Row>) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("vega-bench-blob-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir)?;
     // The directory holds several GiB: remove it whether or not the scenario succeeds.
-    let result = measure(&dir, mib, rows).await;
+    let result = measure(&dir, mib, runs, rows).await;
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
-async fn measure(dir: &Path, mib: u64, rows: &mut Vec<Row>) -> Result<()> {
+/// Each measurement's durations, one per round. Every round runs every measurement once, in
+/// the same order, so a slow spell of the disk lands on a whole round rather than on whichever
+/// measurement ran through it; the medians are compared.
+#[derive(Default)]
+struct Rounds {
+    copy: Vec<Duration>,
+    copy_synced: Vec<Duration>,
+    fs_put: Vec<Duration>,
+    fs_get: Vec<Duration>,
+    plain_read: Vec<Duration>,
+    raw_put: Vec<Duration>,
+    raw_get: Vec<Duration>,
+    raw_multipart: Vec<Duration>,
+    s3_put: Vec<Duration>,
+    s3_get: Vec<Duration>,
+    s3_serial_put: Vec<Duration>,
+}
+
+async fn measure(dir: &Path, mib: u64, runs: usize, rows: &mut Vec<Row>) -> Result<()> {
     let source = dir.join("source");
     write_source(&source, mib).await?;
-    let n = mib as usize;
-
-    let copy = time(|| async {
-        std::fs::copy(&source, dir.join("copy"))
-            .map(|_| ())
-            .map_err(Into::into)
-    })
-    .await?;
-    let cp = summary("blob: std::fs::copy", n, &[copy], None);
-    // A put must survive a crash before its row commits, so it fsyncs; so does this baseline.
-    let copy_synced = time(|| async {
-        std::fs::copy(&source, dir.join("copy-synced"))?;
-        std::fs::File::open(dir.join("copy-synced"))?.sync_all()?;
-        Ok(())
-    })
-    .await?;
-    let cp_synced = summary("blob: std::fs::copy + fsync", n, &[copy_synced], None);
-
     let fs = BlobStore::filesystem(dir.join("fs"))?;
-    let (put, get) = put_get(&fs, &source, "fs").await?;
-    rows.push(summary("blob: fs put", n, &[put], Some(&cp)));
-    rows.push(summary(
-        "blob: fs put vs a synced copy",
-        n,
-        &[put],
-        Some(&cp_synced),
-    ));
-    rows.push(summary("blob: fs get (verified)", n, &[get], Some(&cp)));
-    // A get hands every byte to the caller, so it reads them into the process; cp does not.
-    let plain_read = time(|| async {
-        let mut file = std::fs::File::open(dir.join("fs/projects/bench/fs"))?;
-        std::io::copy(&mut file, &mut std::io::sink())?;
-        Ok(())
-    })
-    .await?;
-    let plain_read = summary(
-        "blob: read the file into the process (std::io::copy)",
-        n,
-        &[plain_read],
-        None,
-    );
-    rows.push(summary(
-        "blob: fs get (verified) vs a plain read",
-        n,
-        &[get],
-        Some(&plain_read),
-    ));
-    rows.push(plain_read);
-    rows.push(cp);
-    rows.push(cp_synced);
-
     let server = S3Server::start().await;
     let client = server.client();
-    let raw_put = time(|| async {
-        client
-            .put_object()
-            .bucket(BUCKET)
-            .key("raw")
-            .body(ByteStream::from_path(&source).await?)
-            .send()
-            .await?;
-        Ok(())
-    })
-    .await?;
-    let raw_get = time(|| async {
-        let mut body = client
-            .get_object()
-            .bucket(BUCKET)
-            .key("raw")
-            .send()
-            .await?
-            .body
-            .into_async_read();
-        tokio::io::copy(&mut body, &mut tokio::io::sink()).await?;
-        Ok(())
-    })
-    .await?;
-    // The same parts, uploaded plainly: s3s-fs's CompleteMultipartUpload rewrites the whole
-    // object on disk (real S3 only stitches metadata), which no client can avoid.
-    let raw_multipart = time(|| async {
-        let part = S3Options::default().part_size;
-        let size = std::fs::metadata(&source)?.len();
-        let id = client
-            .create_multipart_upload()
-            .bucket(BUCKET)
-            .key("raw-multipart")
-            .send()
-            .await?
-            .upload_id
-            .ok_or("no upload id")?;
-        let mut parts = Vec::new();
-        for (i, offset) in (0..size).step_by(part as usize).enumerate() {
-            let number = i as i32 + 1;
-            let body = ByteStream::read_from()
-                .path(&source)
-                .offset(offset)
-                .length(Length::Exact(part.min(size - offset)))
-                .build()
-                .await?;
-            let done = client
-                .upload_part()
-                .bucket(BUCKET)
-                .key("raw-multipart")
-                .upload_id(&id)
-                .part_number(number)
-                .body(body)
-                .send()
-                .await?;
-            parts.push(
-                CompletedPart::builder()
-                    .part_number(number)
-                    .set_e_tag(done.e_tag)
-                    .build(),
-            );
-        }
-        client
-            .complete_multipart_upload()
-            .bucket(BUCKET)
-            .key("raw-multipart")
-            .upload_id(&id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(parts))
-                    .build(),
-            )
-            .send()
-            .await?;
-        Ok(())
-    })
-    .await?;
-    let raw_multipart = summary(
-        "blob: s3 raw aws-sdk multipart, same parts",
-        n,
-        &[raw_multipart],
-        None,
-    );
-    let raw_put = summary("blob: s3 raw aws-sdk PutObject", n, &[raw_put], None);
-    let raw_get = summary("blob: s3 raw aws-sdk GetObject", n, &[raw_get], None);
     let s3 = server.blob_store(None, S3Options::default());
-    let (put, get) = put_get(&s3, &source, "s3").await?;
-    rows.push(summary(
-        "blob: s3 put (multipart, sha256)",
-        n,
-        &[put],
-        Some(&raw_put),
-    ));
-    rows.push(summary(
-        "blob: s3 put (multipart, sha256) vs raw multipart",
-        n,
-        &[put],
-        Some(&raw_multipart),
-    ));
-    rows.push(summary(
-        "blob: s3 get (verified)",
-        n,
-        &[get],
-        Some(&raw_get),
-    ));
     // The same upload with one part in flight, to show what concurrency buys on this link.
     let serial = server.blob_store(
         None,
@@ -193,16 +57,145 @@ async fn measure(dir: &Path, mib: u64, rows: &mut Vec<Row>) -> Result<()> {
             ..S3Options::default()
         },
     );
-    let (serial_put, _) = put_get(&serial, &source, "s3-serial").await?;
-    rows.push(summary(
-        "blob: s3 put, one part in flight",
+    let mut t = Rounds::default();
+    for round in 0..runs {
+        let copy = dir.join(format!("copy-{round}"));
+        t.copy
+            .push(time(|| async { Ok(std::fs::copy(&source, &copy).map(|_| ())?) }).await?);
+        // A put must survive a crash before its row commits, so it fsyncs; so does this baseline.
+        let synced = dir.join(format!("copy-synced-{round}"));
+        t.copy_synced.push(
+            time(|| async {
+                std::fs::copy(&source, &synced)?;
+                std::fs::File::open(&synced)?.sync_all()?;
+                Ok(())
+            })
+            .await?,
+        );
+        let key = ObjectKey::parse(format!("projects/bench/fs-{round}"))?;
+        let (put, get) = put_get(&fs, &source, &key).await?;
+        t.fs_put.push(put);
+        t.fs_get.push(get);
+        // A get hands every byte to the caller, so it reads them into the process; cp does not.
+        t.plain_read.push(
+            time(|| async {
+                let mut file = std::fs::File::open(dir.join(format!("fs/{key}")))?;
+                std::io::copy(&mut file, &mut std::io::sink())?;
+                Ok(())
+            })
+            .await?,
+        );
+        fs.delete(&key).await?;
+        std::fs::remove_file(&copy)?;
+        std::fs::remove_file(&synced)?;
+
+        let raw = format!("raw-{round}");
+        t.raw_put.push(
+            time(|| async {
+                client
+                    .put_object()
+                    .bucket(BUCKET)
+                    .key(&raw)
+                    .body(ByteStream::from_path(&source).await?)
+                    .send()
+                    .await?;
+                Ok(())
+            })
+            .await?,
+        );
+        t.raw_get.push(
+            time(|| async {
+                let mut body = client
+                    .get_object()
+                    .bucket(BUCKET)
+                    .key(&raw)
+                    .send()
+                    .await?
+                    .body
+                    .into_async_read();
+                tokio::io::copy(&mut body, &mut tokio::io::sink()).await?;
+                Ok(())
+            })
+            .await?,
+        );
+        let multipart = format!("raw-multipart-{round}");
+        t.raw_multipart
+            .push(time(|| raw_multipart(&client, &source, &multipart)).await?);
+        let (put, get) = put_get(
+            &s3,
+            &source,
+            &ObjectKey::parse(format!("projects/bench/s3-{round}"))?,
+        )
+        .await?;
+        t.s3_put.push(put);
+        t.s3_get.push(get);
+        let (put, _) = put_get(
+            &serial,
+            &source,
+            &ObjectKey::parse(format!("projects/bench/s3-serial-{round}"))?,
+        )
+        .await?;
+        t.s3_serial_put.push(put);
+    }
+
+    let n = mib as usize;
+    let cp = summary("blob: std::fs::copy", n, &t.copy, None);
+    let cp_synced = summary("blob: std::fs::copy + fsync", n, &t.copy_synced, None);
+    let plain_read = summary(
+        "blob: read the file into the process (std::io::copy)",
         n,
-        &[serial_put],
-        Some(&raw_multipart),
-    ));
-    rows.push(raw_multipart);
-    rows.push(raw_put);
-    rows.push(raw_get);
+        &t.plain_read,
+        None,
+    );
+    let raw_multipart = summary(
+        "blob: s3 raw aws-sdk multipart, same parts",
+        n,
+        &t.raw_multipart,
+        None,
+    );
+    let raw_put = summary("blob: s3 raw aws-sdk PutObject", n, &t.raw_put, None);
+    let raw_get = summary("blob: s3 raw aws-sdk GetObject", n, &t.raw_get, None);
+    rows.extend([
+        summary("blob: fs put", n, &t.fs_put, Some(&cp)),
+        summary(
+            "blob: fs put vs a synced copy",
+            n,
+            &t.fs_put,
+            Some(&cp_synced),
+        ),
+        summary("blob: fs get (verified)", n, &t.fs_get, Some(&cp)),
+        summary(
+            "blob: fs get (verified) vs a plain read",
+            n,
+            &t.fs_get,
+            Some(&plain_read),
+        ),
+        summary(
+            "blob: s3 put (multipart, sha256)",
+            n,
+            &t.s3_put,
+            Some(&raw_put),
+        ),
+        summary(
+            "blob: s3 put (multipart, sha256) vs raw multipart",
+            n,
+            &t.s3_put,
+            Some(&raw_multipart),
+        ),
+        summary("blob: s3 get (verified)", n, &t.s3_get, Some(&raw_get)),
+        summary(
+            "blob: s3 put, one part in flight",
+            n,
+            &t.s3_serial_put,
+            Some(&raw_multipart),
+        ),
+        plain_read,
+        cp,
+        cp_synced,
+        raw_multipart,
+        raw_put,
+        raw_get,
+    ]);
     if let Some(kib) = peak_rss_kib() {
         println!(
             "peak RSS after the blob scenarios ({mib} MiB objects, s3s-fs in process): {} MiB",
@@ -212,13 +205,70 @@ async fn measure(dir: &Path, mib: u64, rows: &mut Vec<Row>) -> Result<()> {
     Ok(())
 }
 
-async fn put_get(store: &BlobStore, source: &Path, name: &str) -> Result<(Duration, Duration)> {
-    let key = ObjectKey::parse(format!("projects/bench/{name}"))?;
+/// The same parts as the store's upload, sent plainly one after another: s3s-fs's
+/// CompleteMultipartUpload rewrites the whole object on disk (real S3 only stitches
+/// metadata), which no client can avoid, so this is the like-for-like baseline of a put.
+async fn raw_multipart(client: &aws_sdk_s3::Client, source: &Path, key: &str) -> Result<()> {
+    let part = S3Options::default().part_size;
+    let size = std::fs::metadata(source)?.len();
+    let id = client
+        .create_multipart_upload()
+        .bucket(BUCKET)
+        .key(key)
+        .send()
+        .await?
+        .upload_id
+        .ok_or("no upload id")?;
+    let mut parts = Vec::new();
+    for (i, offset) in (0..size).step_by(part as usize).enumerate() {
+        let number = i as i32 + 1;
+        let body = ByteStream::read_from()
+            .path(source)
+            .offset(offset)
+            .length(Length::Exact(part.min(size - offset)))
+            .build()
+            .await?;
+        let done = client
+            .upload_part()
+            .bucket(BUCKET)
+            .key(key)
+            .upload_id(&id)
+            .part_number(number)
+            .body(body)
+            .send()
+            .await?;
+        parts.push(
+            CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(done.e_tag)
+                .build(),
+        );
+    }
+    client
+        .complete_multipart_upload()
+        .bucket(BUCKET)
+        .key(key)
+        .upload_id(&id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(parts))
+                .build(),
+        )
+        .send()
+        .await?;
+    Ok(())
+}
+
+async fn put_get(
+    store: &BlobStore,
+    source: &Path,
+    key: &ObjectKey,
+) -> Result<(Duration, Duration)> {
     let started = Instant::now();
-    let stored = store.put_file(&key, source).await?;
+    let stored = store.put_file(key, source).await?;
     let put = started.elapsed();
     let started = Instant::now();
-    let mut reader = store.get(&key, stored.sha256, Some(stored.size)).await?;
+    let mut reader = store.get(key, stored.sha256, Some(stored.size)).await?;
     tokio::io::copy(&mut reader, &mut tokio::io::sink()).await?;
     Ok((put, started.elapsed()))
 }

@@ -97,7 +97,7 @@ async fn main() -> Result<()> {
     let mut rows = Vec::new();
     // Blobs first, so the peak-memory reading is not inflated by the ingest scenarios.
     if wanted("blob") {
-        blob::run(args.blob_mib, &mut rows).await?;
+        blob::run(args.blob_mib, args.runs, &mut rows).await?;
     }
     let (db, url) = fresh_database().await?;
     let blobs =
