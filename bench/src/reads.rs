@@ -406,20 +406,3 @@ where
     }
     Ok((base, subj))
 }
-
-pub(crate) async fn measure<F, Fut>(n: usize, mut op: F) -> Result<Vec<Duration>>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<()>>,
-{
-    for _ in 0..n.min(20) {
-        op().await?;
-    }
-    let mut times = Vec::with_capacity(n);
-    for _ in 0..n {
-        let started = Instant::now();
-        op().await?;
-        times.push(started.elapsed());
-    }
-    Ok(times)
-}
