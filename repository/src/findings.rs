@@ -17,7 +17,7 @@ use vega_entity::{
 };
 
 use crate::page::{Page, limit_clause, page_size};
-use crate::store::{is_postgres, now, statement};
+use crate::store::{array, is_postgres, now, statement};
 use crate::{Error, Result, fingerprint, validate};
 
 /// Rows per multi-row statement on SQLite: far below its bind-parameter limit (32,766) at 15
@@ -283,48 +283,29 @@ async fn write_chunk_postgres(
     chunk: &[Prepared],
     now: chrono::DateTime<chrono::FixedOffset>,
 ) -> Result<i32> {
-    let f = || chunk.iter().map(|p| &p.finding);
     let text = |v: &Option<String>| v.clone().unwrap_or_default();
     let values: Vec<Value> = vec![
         scan.project_id.into(),
         scan.repository_id.into(),
         scan.id.into(),
         now.into(),
-        chunk
-            .iter()
-            .map(|_| Uuid::now_v7())
-            .collect::<Vec<_>>()
-            .into(),
-        chunk
-            .iter()
-            .map(|p| p.fingerprint.to_vec())
-            .collect::<Vec<_>>()
-            .into(),
-        f().map(|f| f.scanner.clone()).collect::<Vec<_>>().into(),
-        f().map(|f| f.category.as_str().to_owned())
-            .collect::<Vec<_>>()
-            .into(),
-        f().map(|f| f.rule_id.clone()).collect::<Vec<_>>().into(),
-        f().map(|f| f.title.clone()).collect::<Vec<_>>().into(),
-        f().map(|f| f.severity.as_i16()).collect::<Vec<_>>().into(),
-        f().map(|f| f.cwe.unwrap_or(0)).collect::<Vec<_>>().into(),
-        f().map(|f| text(&f.cve)).collect::<Vec<_>>().into(),
-        f().map(|f| text(&f.file_path)).collect::<Vec<_>>().into(),
-        f().map(|f| f.start_line.unwrap_or(0))
-            .collect::<Vec<_>>()
-            .into(),
-        f().map(|f| f.end_line.unwrap_or(0))
-            .collect::<Vec<_>>()
-            .into(),
-        f().map(|f| text(&f.package_name))
-            .collect::<Vec<_>>()
-            .into(),
-        f().map(|f| text(&f.package_version))
-            .collect::<Vec<_>>()
-            .into(),
-        f().map(|f| f.details.clone().unwrap_or(serde_json::Value::Null))
-            .collect::<Vec<_>>()
-            .into(),
+        array(chunk, |_| Uuid::now_v7()),
+        array(chunk, |p| p.fingerprint.to_vec()),
+        array(chunk, |p| p.finding.scanner.clone()),
+        array(chunk, |p| p.finding.category.as_str().to_owned()),
+        array(chunk, |p| p.finding.rule_id.clone()),
+        array(chunk, |p| p.finding.title.clone()),
+        array(chunk, |p| p.finding.severity.as_i16()),
+        array(chunk, |p| p.finding.cwe.unwrap_or(0)),
+        array(chunk, |p| text(&p.finding.cve)),
+        array(chunk, |p| text(&p.finding.file_path)),
+        array(chunk, |p| p.finding.start_line.unwrap_or(0)),
+        array(chunk, |p| p.finding.end_line.unwrap_or(0)),
+        array(chunk, |p| text(&p.finding.package_name)),
+        array(chunk, |p| text(&p.finding.package_version)),
+        array(chunk, |p| {
+            p.finding.details.clone().unwrap_or(serde_json::Value::Null)
+        }),
     ];
     // Each row's prior status is a correlated subquery, one probe of the unique index per row
     // whatever the planner estimates: after five executions Postgres plans this statement

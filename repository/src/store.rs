@@ -179,6 +179,14 @@ pub(crate) fn statement(
     Statement::from_sql_and_values(db.get_database_backend(), sql, values)
 }
 
+/// One column of a chunk of rows as a Postgres array parameter, for `unnest`.
+pub(crate) fn array<T, V>(rows: &[T], column: impl Fn(&T) -> V) -> Value
+where
+    Vec<V>: Into<Value>,
+{
+    rows.iter().map(column).collect::<Vec<_>>().into()
+}
+
 /// True on Postgres, where some statements have a better form (SKIP LOCKED, ...).
 pub(crate) fn is_postgres(db: &impl ConnectionTrait) -> bool {
     db.get_database_backend() == DbBackend::Postgres

@@ -1,12 +1,13 @@
 use chrono::{DateTime, FixedOffset};
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, EntityTrait, FromQueryResult, TransactionTrait, Value,
+    ConnectionTrait, DatabaseConnection, EntityTrait, FromQueryResult, QueryResult,
+    TransactionTrait, Value,
 };
 use tracing::instrument;
 use uuid::Uuid;
 use vega_entity::{Meter, usage_records};
 
-use crate::store::{now, statement};
+use crate::store::{array, is_postgres, now, statement};
 use crate::{Error, Result, validate};
 
 /// Input for [`Usage::record`].
@@ -103,46 +104,7 @@ impl Usage<'_> {
         let txn = self.db.begin().await?;
         let mut results = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(1000) {
-            let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 8 + 1);
-            values.push(received.into());
-            let mut tuples = Vec::with_capacity(chunk.len());
-            for (i, r) in chunk.iter().enumerate() {
-                let b = 1 + i * 8;
-                tuples.push(format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, $1, ${}, ${})",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6,
-                    b + 7,
-                    b + 8
-                ));
-                values.extend([
-                    r.account_id.into(),
-                    r.project_id.into(),
-                    r.scan_id.into(),
-                    r.meter.as_str().into(),
-                    r.quantity.into(),
-                    r.occurred_at.into(),
-                    r.idempotency_key.clone().into(),
-                    r.properties.clone().into(),
-                ]);
-            }
-            let inserted = txn
-                .query_all_raw(statement(
-                    &txn,
-                    &format!(
-                        "INSERT INTO usage_records (account_id, project_id, scan_id, meter, quantity, \
-                                                    occurred_at, received_at, idempotency_key, properties) \
-                         VALUES {} ON CONFLICT (account_id, idempotency_key) DO NOTHING \
-                         RETURNING id, account_id, idempotency_key",
-                        tuples.join(", ")
-                    ),
-                    values,
-                ))
-                .await?;
+            let inserted = insert_chunk(&txn, received, chunk).await?;
             let mut ids = std::collections::HashMap::with_capacity(inserted.len());
             for row in &inserted {
                 let key: (Uuid, String) = (
@@ -188,12 +150,94 @@ impl Usage<'_> {
     }
 }
 
+/// Inserts a chunk of validated records, skipping keys already recorded; returns the rows it
+/// inserted (`id`, `account_id`, `idempotency_key`).
+async fn insert_chunk(
+    txn: &impl ConnectionTrait,
+    received: DateTime<FixedOffset>,
+    chunk: &[NewUsage],
+) -> Result<Vec<QueryResult>> {
+    const COLUMNS: &str = "account_id, project_id, scan_id, meter, quantity, occurred_at, \
+                           received_at, idempotency_key, properties";
+    const ON_CONFLICT: &str = "ON CONFLICT (account_id, idempotency_key) DO NOTHING \
+                               RETURNING id, account_id, idempotency_key";
+    if is_postgres(txn) {
+        // One array per column, so the statement is planned once per shape rather than parsed
+        // with 8,000 parameters; arrays carry no NULLs, so absent ids travel as the nil UUID,
+        // which validation refuses as an input.
+        let optional = |id: Option<Uuid>| id.unwrap_or(Uuid::nil());
+        let values: Vec<Value> = vec![
+            received.into(),
+            array(chunk, |r| r.account_id),
+            array(chunk, |r| optional(r.project_id)),
+            array(chunk, |r| optional(r.scan_id)),
+            array(chunk, |r| r.meter.as_str().to_owned()),
+            array(chunk, |r| r.quantity),
+            array(chunk, |r| r.occurred_at),
+            array(chunk, |r| r.idempotency_key.clone()),
+            array(chunk, |r| r.properties.clone()),
+            Uuid::nil().into(),
+        ];
+        let sql = format!(
+            "INSERT INTO usage_records ({COLUMNS}) \
+             SELECT u.account_id, NULLIF(u.project_id, $10), NULLIF(u.scan_id, $10), u.meter, \
+                    u.quantity, u.occurred_at, $1, u.idempotency_key, u.properties \
+               FROM unnest($2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::int8[], \
+                           $7::timestamptz[], $8::text[], $9::jsonb[]) \
+                    AS u(account_id, project_id, scan_id, meter, quantity, occurred_at, \
+                         idempotency_key, properties) \
+             {ON_CONFLICT}"
+        );
+        return Ok(txn.query_all_raw(statement(txn, &sql, values)).await?);
+    }
+    let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 8 + 1);
+    values.push(received.into());
+    let mut tuples = Vec::with_capacity(chunk.len());
+    for (i, r) in chunk.iter().enumerate() {
+        let b = 1 + i * 8;
+        tuples.push(format!(
+            "(${}, ${}, ${}, ${}, ${}, ${}, $1, ${}, ${})",
+            b + 1,
+            b + 2,
+            b + 3,
+            b + 4,
+            b + 5,
+            b + 6,
+            b + 7,
+            b + 8
+        ));
+        values.extend([
+            r.account_id.into(),
+            r.project_id.into(),
+            r.scan_id.into(),
+            r.meter.as_str().into(),
+            r.quantity.into(),
+            r.occurred_at.into(),
+            r.idempotency_key.clone().into(),
+            r.properties.clone().into(),
+        ]);
+    }
+    let sql = format!(
+        "INSERT INTO usage_records ({COLUMNS}) VALUES {} {ON_CONFLICT}",
+        tuples.join(", ")
+    );
+    Ok(txn.query_all_raw(statement(txn, &sql, values)).await?)
+}
+
 fn validated(mut input: NewUsage, prefix: &str) -> Result<NewUsage> {
     if input.quantity < 0 {
         return Err(Error::invalid(
             &format!("{prefix}quantity"),
             "must not be negative; record a correction instead",
         ));
+    }
+    for (field, id) in [("project_id", input.project_id), ("scan_id", input.scan_id)] {
+        if id.is_some_and(|id| id.is_nil()) {
+            return Err(Error::invalid(
+                &format!("{prefix}{field}"),
+                "must not be the nil UUID; leave it out instead",
+            ));
+        }
     }
     input.idempotency_key = validate::text(
         &format!("{prefix}idempotency_key"),

@@ -219,6 +219,23 @@ on_both_backends! {
         assert_eq!(totals.iter().map(|t| t.total).sum::<i64>(), 8, "d, e and f were not recorded");
         let many: Vec<_> = (0..2500).map(|i| rec(&format!("bulk-{i}"), 1)).collect();
         assert_eq!(store.usage().record_many(many).await.unwrap().len(), 2500);
+
+        // Optional ids come through the batch form as given, present or absent.
+        let project = common::project(&store, &account, "billing").await;
+        let mut with_project = rec("with-project", 1);
+        with_project.project_id = Some(project.id);
+        store.usage().record_many(vec![with_project, rec("without-project", 1)]).await.unwrap();
+        let stored = db.conn().query_all_raw(Statement::from_string(db.backend(),
+            "SELECT idempotency_key, project_id, scan_id FROM usage_records \
+              WHERE idempotency_key LIKE 'with%' ORDER BY idempotency_key")).await.unwrap();
+        let stored: Vec<(String, Option<uuid::Uuid>, Option<uuid::Uuid>)> = stored.iter()
+            .map(|r| (r.try_get("", "idempotency_key").unwrap(), r.try_get("", "project_id").unwrap(), r.try_get("", "scan_id").unwrap()))
+            .collect();
+        assert_eq!(stored, vec![("with-project".into(), Some(project.id), None), ("without-project".into(), None, None)]);
+        let mut nil = rec("nil", 1);
+        nil.scan_id = Some(uuid::Uuid::nil());
+        let refused = store.usage().record_many(vec![nil]).await;
+        assert!(matches!(&refused, Err(Error::Invalid { field, .. }) if field == "records[0].scan_id"), "{refused:?}");
     }
 
     async fn workers_heartbeat_and_are_pruned(db: &TestDb) {
