@@ -59,6 +59,7 @@ async fn measure(dir: &Path, mib: u64, runs: usize, rows: &mut Vec<Row>) -> Resu
     );
     let mut t = Rounds::default();
     for round in 0..runs {
+        let key = |name: &str| ObjectKey::parse(format!("projects/bench/{name}-{round}"));
         let copy = dir.join(format!("copy-{round}"));
         t.copy
             .push(time(|| async { Ok(std::fs::copy(&source, &copy).map(|_| ())?) }).await?);
@@ -72,20 +73,20 @@ async fn measure(dir: &Path, mib: u64, runs: usize, rows: &mut Vec<Row>) -> Resu
             })
             .await?,
         );
-        let key = ObjectKey::parse(format!("projects/bench/fs-{round}"))?;
-        let (put, get) = put_get(&fs, &source, &key).await?;
+        let fs_key = key("fs")?;
+        let (put, get) = put_get(&fs, &source, &fs_key).await?;
         t.fs_put.push(put);
         t.fs_get.push(get);
         // A get hands every byte to the caller, so it reads them into the process; cp does not.
         t.plain_read.push(
             time(|| async {
-                let mut file = std::fs::File::open(dir.join(format!("fs/{key}")))?;
+                let mut file = std::fs::File::open(dir.join(format!("fs/{fs_key}")))?;
                 std::io::copy(&mut file, &mut std::io::sink())?;
                 Ok(())
             })
             .await?,
         );
-        fs.delete(&key).await?;
+        fs.delete(&fs_key).await?;
         std::fs::remove_file(&copy)?;
         std::fs::remove_file(&synced)?;
 
@@ -121,21 +122,23 @@ async fn measure(dir: &Path, mib: u64, runs: usize, rows: &mut Vec<Row>) -> Resu
         let multipart = format!("raw-multipart-{round}");
         t.raw_multipart
             .push(time(|| raw_multipart(&client, &source, &multipart)).await?);
-        let (put, get) = put_get(
-            &s3,
-            &source,
-            &ObjectKey::parse(format!("projects/bench/s3-{round}"))?,
-        )
-        .await?;
+        let (s3_key, serial_key) = (key("s3")?, key("s3-serial")?);
+        let (put, get) = put_get(&s3, &source, &s3_key).await?;
         t.s3_put.push(put);
         t.s3_get.push(get);
-        let (put, _) = put_get(
-            &serial,
-            &source,
-            &ObjectKey::parse(format!("projects/bench/s3-serial-{round}"))?,
-        )
-        .await?;
+        let (put, _) = put_get(&serial, &source, &serial_key).await?;
         t.s3_serial_put.push(put);
+        // Like the fs files, so that every round starts with the same store and disk.
+        s3.delete(&s3_key).await?;
+        s3.delete(&serial_key).await?;
+        for raw_key in [&raw, &multipart] {
+            client
+                .delete_object()
+                .bucket(BUCKET)
+                .key(raw_key)
+                .send()
+                .await?;
+        }
     }
 
     let n = mib as usize;

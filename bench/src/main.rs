@@ -238,39 +238,10 @@ async fn ingest(
         // Baselines: the same finding rows, bare, through SeaORM's insert_many in 1,000-row
         // statements (no dedup, no occurrences, no counts), and through COPY with their
         // occurrences, each into a fresh repository and a scan that is only a row to point at.
-        let bare_repo = store
-            .repositories()
-            .add(NewRepository {
-                project_id: project.id,
-                provider: Provider::Git,
-                provider_xid: Some(format!("bare-{run}")),
-                full_name: None,
-                clone_url: None,
-                default_branch: None,
-            })
-            .await?;
-        let copy_repo = store
-            .repositories()
-            .add(NewRepository {
-                project_id: project.id,
-                provider: Provider::Git,
-                provider_xid: Some(format!("copy-{run}")),
-                full_name: None,
-                clone_url: None,
-                default_branch: None,
-            })
-            .await?;
-        // Cancelled at once, so that a later run's claim cannot take them.
-        let copy_scan = store
-            .scans()
-            .enqueue(NewScan::full(copy_repo.id, TriggerKind::Api, None))
-            .await?;
-        store.scans().cancel(copy_scan.id).await?;
-        let bare_scan = store
-            .scans()
-            .enqueue(NewScan::full(bare_repo.id, TriggerKind::Api, None))
-            .await?;
-        store.scans().cancel(bare_scan.id).await?;
+        let (bare_repo, bare_scan) =
+            baseline_target(store, project.id, &format!("bare-{run}")).await?;
+        let (copy_repo, copy_scan) =
+            baseline_target(store, project.id, &format!("copy-{run}")).await?;
         let now = chrono::Utc::now().fixed_offset();
         let models: Vec<findings::ActiveModel> = batch
             .iter()
@@ -353,6 +324,32 @@ async fn ingest(
     rows.push(bare);
     rows.push(copy);
     Ok(())
+}
+
+/// A fresh repository for a baseline's rows, and a scan in it that is only a row for them to
+/// point at: cancelled at once, so that a later run's claim cannot take it.
+async fn baseline_target(
+    store: &Store,
+    project_id: uuid::Uuid,
+    name: &str,
+) -> Result<(vega_entity::repositories::Model, vega_entity::scans::Model)> {
+    let repo = store
+        .repositories()
+        .add(NewRepository {
+            project_id,
+            provider: Provider::Git,
+            provider_xid: Some(name.into()),
+            full_name: None,
+            clone_url: None,
+            default_branch: None,
+        })
+        .await?;
+    let scan = store
+        .scans()
+        .enqueue(NewScan::full(repo.id, TriggerKind::Api, None))
+        .await?;
+    store.scans().cancel(scan.id).await?;
+    Ok((repo, scan))
 }
 
 /// Checkpoints before a timed bulk write, so each starts with no WAL owed. With the default
