@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 mod doctor;
-use vega_repository::{GcOptions, PoolOptions, Store};
+use vega_repository::{GcOptions, Store};
 
 /// Exit code of `audit` when it finds problems.
 const EXIT_FINDINGS: u8 = 3;
@@ -86,7 +86,7 @@ async fn run(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
         return Ok(if report.ok { 0 } else { 1 });
     }
     let settings = vega_config::Settings::from_env()?;
-    let store = Store::connect(&settings, &PoolOptions::default()).await?;
+    let store = Store::connect(&settings).await?;
     let artifacts = store.artifacts();
     match cli.command {
         Command::Doctor => unreachable!("handled before connecting"),

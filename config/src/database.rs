@@ -5,7 +5,7 @@ use std::time::Duration;
 use sea_orm::ConnectOptions;
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 
-use crate::{ConfigError, Source, parts};
+use crate::{ConfigError, PoolOptions, Source, parts};
 
 const BACKEND_VAR: &str = "VEGA_PERSISTENCE_BACKEND";
 const URL_VARS: [&str; 2] = ["VEGA_DATABASE_URL", "DATABASE_URL"];
@@ -318,16 +318,47 @@ impl DatabaseSettings {
     /// and for SQLite, WAL with foreign keys enforced and a busy timeout so a second process
     /// waits instead of failing.
     pub fn connect_options(&self) -> ConnectOptions {
+        self.options_with_busy_timeout(Duration::from_secs(5))
+    }
+
+    /// [`Self::connect_options`] for application connections, every wait bounded by `pool`:
+    /// on Postgres the session's `statement_timeout`, `lock_timeout` and
+    /// `idle_in_transaction_session_timeout`, and TCP keepalives so the server drops a
+    /// vanished client's session (and its locks) within about 25 s; sent in the startup packet,
+    /// so they cost no round trip. On SQLite the lock bound is the busy timeout. The pool's
+    /// size and liveness checks are the repository layer's.
+    pub fn app_connect_options(&self, pool: &PoolOptions) -> ConnectOptions {
+        let mut options = self.options_with_busy_timeout(pool.lock_timeout);
+        options.connect_timeout(pool.acquire_timeout);
+        if self.backend == Backend::Postgres {
+            let ms = |d: Duration| d.as_millis().to_string();
+            let gucs = [
+                ("statement_timeout", ms(pool.statement_timeout)),
+                ("lock_timeout", ms(pool.lock_timeout)),
+                (
+                    "idle_in_transaction_session_timeout",
+                    ms(pool.idle_in_transaction_timeout),
+                ),
+                ("tcp_keepalives_idle", "10".to_owned()),
+                ("tcp_keepalives_interval", "5".to_owned()),
+                ("tcp_keepalives_count", "3".to_owned()),
+            ];
+            options.map_sqlx_postgres_opts(move |o| o.options(gucs.clone()));
+        }
+        options
+    }
+
+    fn options_with_busy_timeout(&self, busy_timeout: Duration) -> ConnectOptions {
         let mut options = ConnectOptions::new(self.url.expose());
         options
             .sqlx_logging(false)
             .connect_timeout(Duration::from_secs(5));
         if self.backend == Backend::Sqlite {
-            options.map_sqlx_sqlite_opts(|o| {
+            options.map_sqlx_sqlite_opts(move |o| {
                 o.journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Normal)
                     .foreign_keys(true)
-                    .busy_timeout(Duration::from_secs(5))
+                    .busy_timeout(busy_timeout)
             });
         }
         options

@@ -113,4 +113,15 @@ pub enum ConfigError {
         /// What the variable held.
         value: String,
     },
+
+    /// A `VEGA_DB_*` pool setting that cannot be used.
+    #[error("{var}={value:?} {reason}")]
+    InvalidPoolSetting {
+        /// The variable.
+        var: &'static str,
+        /// What it held.
+        value: String,
+        /// What a valid value looks like.
+        reason: String,
+    },
 }

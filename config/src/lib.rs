@@ -11,7 +11,8 @@
 //!   the postgres backend has no default;
 //! - `VEGA_BLOB_BACKEND` is `fs` (default, rooted at `VEGA_BLOB_DIR`, default `.vega/blobs`) or
 //!   `s3` (`VEGA_S3_BUCKET` required, `VEGA_S3_PREFIX` optional; region, endpoint and credentials
-//!   come from the AWS SDK's own variables).
+//!   come from the AWS SDK's own variables);
+//! - the application pool's size and timeouts come from `VEGA_DB_*` ([`PoolOptions`]).
 //!
 //! A wrong setting is a [`ConfigError`] naming the variable and the fix, never a silent fallback:
 //! a postgres backend whose URL says `sqlite:` is refused rather than quietly run on a file.
@@ -23,11 +24,13 @@ mod connect;
 mod database;
 mod error;
 mod parts;
+mod pool;
 
 pub use blob::BlobSettings;
 pub use connect::ConnectError;
 pub use database::{Backend, DatabaseSettings, DatabaseUrl};
 pub use error::ConfigError;
+pub use pool::PoolOptions;
 
 /// Where a setting's value came from, printed beside it so that "which variable won?" is never a
 /// guess.
@@ -62,6 +65,8 @@ pub struct Settings {
     pub database: DatabaseSettings,
     /// The object store.
     pub blob: BlobSettings,
+    /// The application connection pool: its size and the bound on every wait.
+    pub pool: PoolOptions,
 }
 
 impl Settings {
@@ -78,6 +83,7 @@ impl Settings {
         Ok(Self {
             database: DatabaseSettings::from_lookup(&lookup)?,
             blob: BlobSettings::from_lookup(&lookup)?,
+            pool: PoolOptions::from_lookup(&lookup)?,
         })
     }
 

@@ -11,14 +11,15 @@ use std::time::Duration;
 use chrono::{DateTime, FixedOffset};
 use rand::Rng;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
-    EntityTrait, QueryFilter, QueryOrder, TransactionTrait,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
+    QueryOrder,
 };
 use sha2::{Digest, Sha256};
 use tracing::instrument;
 use uuid::Uuid;
 use vega_entity::{RevokeReason, api_keys};
 
+use crate::db::Db;
 use crate::store::{now, statement};
 use crate::{Error, Result, validate};
 
@@ -75,7 +76,7 @@ pub struct NewApiKey {
 /// The `api_keys` table.
 #[derive(Debug, Clone, Copy)]
 pub struct ApiKeys<'a> {
-    pub(crate) db: &'a DatabaseConnection,
+    pub(crate) db: &'a Db,
 }
 
 impl ApiKeys<'_> {
@@ -194,6 +195,10 @@ impl ApiKeys<'_> {
 
 fn validated(mut input: NewApiKey) -> Result<NewApiKey> {
     input.name = validate::text("name", &input.name, 1, 100)?;
+    input.expires_at = input
+        .expires_at
+        .map(|at| validate::timestamp("expires_at", at))
+        .transpose()?;
     for (i, scope) in input.scopes.iter_mut().enumerate() {
         let ok = !scope.is_empty()
             && scope.len() <= 64

@@ -13,8 +13,7 @@
 use std::time::{Duration, SystemTime};
 
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait, Value,
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Value,
 };
 use tokio::io::AsyncRead;
 use tracing::instrument;
@@ -22,6 +21,7 @@ use uuid::Uuid;
 use vega_blobstore::{BlobStore, ObjectKey, VerifiedReader};
 use vega_entity::{ArtifactKind, SnapshotStatus, artifacts, object_deletions};
 
+use crate::db::Db;
 use crate::store::{now, statement};
 use crate::{Error, Result};
 
@@ -89,7 +89,7 @@ impl AuditReport {
 /// The `artifacts` table and the objects it registers.
 #[derive(Debug, Clone, Copy)]
 pub struct Artifacts<'a> {
-    pub(crate) db: &'a DatabaseConnection,
+    pub(crate) db: &'a Db,
     pub(crate) blobs: &'a BlobStore,
 }
 
@@ -479,7 +479,7 @@ fn grace_cutoff(grace: Duration) -> Result<SystemTime> {
         .ok_or_else(|| Error::invalid("grace", "is too long"))
 }
 
-async fn stale_pending(db: &DatabaseConnection, grace: Duration) -> Result<Vec<(Uuid, String)>> {
+async fn stale_pending(db: &Db, grace: Duration) -> Result<Vec<(Uuid, String)>> {
     let cutoff = now()
         - chrono::Duration::from_std(grace).map_err(|_| Error::invalid("grace", "is too long"))?;
     Ok(artifacts::Entity::find()
@@ -494,10 +494,7 @@ async fn stale_pending(db: &DatabaseConnection, grace: Duration) -> Result<Vec<(
 }
 
 /// Which of `keys` a row (any state) or the deletion outbox knows.
-async fn known_keys(
-    db: &DatabaseConnection,
-    keys: &[&str],
-) -> Result<std::collections::HashSet<String>> {
+async fn known_keys(db: &Db, keys: &[&str]) -> Result<std::collections::HashSet<String>> {
     let mut known = std::collections::HashSet::new();
     for chunk in keys.chunks(500) {
         if chunk.is_empty() {
@@ -538,7 +535,7 @@ async fn enqueue_deletion(db: &impl ConnectionTrait, key: &str) -> Result<()> {
 /// Deletes a project, scan or snapshot row in one transaction, first queueing the keys of the
 /// objects its cascade is about to unregister. Returns false when the row did not exist.
 pub(crate) async fn delete_with_objects(
-    db: &DatabaseConnection,
+    db: &Db,
     table: &'static str,
     owner_column: &'static str,
     id: Uuid,

@@ -3,7 +3,8 @@ use uuid::Uuid;
 use vega_blobstore::BlobError;
 
 /// Everything a repository method can fail with. Each variant maps to one HTTP status
-/// ([`Error::http_status`]) so handlers can translate errors without inspecting messages.
+/// ([`Error::http_status`]) so handlers can translate errors without inspecting messages, and
+/// [`Error::is_retryable`] says whether repeating the call may help.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The row does not exist (404).
@@ -50,9 +51,17 @@ pub enum Error {
         /// Migrations the database has applied that this build does not know.
         unknown: Vec<String>,
     },
-    /// The database cannot be reached or the pool is exhausted (503); retrying may help.
-    #[error("database unavailable: {0}")]
-    Unavailable(String),
+    /// The database could not do the work now, for a reason that passes (503): the server is
+    /// unreachable or restarting, the connection died, a lock or statement timed out, the
+    /// transaction lost a deadlock or serialization check, SQLite was busy. Nothing was
+    /// committed; repeating the call may succeed ([`Error::is_retryable`]).
+    #[error("database unavailable ({cause}): {message}")]
+    Unavailable {
+        /// Why, for metrics and for callers that treat causes apart.
+        cause: Transient,
+        /// The driver's or server's message.
+        message: String,
+    },
     /// Any other database error (500).
     #[error("database error: {0}")]
     Database(DbErr),
@@ -71,7 +80,7 @@ impl Error {
             Error::NotFound { .. } => 404,
             Error::Conflict { .. } | Error::LeaseLost { .. } => 409,
             Error::Invalid { .. } => 422,
-            Error::SchemaOutdated { .. } | Error::Unavailable(_) => 503,
+            Error::SchemaOutdated { .. } | Error::Unavailable { .. } => 503,
             Error::Database(_) => 500,
             Error::Blob(err) => match err {
                 BlobError::NotFound { .. } => 404,
@@ -81,6 +90,22 @@ impl Error {
                 BlobError::Integrity { .. } => 500,
                 BlobError::Io(_) | BlobError::S3 { .. } => 503,
             },
+        }
+    }
+
+    /// True when the same call may succeed if repeated later: the database or the blob store
+    /// failed for a passing reason. A caller may retry (with backoff); a handler answers 503.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::Unavailable { .. } | Error::Blob(BlobError::Io(_) | BlobError::S3 { .. })
+        )
+    }
+
+    pub(crate) fn unavailable(cause: Transient, message: impl ToString) -> Self {
+        Error::Unavailable {
+            cause,
+            message: message.to_string(),
         }
     }
 
@@ -101,24 +126,107 @@ impl Error {
 
 impl From<DbErr> for Error {
     /// Constraint violations become [`Error::Conflict`] or [`Error::Invalid`] naming the
-    /// constraint; pool and connection failures become [`Error::Unavailable`].
+    /// constraint; every passing failure becomes [`Error::Unavailable`] with its cause.
     fn from(err: DbErr) -> Self {
         let runtime = match &err {
-            DbErr::ConnectionAcquire(e) => return Error::Unavailable(e.to_string()),
-            DbErr::Conn(_) => return Error::Unavailable(err.to_string()),
+            DbErr::ConnectionAcquire(e) => return Error::unavailable(Transient::Unreachable, e),
+            DbErr::Conn(_) => return Error::unavailable(Transient::Unreachable, &err),
             DbErr::Exec(e) | DbErr::Query(e) => e,
             _ => return Error::Database(err),
         };
         let RuntimeErr::SqlxError(sqlx_err) = runtime else {
             return Error::Database(err);
         };
+        let transient = |cause| Error::unavailable(cause, sqlx_err);
         match sqlx_err.as_ref() {
-            sqlx::Error::Database(db) => classify(db.as_ref()).unwrap_or(Error::Database(err)),
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                Error::Unavailable(sqlx_err.to_string())
+            sqlx::Error::Database(db) => match Transient::of_code(db.code().as_deref()) {
+                Some(cause) => transient(cause),
+                None => classify(db.as_ref()).unwrap_or(Error::Database(err)),
+            },
+            sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+                transient(Transient::Timeout)
             }
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
+                transient(Transient::Unreachable)
+            }
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => transient(Transient::ConnectionLost),
             _ => Error::Database(err),
         }
+    }
+}
+
+/// Why a database call failed for a passing reason ([`Error::Unavailable`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transient {
+    /// No connection could be had within the acquire timeout: the server is down, starting,
+    /// refusing connections, or the pool is exhausted.
+    Unreachable,
+    /// The connection died mid-call, or the server ended the session (restart, failover,
+    /// `pg_terminate_backend`, an idle-in-transaction timeout).
+    ConnectionLost,
+    /// The server is a read-only standby: after a failover, a connection still on the old
+    /// writer (SQLSTATE 25006).
+    ReadOnly,
+    /// A lock or statement waited past its bound (`lock_timeout`, `statement_timeout`, or the
+    /// client's own deadline when the server did not answer).
+    Timeout,
+    /// The transaction lost a deadlock (40P01).
+    Deadlock,
+    /// The transaction lost a serialization check (40001).
+    Serialization,
+    /// SQLite's database file was locked by another writer past the busy timeout.
+    Busy,
+}
+
+impl Transient {
+    /// The cause behind a SQLSTATE (Postgres) or a result code (SQLite), when it is passing.
+    fn of_code(code: Option<&str>) -> Option<Self> {
+        let code = code?;
+        // SQLite reports extended result codes; the primary code is the low byte.
+        if let Ok(sqlite) = code.parse::<u32>() {
+            return matches!(sqlite & 0xff, 5 | 6).then_some(Transient::Busy);
+        }
+        Some(match code {
+            "40P01" => Transient::Deadlock,
+            "40001" => Transient::Serialization,
+            "25006" => Transient::ReadOnly,
+            "55P03" | "57014" => Transient::Timeout,
+            "53300" | "57P03" => Transient::Unreachable,
+            "57P01" | "57P02" | "25P03" => Transient::ConnectionLost,
+            _ if code.starts_with("08") => Transient::ConnectionLost,
+            _ => return None,
+        })
+    }
+
+    /// True when connections opened before this failure must not be handed out again: they
+    /// are dead or point at a server that can no longer take writes.
+    pub(crate) fn condemns_connections(self) -> bool {
+        matches!(self, Transient::ConnectionLost | Transient::ReadOnly)
+    }
+
+    /// True when repeating the whole transaction at once is the cure.
+    pub(crate) fn is_conflict(self) -> bool {
+        matches!(
+            self,
+            Transient::Deadlock | Transient::Serialization | Transient::Busy
+        )
+    }
+}
+
+impl std::fmt::Display for Transient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transient::Unreachable => "unreachable",
+            Transient::ConnectionLost => "connection lost",
+            Transient::ReadOnly => "read-only server",
+            Transient::Timeout => "timed out",
+            Transient::Deadlock => "deadlock",
+            Transient::Serialization => "serialization failure",
+            Transient::Busy => "database busy",
+        })
     }
 }
 

@@ -1,9 +1,10 @@
 use chrono::{DateTime, FixedOffset};
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, DatabaseConnection, EntityTrait, Value};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, Value};
 use tracing::instrument;
 use uuid::Uuid;
 use vega_entity::{ActorType, events};
 
+use crate::db::Db;
 use crate::page::{Page, limit_clause, page_size};
 use crate::store::{now, statement};
 use crate::{Error, Result, validate};
@@ -57,7 +58,7 @@ pub enum EventFeed {
 /// The `events` table: the append-only activity and audit log.
 #[derive(Debug, Clone, Copy)]
 pub struct Events<'a> {
-    pub(crate) db: &'a DatabaseConnection,
+    pub(crate) db: &'a Db,
 }
 
 impl Events<'_> {
@@ -66,6 +67,7 @@ impl Events<'_> {
     pub async fn append(&self, input: NewEvent) -> Result<events::Model> {
         let action = validate::text("action", &input.action, 1, 64)?;
         let actor_label = validate::text("actor_label", &input.actor_label, 1, 320)?;
+        validate::json("data", &input.data)?;
         if serde_json::to_vec(&input.data).map_or(0, |v| v.len()) > 16 * 1024 {
             return Err(Error::invalid(
                 "data",
@@ -116,12 +118,12 @@ impl Events<'_> {
             EventFeed::Actor(id) => ("actor_user_id = $1", vec![id.into()]),
             EventFeed::Subject(kind, id) => (
                 "subject_type = $1 AND subject_id = $2",
-                vec![kind.into(), id.into()],
+                vec![validate::no_nul("subject", &kind)?.into(), id.into()],
             ),
         };
         let cursor = match before {
             Some(c) => {
-                values.push(c.created_at.into());
+                values.push(validate::timestamp("before.created_at", c.created_at)?.into());
                 values.push(c.id.into());
                 let n = values.len();
                 format!("AND (created_at, id) < (${}, ${n})", n - 1)

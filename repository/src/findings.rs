@@ -6,8 +6,7 @@
 use std::collections::HashMap;
 
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Value,
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Value,
 };
 use tracing::instrument;
 use uuid::Uuid;
@@ -16,6 +15,7 @@ use vega_entity::{
     finding_occurrences, findings, scans,
 };
 
+use crate::db::Db;
 use crate::page::{Page, limit_clause, page_size};
 use crate::store::{array, is_postgres, now, statement};
 use crate::{Error, Result, fingerprint, validate};
@@ -51,8 +51,7 @@ const ON_FINDING_CONFLICT: &str = "ON CONFLICT (repository_id, fingerprint) DO U
      fixed_at = CASE WHEN findings.status = 'fixed' THEN NULL ELSE findings.fixed_at END, \
      fixed_in_scan_id = CASE WHEN findings.status = 'fixed' THEN NULL \
                              ELSE findings.fixed_in_scan_id END, \
-     updated_at = excluded.updated_at \
-     RETURNING id, fingerprint";
+     updated_at = excluded.updated_at";
 
 /// One finding reported by a scanner, as passed to [`crate::Scans::complete`].
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
@@ -170,7 +169,8 @@ pub(crate) struct Prepared {
 }
 
 /// Validates every finding before the transaction opens (so a bad one writes nothing and is
-/// named by its index), computes fingerprints, and drops repeats within the batch.
+/// named by its index), computes fingerprints, drops repeats within the batch, and sorts by
+/// fingerprint: the order in which ingestion locks rows, whatever order the caller sent.
 pub(crate) fn prepare(findings: Vec<NewFinding>) -> Result<Vec<Prepared>> {
     let mut seen = std::collections::HashSet::with_capacity(findings.len());
     let mut prepared = Vec::with_capacity(findings.len());
@@ -212,6 +212,9 @@ pub(crate) fn prepare(findings: Vec<NewFinding>) -> Result<Vec<Prepared>> {
         if f.details.as_ref().is_some_and(serde_json::Value::is_null) {
             f.details = None;
         }
+        if let Some(details) = &f.details {
+            validate::json(&field("details"), details)?;
+        }
         let fingerprint = f.fingerprint();
         if seen.insert(fingerprint) {
             prepared.push(Prepared {
@@ -220,19 +223,40 @@ pub(crate) fn prepare(findings: Vec<NewFinding>) -> Result<Vec<Prepared>> {
             });
         }
     }
+    prepared.sort_unstable_by_key(|p| p.fingerprint);
     Ok(prepared)
 }
 
+/// Takes the repository's ingest lock for the rest of the transaction (see ARCHITECTURE.md,
+/// "Ingest under concurrency"): completions of one repository's scans then run one after
+/// another, each reading what the one before committed. On Postgres it is the repository
+/// row, locked `FOR NO KEY UPDATE`, which the findings' foreign-key checks (`FOR KEY SHARE`)
+/// do not wait for; on SQLite the `BEGIN IMMEDIATE` transaction already holds the one write
+/// lock. Taken before the scan's fence, in the order a repository's deletion locks them.
+pub(crate) async fn lock_repository_of(txn: &impl ConnectionTrait, scan_id: Uuid) -> Result<()> {
+    if is_postgres(txn) {
+        txn.query_one_raw(statement(
+            txn,
+            "SELECT 1 AS locked FROM repositories \
+              WHERE id = (SELECT repository_id FROM scans WHERE id = $1) FOR NO KEY UPDATE",
+            [scan_id.into()],
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
 /// Writes a completing scan's findings and occurrences and, for a full scan of the tracked
-/// branch, marks fixed the open findings it did not see. Runs inside the scan's transaction.
+/// branch, marks fixed the open findings it did not see. Runs inside the scan's transaction,
+/// after [`lock_repository_of`].
 pub(crate) async fn ingest(
     txn: &impl ConnectionTrait,
     scan: &scans::Model,
-    prepared: Vec<Prepared>,
+    prepared: &[Prepared],
 ) -> Result<IngestSummary> {
     let now = now();
     let mut counts = SeverityCounts::default();
-    for p in &prepared {
+    for p in prepared {
         counts.add(p.finding.severity, 1);
     }
     let mut new = 0;
@@ -270,9 +294,10 @@ pub(crate) async fn ingest(
 
 /// A chunk's upsert and occurrences on Postgres, in one statement: the chunk travels once, as
 /// one array parameter per column (`unnest`), so the statement is parsed and planned once
-/// whatever its row count, and nothing comes back but the count of new findings. Every part of
-/// a `WITH` sees the snapshot from before the statement, so `prior` is each finding's status
-/// before the upsert changes it.
+/// whatever its row count, and nothing comes back but the count of new findings. A finding is
+/// new when this statement inserted its row (`xmax = 0`); reopened when its status was
+/// `fixed` in the statement's snapshot, which under the repository lock is the latest
+/// committed status, since only completions move a finding into or out of `fixed`.
 ///
 /// sea-query binds arrays without NULL elements, so optional values travel as a sentinel that
 /// validation rules out ('' for text, 0 for numbers, JSON `null`) and `NULLIF` turns back
@@ -329,11 +354,12 @@ async fn write_chunk_postgres(
                   NULLIF(u.details, 'null'::jsonb), 'open', $3, $3, $4, $4, 1, $4, $4 \
              FROM u \
            {ON_FINDING_CONFLICT} \
+           RETURNING id, fingerprint, (xmax = 0) AS inserted \
          ), occurrences AS ( \
            INSERT INTO finding_occurrences (scan_id, finding_id, project_id, severity, change, \
                                             file_path, start_line, end_line) \
            SELECT $3, upserted.id, $1, u.severity, \
-                  CASE WHEN u.prior IS NULL THEN 'new' \
+                  CASE WHEN upserted.inserted THEN 'new' \
                        WHEN u.prior = 'fixed' THEN 'reopened' ELSE 'existing' END, \
                   NULLIF(u.file_path, ''), NULLIF(u.start_line, 0), NULLIF(u.end_line, 0) \
              FROM upserted JOIN u USING (fingerprint) \
@@ -473,7 +499,8 @@ async fn upsert(
         ]);
     }
     let sql = format!(
-        "INSERT INTO findings ({FINDING_COLUMNS}) VALUES {} {ON_FINDING_CONFLICT}",
+        "INSERT INTO findings ({FINDING_COLUMNS}) VALUES {} {ON_FINDING_CONFLICT} \
+         RETURNING id, fingerprint",
         rows.join(", ")
     );
     let returned = txn.query_all_raw(statement(txn, &sql, values)).await?;
@@ -535,7 +562,7 @@ async fn insert_occurrences(
 /// The `findings` table: deduplicated findings and their lifecycle.
 #[derive(Debug, Clone, Copy)]
 pub struct Findings<'a> {
-    pub(crate) db: &'a DatabaseConnection,
+    pub(crate) db: &'a Db,
 }
 
 impl Findings<'_> {

@@ -3,9 +3,9 @@
 //!
 //! ```no_run
 //! # async fn demo() -> vega_repository::Result<()> {
-//! use vega_repository::{PoolOptions, Store};
+//! use vega_repository::Store;
 //! let settings = vega_config::Settings::from_env().expect("settings");
-//! let store = Store::connect(&settings, &PoolOptions::default()).await?;
+//! let store = Store::connect(&settings).await?;
 //! let claims = store.scans().claim_next("worker-1", 1, std::time::Duration::from_secs(60)).await?;
 //! # Ok(()) }
 //! ```
@@ -24,11 +24,13 @@
 
 mod api_keys;
 mod artifacts;
+mod db;
 mod error;
 mod events;
 mod findings;
 mod fingerprint;
 mod page;
+mod pool;
 mod projects;
 mod repositories;
 mod scans;
@@ -41,7 +43,7 @@ mod workers;
 
 pub use api_keys::{ApiKeys, ApiToken, IssuedKey, LAST_USED_THROTTLE, NewApiKey};
 pub use artifacts::{Artifacts, AuditReport, GcOptions, GcReport, ScanObject};
-pub use error::{Error, Result};
+pub use error::{Error, Result, Transient};
 pub use events::{EventCursor, EventFeed, Events, NewEvent};
 pub use findings::{FindingCursor, Findings, NewFinding, ScanFinding, SeverityCounts};
 pub use fingerprint::{FINGERPRINT_VERSION, fingerprint};
@@ -50,7 +52,8 @@ pub use projects::{LatestScan, NewProject, ProjectSummary, Projects};
 pub use repositories::{NewRepository, Repositories};
 pub use scans::{CancelOutcome, Claim, Heartbeat, Lease, NewScan, Rescued, Scans};
 pub use snapshots::{ArchiveObject, NewSnapshot, Snapshots};
-pub use store::{PoolOptions, Store};
+pub use store::Store;
 pub use usage::{MeterTotal, NewUsage, Recorded, Usage};
 pub use users::{NewUser, Users};
+pub use vega_config::PoolOptions;
 pub use workers::{WorkerBeat, Workers};

@@ -1,12 +1,13 @@
 use chrono::{DateTime, FixedOffset};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
-    EntityTrait, FromQueryResult, QueryFilter,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, FromQueryResult,
+    QueryFilter,
 };
 use tracing::instrument;
 use uuid::Uuid;
 use vega_entity::projects;
 
+use crate::db::Db;
 use crate::page::{Page, limit_clause, page_size};
 use crate::store::{now, statement};
 use crate::{Error, Result, SeverityCounts, validate};
@@ -96,7 +97,7 @@ impl From<SummaryRow> for ProjectSummary {
 /// The `projects` table.
 #[derive(Debug, Clone, Copy)]
 pub struct Projects<'a> {
-    pub(crate) db: &'a DatabaseConnection,
+    pub(crate) db: &'a Db,
 }
 
 impl Projects<'_> {
@@ -137,7 +138,7 @@ impl Projects<'_> {
     pub async fn get_by_slug(&self, owner_id: Uuid, slug: &str) -> Result<projects::Model> {
         projects::Entity::find()
             .filter(projects::Column::OwnerId.eq(owner_id))
-            .filter(projects::Column::Slug.eq(slug))
+            .filter(projects::Column::Slug.eq(validate::no_nul("slug", slug)?))
             .one(self.db)
             .await?
             .ok_or_else(|| Error::not_found("project", format!("{owner_id}/{slug}")))

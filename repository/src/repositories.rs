@@ -1,11 +1,11 @@
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    QueryOrder,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
 };
 use tracing::instrument;
 use uuid::Uuid;
 use vega_entity::{Provider, repositories};
 
+use crate::db::Db;
 use crate::store::now;
 use crate::{Error, Result, validate};
 
@@ -29,7 +29,7 @@ pub struct NewRepository {
 /// The `repositories` table: the source repositories a project tracks.
 #[derive(Debug, Clone, Copy)]
 pub struct Repositories<'a> {
-    pub(crate) db: &'a DatabaseConnection,
+    pub(crate) db: &'a Db,
 }
 
 impl Repositories<'_> {

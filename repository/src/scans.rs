@@ -6,14 +6,12 @@
 use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset};
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait,
-};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use tracing::instrument;
 use uuid::Uuid;
 use vega_entity::{ScanKind, ScanStatus, TriggerKind, scans};
 
+use crate::db::{Db, retry_conflicts};
 use crate::page::{Page, limit_clause, page_size};
 use crate::store::{is_postgres, now, statement};
 use crate::{Error, NewFinding, Result, findings, validate};
@@ -73,6 +71,18 @@ pub struct Lease {
     pub attempt: i16,
 }
 
+impl Lease {
+    /// The lease with its worker id checked as a claim checks it, so that text a claim would
+    /// refuse (a NUL, a control character) is refused here too instead of reaching SQL.
+    fn validated(&self) -> Result<Lease> {
+        Ok(Lease {
+            scan_id: self.scan_id,
+            worker_id: validate::text("lease.worker_id", &self.worker_id, 1, 200)?,
+            attempt: self.attempt,
+        })
+    }
+}
+
 /// A scan claimed by [`Scans::claim_next`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Claim {
@@ -114,7 +124,7 @@ pub struct Rescued {
 /// The `scans` table: scan records and the work queue.
 #[derive(Debug, Clone, Copy)]
 pub struct Scans<'a> {
-    pub(crate) db: &'a DatabaseConnection,
+    pub(crate) db: &'a Db,
 }
 
 impl Scans<'_> {
@@ -251,6 +261,7 @@ impl Scans<'_> {
     /// [`Error::LeaseLost`] means the worker must stop: the scan is no longer its own.
     #[instrument(name = "scans.heartbeat", skip(self), fields(scan_id = %lease.scan_id))]
     pub async fn heartbeat(&self, lease: &Lease, lease_for: Duration) -> Result<Heartbeat> {
+        let lease = &lease.validated()?;
         let now = now();
         let expires = now + lease_duration("lease_for", lease_for)?;
         let row = self
@@ -287,8 +298,19 @@ impl Scans<'_> {
     /// nothing.
     #[instrument(name = "scans.complete", skip(self, findings), fields(scan_id = %lease.scan_id, findings = findings.len()))]
     pub async fn complete(&self, lease: &Lease, findings: Vec<NewFinding>) -> Result<scans::Model> {
+        let lease = lease.validated()?;
         let prepared = findings::prepare(findings)?;
+        // Safe to repeat whole: each run re-reads the lease and everything it counts.
+        retry_conflicts("scans.complete", || self.complete_once(&lease, &prepared)).await
+    }
+
+    async fn complete_once(
+        &self,
+        lease: &Lease,
+        prepared: &[findings::Prepared],
+    ) -> Result<scans::Model> {
         let txn = self.db.begin().await?;
+        findings::lock_repository_of(&txn, lease.scan_id).await?;
         let scan = fence(&txn, lease).await?;
         let summary = findings::ingest(&txn, &scan, prepared).await?;
         let now = now();
@@ -341,7 +363,7 @@ impl Scans<'_> {
         message: &str,
     ) -> Result<scans::Model> {
         let error_code = validate::text("error_code", error_code, 1, 64)?;
-        let message: String = message.trim().chars().take(4000).collect();
+        let message = validate::message("message", message, 4000)?;
         self.finish(lease, ScanStatus::Failed, Some(error_code), Some(message))
             .await
     }
@@ -359,6 +381,7 @@ impl Scans<'_> {
         error_code: Option<String>,
         error_message: Option<String>,
     ) -> Result<scans::Model> {
+        let lease = &lease.validated()?;
         let now = now();
         scans::Entity::find()
             .from_raw_sql(statement(
@@ -509,6 +532,7 @@ impl Scans<'_> {
     /// The scans a worker holds right now.
     #[instrument(name = "scans.held_by", skip(self))]
     pub async fn held_by(&self, worker_id: &str) -> Result<Vec<scans::Model>> {
+        let worker_id = validate::text("worker_id", worker_id, 1, 200)?;
         Ok(scans::Entity::find()
             .filter(scans::Column::Status.eq(ScanStatus::Running.as_str()))
             .filter(scans::Column::ClaimedBy.eq(worker_id))

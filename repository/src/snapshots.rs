@@ -1,10 +1,9 @@
-use sea_orm::{
-    ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, TransactionTrait,
-};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 use tracing::instrument;
 use uuid::Uuid;
 use vega_entity::{ArtifactKind, SnapshotStatus, snapshots};
 
+use crate::db::Db;
 use crate::store::{now, statement};
 use crate::{Error, Result, validate};
 
@@ -37,7 +36,7 @@ pub struct ArchiveObject {
 /// The `snapshots` table: source trees fetched for scanning.
 #[derive(Debug, Clone, Copy)]
 pub struct Snapshots<'a> {
-    pub(crate) db: &'a DatabaseConnection,
+    pub(crate) db: &'a Db,
 }
 
 impl Snapshots<'_> {

@@ -1,37 +1,14 @@
-use std::time::Duration;
-
 use chrono::{DateTime, FixedOffset, SubsecRound, Utc};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, Value};
 use vega_blobstore::BlobStore;
-use vega_config::{Backend, Settings};
+use vega_config::{PoolOptions, Settings};
 use vega_migration::status::SchemaStatus;
 
+use crate::db::{Bounds, Db, Health};
 use crate::{
     ApiKeys, Artifacts, Error, Events, Findings, Projects, Repositories, Result, Scans, Snapshots,
     Usage, Users, Workers,
 };
-
-/// Connection-pool settings for [`Store::connect`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PoolOptions {
-    /// Most connections open at once (Postgres; SQLite always uses one, its single writer).
-    pub max_connections: u32,
-    /// How long a call waits for a free connection before failing with
-    /// [`Error::Unavailable`].
-    pub acquire_timeout: Duration,
-    /// Statements slower than this are logged at WARN.
-    pub slow_statement: Duration,
-}
-
-impl Default for PoolOptions {
-    fn default() -> Self {
-        Self {
-            max_connections: 10,
-            acquire_timeout: Duration::from_secs(5),
-            slow_statement: Duration::from_secs(1),
-        }
-    }
-}
 
 /// The entry point for application handlers: a cheap-to-clone handle on the database pool,
 /// from which each table's repository is reached (`store.scans().claim_next(...)`).
@@ -40,50 +17,35 @@ impl Default for PoolOptions {
 /// the pool.
 #[derive(Debug, Clone)]
 pub struct Store {
-    db: DatabaseConnection,
+    db: Db,
     blobs: BlobStore,
 }
 
 impl Store {
-    /// Connects with the given settings and checks that the schema matches this build.
+    /// Connects with the given settings (the pool's size and bounds are `settings.pool`) and
+    /// checks that the schema matches this build.
     ///
     /// Fails with [`Error::Unavailable`] (with the checks to run) when the database cannot be
     /// reached, and with [`Error::SchemaOutdated`] listing the versions when migrations are
     /// pending or the database was migrated by a newer build: the "migrations not applied"
     /// and "constraint violation after deploy" failures become one message at start-up.
-    pub async fn connect(settings: &Settings, pool: &PoolOptions) -> Result<Self> {
+    pub async fn connect(settings: &Settings) -> Result<Self> {
         settings.log_effective();
         let blobs = BlobStore::from_settings(&settings.blob).await?;
-        let settings = &settings.database;
-        let mut options = settings.connect_options();
-        // Statements are logged at TRACE (free unless enabled), slow ones at WARN; sea-orm only
-        // honours the slow-statement threshold when statement logging is on.
-        options
-            .acquire_timeout(pool.acquire_timeout)
-            .sqlx_logging(true)
-            .sqlx_logging_level(log::LevelFilter::Trace)
-            .sqlx_slow_statements_logging_settings(log::LevelFilter::Warn, pool.slow_statement);
-        match settings.backend {
-            // The ping sqlx sends before handing out a connection costs a round trip per call;
-            // a dead connection surfaces as an error on first use instead.
-            Backend::Postgres => {
-                options
-                    .max_connections(pool.max_connections)
-                    .test_before_acquire(false);
-            }
-            Backend::Sqlite => {
-                options.max_connections(1);
-            }
-        }
-        let db = settings
-            .connect(options)
-            .await
-            .map_err(|e| Error::Unavailable(e.to_string()))?;
-        Self::from_parts(db, blobs).await
+        let health = Health::new();
+        let conn = crate::pool::open(&settings.database, &settings.pool, health.clone()).await?;
+        Self::checked(Db::new(conn, bounds(&settings.pool), health), blobs).await
     }
 
     /// Wraps an existing connection and blob store after checking the schema (tests, tools).
+    /// Calls are bounded by [`PoolOptions::default`]'s timeouts; the connection's own pool
+    /// settings are kept.
     pub async fn from_parts(db: DatabaseConnection, blobs: BlobStore) -> Result<Self> {
+        let db = Db::new(db, bounds(&PoolOptions::default()), Health::new());
+        Self::checked(db, blobs).await
+    }
+
+    async fn checked(db: Db, blobs: BlobStore) -> Result<Self> {
         let status = SchemaStatus::read(&db).await?;
         if !status.is_current() {
             return Err(Error::SchemaOutdated {
@@ -96,7 +58,7 @@ impl Store {
 
     /// The underlying connection, for queries no repository covers yet.
     pub fn connection(&self) -> &DatabaseConnection {
-        &self.db
+        self.db.connection()
     }
 
     /// The blob store, for objects no repository covers yet.
@@ -160,6 +122,13 @@ impl Store {
     /// Worker heartbeats.
     pub fn workers(&self) -> Workers<'_> {
         Workers { db: &self.db }
+    }
+}
+
+fn bounds(pool: &PoolOptions) -> Bounds {
+    Bounds {
+        statement: pool.statement_timeout,
+        acquire: pool.acquire_timeout,
     }
 }
 

@@ -1,12 +1,10 @@
 use chrono::{DateTime, FixedOffset};
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, EntityTrait, FromQueryResult, QueryResult,
-    TransactionTrait, Value,
-};
+use sea_orm::{ConnectionTrait, EntityTrait, FromQueryResult, QueryResult, Value};
 use tracing::instrument;
 use uuid::Uuid;
 use vega_entity::{Meter, usage_records};
 
+use crate::db::Db;
 use crate::store::{array, is_postgres, now, statement};
 use crate::{Error, Result, validate};
 
@@ -53,7 +51,7 @@ pub struct MeterTotal {
 /// The `usage_records` table: append-only metered increments.
 #[derive(Debug, Clone, Copy)]
 pub struct Usage<'a> {
-    pub(crate) db: &'a DatabaseConnection,
+    pub(crate) db: &'a Db,
 }
 
 impl Usage<'_> {
@@ -134,6 +132,8 @@ impl Usage<'_> {
         from: DateTime<FixedOffset>,
         to: DateTime<FixedOffset>,
     ) -> Result<Vec<MeterTotal>> {
+        let from = validate::timestamp("from", from)?;
+        let to = validate::timestamp("to", to)?;
         if to <= from {
             return Err(Error::invalid("to", "must be after from"));
         }
@@ -239,6 +239,8 @@ fn validated(mut input: NewUsage, prefix: &str) -> Result<NewUsage> {
             ));
         }
     }
+    validate::json(&format!("{prefix}properties"), &input.properties)?;
+    input.occurred_at = validate::timestamp(&format!("{prefix}occurred_at"), input.occurred_at)?;
     input.idempotency_key = validate::text(
         &format!("{prefix}idempotency_key"),
         &input.idempotency_key,

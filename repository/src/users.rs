@@ -1,10 +1,9 @@
-use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter,
-};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 use tracing::instrument;
 use uuid::Uuid;
 use vega_entity::{UserStatus, users};
 
+use crate::db::Db;
 use crate::store::now;
 use crate::{Error, Result, validate};
 
@@ -20,7 +19,7 @@ pub struct NewUser {
 /// The `users` table.
 #[derive(Debug, Clone, Copy)]
 pub struct Users<'a> {
-    pub(crate) db: &'a DatabaseConnection,
+    pub(crate) db: &'a Db,
 }
 
 impl Users<'_> {
@@ -58,7 +57,7 @@ impl Users<'_> {
     /// The user with this email, compared case-insensitively; `None` if there is none.
     #[instrument(name = "users.find_by_email", skip_all)]
     pub async fn find_by_email(&self, email: &str) -> Result<Option<users::Model>> {
-        let email = email.trim().to_lowercase();
+        let email = validate::no_nul("email", email)?.trim().to_lowercase();
         Ok(users::Entity::find()
             .filter(users::Column::Email.eq(email))
             .one(self.db)

@@ -1,11 +1,10 @@
 use std::time::Duration;
 
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder};
 use tracing::instrument;
 use vega_entity::worker_heartbeats;
 
+use crate::db::Db;
 use crate::store::{now, statement};
 use crate::{Error, Result, validate};
 
@@ -26,7 +25,7 @@ pub struct WorkerBeat {
 /// leases, not by this table; it is for operators and capacity planning.
 #[derive(Debug, Clone, Copy)]
 pub struct Workers<'a> {
-    pub(crate) db: &'a DatabaseConnection,
+    pub(crate) db: &'a Db,
 }
 
 impl Workers<'_> {

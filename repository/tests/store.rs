@@ -28,9 +28,7 @@ async fn an_unmigrated_database_is_refused_with_the_pending_versions() {
 async fn a_migrated_database_is_accepted_through_the_settings() {
     let db = TestDb::postgres().await;
     let settings = settings(db.url());
-    let store = Store::connect(&settings, &PoolOptions::default())
-        .await
-        .unwrap();
+    let store = Store::connect(&settings).await.unwrap();
     assert!(
         store
             .users()
@@ -44,10 +42,8 @@ async fn a_migrated_database_is_accepted_through_the_settings() {
 #[tokio::test]
 async fn an_unreachable_database_is_unavailable_with_hints() {
     let settings = settings("postgres://vega:hunter2@127.0.0.1:1/vega");
-    let err = Store::connect(&settings, &PoolOptions::default())
-        .await
-        .unwrap_err();
-    assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+    let err = Store::connect(&settings).await.unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
     let message = err.to_string();
     assert!(message.contains("pg_isready"), "{message}");
     assert!(!message.contains("hunter2"), "{message}");
@@ -60,5 +56,6 @@ fn settings(url: &str) -> Settings {
             root: std::env::temp_dir().join(format!("vega-blobs-{}", uuid::Uuid::new_v4())),
             root_source: Source::Given,
         },
+        pool: PoolOptions::default(),
     }
 }

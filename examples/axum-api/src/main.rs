@@ -2,7 +2,7 @@
 //! default 127.0.0.1:8080; database settings as everywhere, see the README).
 
 use tracing_subscriber::EnvFilter;
-use vega_repository::{PoolOptions, Store};
+use vega_repository::Store;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -12,7 +12,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
     let settings = vega_config::Settings::from_env()?;
-    let store = Store::connect(&settings, &PoolOptions::default()).await?;
+    let store = Store::connect(&settings).await?;
     let addr = std::env::var("VEGA_LISTEN").unwrap_or_else(|_| "127.0.0.1:8080".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     tracing::info!(%addr, "listening");

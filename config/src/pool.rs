@@ -1,0 +1,144 @@
+//! How application connections wait: the pool's size and every bound on a wait.
+//!
+//! Each field has a `VEGA_DB_*` variable; durations are written as `humantime` spans
+//! (`30s`, `1m 30s`, `250ms`). A timeout of zero would mean "no bound" on Postgres, so it is
+//! refused rather than silently unbounded.
+
+use std::time::Duration;
+
+use crate::ConfigError;
+
+/// Connection-pool settings for application connections (the repository layer's `Store`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolOptions {
+    /// Most connections open at once (`VEGA_DB_MAX_CONNECTIONS`, default 10). SQLite always
+    /// uses one: it has a single writer.
+    pub max_connections: u32,
+    /// How long a call waits for a free connection, including opening one
+    /// (`VEGA_DB_ACQUIRE_TIMEOUT`, default 5 s).
+    pub acquire_timeout: Duration,
+    /// Longest a statement may run (`VEGA_DB_STATEMENT_TIMEOUT`, default 30 s): Postgres'
+    /// `statement_timeout`, and the client's own deadline on every statement, which also holds
+    /// when the server cannot answer at all (frozen, or a half-open connection).
+    pub statement_timeout: Duration,
+    /// Longest a statement waits for a lock (`VEGA_DB_LOCK_TIMEOUT`, default 10 s): Postgres'
+    /// `lock_timeout`, SQLite's busy timeout.
+    pub lock_timeout: Duration,
+    /// Longest a transaction may sit idle between statements before Postgres ends the session
+    /// (`VEGA_DB_IDLE_IN_TRANSACTION_TIMEOUT`, default 60 s), so a stuck caller cannot hold
+    /// row locks for good.
+    pub idle_in_transaction_timeout: Duration,
+    /// A pooled connection idle at least this long is checked with a bounded ping before it is
+    /// handed out (`VEGA_DB_IDLE_CHECK_AFTER`, default 1 s); busier connections are not, so a
+    /// busy pool pays no round trip.
+    pub idle_check_after: Duration,
+    /// Statements slower than this are logged at WARN (`VEGA_DB_SLOW_STATEMENT`, default 1 s).
+    pub slow_statement: Duration,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
+            lock_timeout: Duration::from_secs(10),
+            idle_in_transaction_timeout: Duration::from_secs(60),
+            idle_check_after: Duration::from_secs(1),
+            slow_statement: Duration::from_secs(1),
+        }
+    }
+}
+
+impl PoolOptions {
+    /// How long a liveness ping may take before the connection is taken for dead.
+    pub fn ping_timeout(&self) -> Duration {
+        self.acquire_timeout.min(Duration::from_secs(1))
+    }
+
+    pub(crate) fn from_lookup(
+        lookup: &impl Fn(&'static str) -> Result<Option<String>, ConfigError>,
+    ) -> Result<Self, ConfigError> {
+        let d = Self::default();
+        let duration = |var: &'static str, default: Duration| -> Result<Duration, ConfigError> {
+            let Some(value) = lookup(var)? else {
+                return Ok(default);
+            };
+            let invalid = |reason: &str| ConfigError::InvalidPoolSetting {
+                var,
+                value: value.clone(),
+                reason: reason.to_owned(),
+            };
+            match humantime::parse_duration(value.trim()) {
+                Ok(d) if d.is_zero() => Err(invalid("must be longer than zero")),
+                Ok(d) if d > Duration::from_secs(24 * 3600) => Err(invalid("must be at most 24h")),
+                Ok(d) => Ok(d),
+                Err(_) => Err(invalid("is not a duration such as `30s` or `250ms`")),
+            }
+        };
+        let max_connections = match lookup("VEGA_DB_MAX_CONNECTIONS")? {
+            None => d.max_connections,
+            Some(value) => match value.trim().parse::<u32>() {
+                Ok(n) if (1..=1000).contains(&n) => n,
+                _ => {
+                    return Err(ConfigError::InvalidPoolSetting {
+                        var: "VEGA_DB_MAX_CONNECTIONS",
+                        value,
+                        reason: "must be a whole number from 1 to 1000".into(),
+                    });
+                }
+            },
+        };
+        Ok(Self {
+            max_connections,
+            acquire_timeout: duration("VEGA_DB_ACQUIRE_TIMEOUT", d.acquire_timeout)?,
+            statement_timeout: duration("VEGA_DB_STATEMENT_TIMEOUT", d.statement_timeout)?,
+            lock_timeout: duration("VEGA_DB_LOCK_TIMEOUT", d.lock_timeout)?,
+            idle_in_transaction_timeout: duration(
+                "VEGA_DB_IDLE_IN_TRANSACTION_TIMEOUT",
+                d.idle_in_transaction_timeout,
+            )?,
+            idle_check_after: duration("VEGA_DB_IDLE_CHECK_AFTER", d.idle_check_after)?,
+            slow_statement: duration("VEGA_DB_SLOW_STATEMENT", d.slow_statement)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn options(vars: &[(&'static str, &str)]) -> Result<PoolOptions, ConfigError> {
+        let map: HashMap<&str, String> = vars.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        PoolOptions::from_lookup(&|k| Ok(map.get(k).cloned()))
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        assert_eq!(options(&[]).unwrap(), PoolOptions::default());
+        let o = options(&[
+            ("VEGA_DB_STATEMENT_TIMEOUT", "2s"),
+            ("VEGA_DB_LOCK_TIMEOUT", "500ms"),
+            ("VEGA_DB_MAX_CONNECTIONS", "32"),
+        ])
+        .unwrap();
+        assert_eq!(o.statement_timeout, Duration::from_secs(2));
+        assert_eq!(o.lock_timeout, Duration::from_millis(500));
+        assert_eq!(o.max_connections, 32);
+        assert_eq!(o.acquire_timeout, PoolOptions::default().acquire_timeout);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (var, value) in [
+            ("VEGA_DB_STATEMENT_TIMEOUT", "0s"),
+            ("VEGA_DB_LOCK_TIMEOUT", "soon"),
+            ("VEGA_DB_ACQUIRE_TIMEOUT", "2d"),
+            ("VEGA_DB_MAX_CONNECTIONS", "0"),
+        ] {
+            let err = options(&[(var, value)]).unwrap_err();
+            assert!(err.to_string().contains(var), "{err}");
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! The connection every repository uses: a pool handle whose every call is bounded, whose
+//! failures are classified, and which condemns the pool's old connections when one of them
+//! proves dead.
+//!
+//! - **Bounded.** Each statement gets the client's own deadline (`statement_timeout`, plus the
+//!   acquire timeout when it must first take a connection from the pool). The server enforces
+//!   the same `statement_timeout`, but a frozen server or a half-open connection enforces
+//!   nothing; the client deadline holds whatever the server does.
+//! - **Self-healing.** A failure that shows the connection dead or on a read-only server
+//!   records the moment ([`Health::condemn`]); the pool's `before_acquire` hook (`pool.rs`)
+//!   then discards every connection opened before it, so one restart or failover costs at
+//!   most the calls that were in flight, not one failed call per pooled connection.
+//! - **Retried where safe.** [`retry_conflicts`] repeats a whole transaction that lost a
+//!   deadlock or serialization check, with jittered backoff, a bounded number of times.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, ExecResult,
+    QueryResult, RuntimeErr, SqliteTransactionMode, Statement, TransactionOptions,
+    TransactionTrait, sqlx,
+};
+
+use crate::{Error, Result};
+
+/// Transactions that lose a deadlock or serialization check are run at most this many times.
+const CONFLICT_ATTEMPTS: u32 = 5;
+
+/// When the pool last saw a connection die, so that connections older than that are not
+/// handed out again. Shared by [`Db`] and the pool's `before_acquire` hook.
+#[derive(Debug)]
+pub(crate) struct Health {
+    opened: Instant,
+    /// Nanoseconds after `opened` of the last condemning failure; 0 for none.
+    condemned_at: AtomicU64,
+}
+
+impl Health {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            opened: Instant::now(),
+            condemned_at: AtomicU64::new(0),
+        })
+    }
+
+    /// Records that connections opened before now are suspect.
+    pub(crate) fn condemn(&self) {
+        let now = u64::try_from(self.opened.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.condemned_at.fetch_max(now.max(1), Ordering::Relaxed);
+    }
+
+    /// True when a connection of this age was opened before the last condemning failure.
+    pub(crate) fn is_condemned(&self, age: Duration) -> bool {
+        let condemned_at = self.condemned_at.load(Ordering::Relaxed);
+        if condemned_at == 0 {
+            return false;
+        }
+        let opened_at = self.opened.elapsed().saturating_sub(age);
+        u64::try_from(opened_at.as_nanos()).unwrap_or(u64::MAX) < condemned_at
+    }
+}
+
+/// The bounds of [`Db`]'s calls.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bounds {
+    pub statement: Duration,
+    pub acquire: Duration,
+}
+
+/// The pool, as the repositories use it (see the module docs).
+#[derive(Debug, Clone)]
+pub(crate) struct Db {
+    conn: DatabaseConnection,
+    bounds: Bounds,
+    health: Arc<Health>,
+}
+
+impl Db {
+    pub(crate) fn new(conn: DatabaseConnection, bounds: Bounds, health: Arc<Health>) -> Self {
+        Self {
+            conn,
+            bounds,
+            health,
+        }
+    }
+
+    pub(crate) fn connection(&self) -> &DatabaseConnection {
+        &self.conn
+    }
+
+    /// A pool call's bound: taking a connection, then one statement.
+    fn call_bound(&self) -> Duration {
+        self.bounds.acquire + self.bounds.statement
+    }
+
+    /// Opens a transaction. On SQLite it is `BEGIN IMMEDIATE`: it takes the write lock at
+    /// once (waiting up to the busy timeout), because a deferred transaction that reads and
+    /// then writes fails at once with `SQLITE_BUSY` when another process wrote in between.
+    pub(crate) async fn begin(&self) -> Result<Tx> {
+        let options = TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..TransactionOptions::default()
+        };
+        let txn = bounded(
+            &self.health,
+            self.call_bound(),
+            self.conn.begin_with_options(options),
+        )
+        .await?;
+        Ok(Tx {
+            txn,
+            bounds: self.bounds,
+            health: self.health.clone(),
+        })
+    }
+}
+
+/// A transaction opened by [`Db::begin`], its statements bounded like the pool's. Dropped
+/// without [`Tx::commit`], it rolls back.
+pub(crate) struct Tx {
+    txn: DatabaseTransaction,
+    bounds: Bounds,
+    health: Arc<Health>,
+}
+
+impl Tx {
+    fn statement_bound(&self) -> Duration {
+        self.bounds.statement
+    }
+
+    /// Commits, within one statement's bound.
+    pub(crate) async fn commit(self) -> Result<()> {
+        Ok(bounded(&self.health, self.bounds.statement, self.txn.commit()).await?)
+    }
+}
+
+/// Runs `call` within `limit`, recording a condemning failure in `health`. A call cut off by
+/// the deadline fails like a socket read that timed out, which [`Error`] classifies as
+/// [`crate::Transient::Timeout`].
+async fn bounded<T>(
+    health: &Health,
+    limit: Duration,
+    call: impl Future<Output = Result<T, DbErr>>,
+) -> Result<T, DbErr> {
+    let result = match tokio::time::timeout(limit, call).await {
+        Ok(result) => result,
+        Err(_) => Err(DbErr::Query(RuntimeErr::SqlxError(Arc::new(
+            sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "no answer from the database within {limit:?} (VEGA_DB_STATEMENT_TIMEOUT, \
+                     VEGA_DB_ACQUIRE_TIMEOUT)"
+                ),
+            )),
+        )))),
+    };
+    if let Err(err) = &result
+        && let Error::Unavailable { cause, .. } = Error::from(err.clone())
+        && cause.condemns_connections()
+    {
+        health.condemn();
+    }
+    result
+}
+
+macro_rules! bounded_connection {
+    ($ty:ty, $inner:ident, $limit:expr) => {
+        #[async_trait::async_trait]
+        impl ConnectionTrait for $ty {
+            fn get_database_backend(&self) -> DbBackend {
+                self.$inner.get_database_backend()
+            }
+
+            async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
+                bounded(&self.health, $limit(self), self.$inner.execute_raw(stmt)).await
+            }
+
+            async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+                bounded(
+                    &self.health,
+                    $limit(self),
+                    self.$inner.execute_unprepared(sql),
+                )
+                .await
+            }
+
+            async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
+                bounded(&self.health, $limit(self), self.$inner.query_one_raw(stmt)).await
+            }
+
+            async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+                bounded(&self.health, $limit(self), self.$inner.query_all_raw(stmt)).await
+            }
+        }
+    };
+}
+
+bounded_connection!(Db, conn, Db::call_bound);
+bounded_connection!(Tx, txn, Tx::statement_bound);
+
+/// Runs `transaction` until it does not lose a deadlock, serialization check or SQLite busy
+/// wait, at most [`CONFLICT_ATTEMPTS`] times, sleeping a jittered, doubling backoff between
+/// runs. Only for transactions that are safe to repeat whole: each run must start from what is
+/// committed and decide everything again (a fenced completion does).
+pub(crate) async fn retry_conflicts<T, F, Fut>(what: &str, mut transaction: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut attempt = 1;
+    loop {
+        match transaction().await {
+            Err(Error::Unavailable { cause, message })
+                if cause.is_conflict() && attempt < CONFLICT_ATTEMPTS =>
+            {
+                let ceiling = 10u64 << attempt;
+                let pause = Duration::from_millis(rand::random_range(ceiling / 2..=ceiling));
+                tracing::info!(what, attempt, %cause, %message, ?pause, "retrying the transaction");
+                tokio::time::sleep(pause).await;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_opened_before_a_failure_are_condemned() {
+        let health = Health::new();
+        assert!(!health.is_condemned(Duration::from_secs(3600)));
+        std::thread::sleep(Duration::from_millis(5));
+        health.condemn();
+        // Opened at the pool's start: before the failure.
+        assert!(health.is_condemned(health.opened.elapsed()));
+        std::thread::sleep(Duration::from_millis(5));
+        // Opened just now: after it.
+        assert!(!health.is_condemned(Duration::ZERO));
+    }
+}
