@@ -17,12 +17,16 @@
 //! **Both.** [`on_both_backends!`] turns one async test body into a `postgres` and a `sqlite`
 //! test.
 //!
+//! **A server of the test's own.** [`pg::PgServer`] `initdb`s a throwaway cluster on a free
+//! port for tests that restart, freeze or kill it; the shared server is never touched.
+//!
 //! **S3.** [`s3::S3Server`] serves s3s-fs on a real TCP listener at 127.0.0.1:0 inside the
 //! test process; the real aws-sdk-s3 client talks to it.
 
 // A harness reports a broken environment by panicking: that is how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod pg;
 pub mod s3;
 
 use std::time::Duration;
