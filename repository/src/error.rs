@@ -139,7 +139,10 @@ impl From<DbErr> for Error {
         };
         let transient = |cause| Error::unavailable(cause, sqlx_err);
         match sqlx_err.as_ref() {
-            sqlx::Error::Database(db) => match Transient::of_code(db.code().as_deref()) {
+            sqlx::Error::Database(db) => match Transient::of_code(
+                db.code().as_deref(),
+                db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some(),
+            ) {
                 Some(cause) => transient(cause),
                 None => classify(db.as_ref()).unwrap_or(Error::Database(err)),
             },
@@ -183,11 +186,12 @@ pub enum Transient {
 
 impl Transient {
     /// The cause behind a SQLSTATE (Postgres) or a result code (SQLite), when it is passing.
-    fn of_code(code: Option<&str>) -> Option<Self> {
+    fn of_code(code: Option<&str>, sqlite: bool) -> Option<Self> {
         let code = code?;
-        // SQLite reports extended result codes; the primary code is the low byte.
-        if let Ok(sqlite) = code.parse::<u32>() {
-            return matches!(sqlite & 0xff, 5 | 6).then_some(Transient::Busy);
+        if sqlite {
+            // Extended result codes; the primary code (BUSY 5, LOCKED 6) is the low byte.
+            let code = code.parse::<u32>().ok()?;
+            return matches!(code & 0xff, 5 | 6).then_some(Transient::Busy);
         }
         Some(match code {
             "40P01" => Transient::Deadlock,
