@@ -12,6 +12,7 @@ pub(crate) type Error = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) type Result<T> = std::result::Result<T, Error>;
 
 mod blob;
+mod concurrency;
 mod copy;
 mod queue;
 mod reads;
@@ -38,6 +39,9 @@ struct Args {
     /// Findings per ingested scan.
     #[arg(long, default_value_t = 100_000)]
     findings: usize,
+    /// Findings shared by the eight scans of the concurrent-completion scenario.
+    #[arg(long, default_value_t = 10_000)]
+    shared_findings: usize,
     /// Runs per scenario.
     #[arg(long, default_value_t = 3)]
     runs: usize,
@@ -84,6 +88,7 @@ async fn main() -> Result<()> {
     let mut args = Args::parse();
     if args.quick {
         args.findings = 200;
+        args.shared_findings = 200;
         args.runs = 1;
         args.blob_mib = 8;
         args.projects = 100;
@@ -100,17 +105,30 @@ async fn main() -> Result<()> {
         blob::run(args.blob_mib, args.runs, &mut rows).await?;
     }
     let (db, url) = fresh_database().await?;
-    let blobs =
-        vega_blobstore::BlobStore::filesystem(std::env::temp_dir().join("vega-bench-blobs"))?;
-    let store = Store::from_parts(db.clone(), blobs).await?;
+    // The store as an application builds it: its pool's liveness check and timeouts included.
+    let settings = vega_config::Settings {
+        database: vega_config::DatabaseSettings::for_url(&url)?,
+        blob: vega_config::BlobSettings::Fs {
+            root: std::env::temp_dir().join("vega-bench-blobs"),
+            root_source: vega_config::Source::Given,
+        },
+        pool: PoolOptions::default(),
+    };
+    let store = Store::connect(&settings).await?;
     if wanted("ingest") {
         ingest(&store, &db, &args, &mut rows).await?;
+    }
+    if wanted("concurrency") {
+        let project = bench_project(&store, "concurrency").await?;
+        let shared = synthetic_findings(args.shared_findings);
+        concurrency::completions(&store, project, &shared, args.runs, &mut rows).await?;
     }
     if wanted("reads") {
         let sizes = reads::Sizes {
             projects: args.projects,
             findings: args.open_findings,
             iterations: args.iterations,
+            runs: args.runs,
         };
         reads::run(&store, &db, &url, &sizes, &mut rows).await?;
     }
@@ -324,6 +342,27 @@ async fn ingest(
     rows.push(bare);
     rows.push(copy);
     Ok(())
+}
+
+/// A project of its own for a scenario, owned by a user of its own.
+async fn bench_project(store: &Store, name: &str) -> Result<uuid::Uuid> {
+    let owner = store
+        .users()
+        .create(NewUser {
+            email: format!("{name}@example.com"),
+            display_name: None,
+        })
+        .await?;
+    let project = store
+        .projects()
+        .create(NewProject {
+            owner_id: owner.id,
+            name: name.into(),
+            slug: name.into(),
+            description: None,
+        })
+        .await?;
+    Ok(project.id)
 }
 
 /// A fresh repository for a baseline's rows, and a scan in it that is only a row for them to

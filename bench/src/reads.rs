@@ -23,11 +23,19 @@ const SCAN_BY_ID: &str = "SELECT * FROM scans WHERE id = $1";
 const KEY_BY_HASH: &str = "SELECT * FROM api_keys WHERE token_hash = $1 AND revoked_at IS NULL \
                            AND (expires_at IS NULL OR expires_at > now())";
 
+/// The project list's first page, as the repository sends it.
+pub(crate) const PROJECT_LIST: &str = "SELECT p.id, p.name, p.slug, s.id AS scan_id, s.status AS scan_status, s.finished_at, \
+            s.count_critical, s.count_high, s.count_medium, s.count_low, s.count_info, \
+            s.count_unknown \
+       FROM projects p LEFT JOIN scans s ON s.id = p.latest_scan_id \
+      WHERE p.owner_id = $1 AND p.archived_at IS NULL ORDER BY p.id DESC LIMIT $2";
+
 /// Sizes of the generated data.
 pub(crate) struct Sizes {
     pub projects: u64,
     pub findings: u64,
     pub iterations: usize,
+    pub runs: usize,
 }
 
 pub(crate) async fn run(
@@ -56,17 +64,12 @@ pub(crate) async fn run(
     let (raw_list, repo_list) = measure_pair(
         n,
         || async {
-        sqlx::query(
-            "SELECT p.id, p.name, p.slug, s.id AS scan_id, s.status AS scan_status, s.finished_at, \
-                    s.count_critical, s.count_high, s.count_medium, s.count_low, s.count_info, s.count_unknown \
-               FROM projects p LEFT JOIN scans s ON s.id = p.latest_scan_id \
-              WHERE p.owner_id = $1 AND p.archived_at IS NULL ORDER BY p.id DESC LIMIT $2",
-        )
-        .bind(owner.id)
-        .bind(51i64)
-        .fetch_all(&raw)
-        .await?;
-        Ok(())
+            sqlx::query(PROJECT_LIST)
+                .bind(owner.id)
+                .bind(51i64)
+                .fetch_all(&raw)
+                .await?;
+            Ok(())
         },
         || async {
             store.projects().list_for_owner(owner.id, None, 50).await?;
@@ -90,6 +93,7 @@ pub(crate) async fn run(
         Some(&base),
     ));
     rows.push(base);
+    crate::concurrency::project_list_under_load(store, url, owner.id, n, sizes.runs, rows).await?;
 
     // Open findings, worst first: page 1 and page 1,000 (50 per page) by keyset.
     let deep: (i16, Uuid) = sqlx::query_as(

@@ -46,6 +46,17 @@ impl From<vega_repository::Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, message) = match self {
+            // A passing failure (a restart, a failover, a timeout): the client may retry.
+            ApiError::Store(err) if err.is_retryable() => {
+                tracing::warn!(%err, "request failed for a passing reason");
+                let body = Json(serde_json::json!({ "error": "temporarily unavailable; retry" }));
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [(axum::http::header::RETRY_AFTER, "1")],
+                    body,
+                )
+                    .into_response();
+            }
             ApiError::Store(err) => {
                 let status = StatusCode::from_u16(err.http_status())
                     .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
