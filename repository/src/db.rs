@@ -201,8 +201,7 @@ macro_rules! bounded_connection {
 bounded_connection!(Db, conn, Db::call_bound);
 bounded_connection!(Tx, txn, Tx::statement_bound);
 
-/// Runs `transaction` until it does not lose a deadlock, serialization check or SQLite busy
-/// wait, at most [`CONFLICT_ATTEMPTS`] times, sleeping a jittered, doubling backoff between
+/// Runs `transaction` until it does not lose a deadlock or serialization check, at most [`CONFLICT_ATTEMPTS`] times, sleeping a jittered, doubling backoff between
 /// runs. Only for transactions that are safe to repeat whole: each run must start from what is
 /// committed and decide everything again (a fenced completion does).
 pub(crate) async fn retry_conflicts<T, F, Fut>(what: &str, mut transaction: F) -> Result<T>

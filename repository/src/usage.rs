@@ -4,7 +4,7 @@ use tracing::instrument;
 use uuid::Uuid;
 use vega_entity::{Meter, usage_records};
 
-use crate::db::Db;
+use crate::db::{Db, retry_conflicts};
 use crate::store::{array, is_postgres, now, statement};
 use crate::{Error, Result, validate};
 
@@ -98,6 +98,12 @@ impl Usage<'_> {
         for (i, input) in inputs.into_iter().enumerate() {
             rows.push(validated(input, &format!("records[{i}]."))?);
         }
+        // Two batches that share keys in different orders can deadlock on each other's
+        // uncommitted inserts; a rerun decides every row again, so it is safe to repeat.
+        retry_conflicts("usage.record_many", || self.record_many_once(&rows)).await
+    }
+
+    async fn record_many_once(&self, rows: &[NewUsage]) -> Result<Vec<Recorded>> {
         let received = now();
         let txn = self.db.begin().await?;
         let mut results = Vec::with_capacity(rows.len());
