@@ -93,7 +93,6 @@ pub(crate) async fn run(
         Some(&base),
     ));
     rows.push(base);
-    crate::concurrency::project_list_under_load(store, url, owner.id, n, sizes.runs, rows).await?;
 
     // Open findings, worst first: page 1 and page 1,000 (50 per page) by keyset.
     let deep: (i16, Uuid) = sqlx::query_as(
@@ -249,6 +248,10 @@ pub(crate) async fn run(
     )
     .await?;
     decoded_pair(rows, "api key", &decoded_auth, &repo_auth);
+
+    // Last of the repository rows: it leaves the store's pool with every connection open, and
+    // a sequential call that cycles through ten backends finds each colder than the baseline's.
+    crate::concurrency::project_list_under_load(store, url, owner.id, n, sizes.runs, rows).await?;
 
     // vega-migrate's work on an empty database.
     let mut migrate = Vec::new();
