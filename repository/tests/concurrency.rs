@@ -167,20 +167,16 @@ async fn two_sqlite_writers_on_one_file_both_succeed() {
     let dir = std::env::temp_dir().join(format!("vega-sqlite-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let url = format!("sqlite://{}/vega.sqlite3?mode=rwc", dir.display());
-    let settings = vega_config::Settings {
-        database: vega_config::DatabaseSettings::for_url(&url).unwrap(),
-        blob: vega_config::BlobSettings::Fs {
-            root: dir.join("blobs"),
-            root_source: vega_config::Source::Given,
-        },
-        // Each process has one SQLite connection, so its callers queue for it; a debug build's
-        // completions are slow, and this test is about the file lock, not that queue.
-        pool: vega_config::PoolOptions {
+    // Each process has one SQLite connection, so its callers queue for it; a debug build's
+    // completions are slow, and this test is about the file lock, not that queue.
+    let settings = common::settings(
+        &url,
+        vega_config::PoolOptions {
             acquire_timeout: Duration::from_secs(60),
             lock_timeout: Duration::from_secs(60),
             ..vega_config::PoolOptions::default()
         },
-    };
+    );
     {
         let conn = settings
             .database

@@ -2,7 +2,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use vega_config::{BlobSettings, DatabaseSettings, Settings, Source};
+mod common;
+
+use vega_config::Settings;
 use vega_migration::status::known_versions;
 use vega_repository::{Error, PoolOptions, Store};
 use vega_tests::TestDb;
@@ -50,12 +52,5 @@ async fn an_unreachable_database_is_unavailable_with_hints() {
 }
 
 fn settings(url: &str) -> Settings {
-    Settings {
-        database: DatabaseSettings::for_url(url).unwrap(),
-        blob: BlobSettings::Fs {
-            root: std::env::temp_dir().join(format!("vega-blobs-{}", uuid::Uuid::new_v4())),
-            root_source: Source::Given,
-        },
-        pool: PoolOptions::default(),
-    }
+    common::settings(url, PoolOptions::default())
 }

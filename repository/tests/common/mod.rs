@@ -6,6 +6,18 @@ use vega_entity::{FindingCategory, Provider, Severity, projects, repositories, u
 use vega_repository::{NewFinding, NewProject, NewRepository, NewUser, Store};
 use vega_tests::TestDb;
 
+/// Settings for the database at `url`, a scratch blob directory and these pool options.
+pub fn settings(url: &str, pool: vega_config::PoolOptions) -> vega_config::Settings {
+    vega_config::Settings {
+        database: vega_config::DatabaseSettings::for_url(url).unwrap(),
+        blob: vega_config::BlobSettings::Fs {
+            root: std::env::temp_dir().join(format!("vega-blobs-{}", uuid::Uuid::new_v4())),
+            root_source: vega_config::Source::Given,
+        },
+        pool,
+    }
+}
+
 pub async fn store(db: &TestDb) -> Store {
     Store::from_parts(db.conn().clone(), vega_tests::scratch_blob_store())
         .await
