@@ -203,7 +203,11 @@ async fn pending_migrations_are_listed_with_the_command_that_applies_them() {
     assert_eq!(code, Some(1));
     let (verdict, text) = check(&report, "migrations");
     assert_eq!(verdict, "fail");
-    assert!(text.contains("0 applied, 6 pending"), "{text}");
+    let pending = vega_migration::status::known_versions().len();
+    assert!(
+        text.contains(&format!("0 applied, {pending} pending")),
+        "{text}"
+    );
     assert!(
         text.contains("m20261123_000001_accounts_and_projects"),
         "{text}"

@@ -16,6 +16,7 @@ mod concurrency;
 mod copy;
 mod queue;
 mod reads;
+mod sessions;
 mod usage;
 
 use std::time::{Duration, Instant};
@@ -137,6 +138,10 @@ async fn main() -> Result<()> {
     }
     if wanted("queue") {
         queue::run(&store, &db, &url, args.queue_scans, args.runs, &mut rows).await?;
+    }
+    // After the queue: the scans it enqueues would otherwise join the worker loop's queue.
+    if wanted("sessions") {
+        sessions::transaction(&store, &url, args.iterations, &mut rows).await?;
     }
     print(&rows);
     if let Some(path) = args.json {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use sea_orm::sqlx::{self, Row as _};
 use sea_orm::{ConnectionTrait, DatabaseConnection, FromQueryResult, QueryResult};
 use uuid::Uuid;
-use vega_entity::{api_keys, findings, scans};
+use vega_entity::{findings, scans};
 use vega_migration::{Migrator, MigratorTrait};
 use vega_repository::{FindingCursor, NewApiKey, NewUser, Store};
 
@@ -20,8 +20,12 @@ use crate::Result;
 
 /// The raw baselines' single-row lookups, the statements the repository sends.
 const SCAN_BY_ID: &str = "SELECT * FROM scans WHERE id = $1";
-const KEY_BY_HASH: &str = "SELECT * FROM api_keys WHERE token_hash = $1 AND revoked_at IS NULL \
-                           AND (expires_at IS NULL OR expires_at > now())";
+const KEY_BY_HASH: &str = "SELECT k.id, k.user_id, k.project_id, k.token_prefix, k.scopes, \
+                                  k.last_used_at \
+                             FROM api_keys k JOIN users u ON u.id = k.user_id \
+                            WHERE k.token_hash = $1 AND k.revoked_at IS NULL \
+                              AND (k.expires_at IS NULL OR k.expires_at > now()) \
+                              AND u.status = 'active'";
 
 /// The project list's first page, as the repository sends it.
 pub(crate) const PROJECT_LIST: &str = "SELECT p.id, p.name, p.slug, s.id AS scan_id, s.status AS scan_status, s.finished_at, \
@@ -93,6 +97,40 @@ pub(crate) async fn run(
         Some(&base),
     ));
     rows.push(base);
+    // The same page through the owner's session: the reach predicate's cost.
+    let principal = crate::sessions::user_principal(store, owner.id).await?;
+    let session = store.session(&principal);
+    crate::sessions::scoped_pair(
+        "project list page",
+        n,
+        || async {
+            store.projects().list_for_owner(owner.id, None, 50).await?;
+            Ok(())
+        },
+        || async {
+            session
+                .projects()
+                .list_for_owner(owner.id, None, 50)
+                .await?;
+            Ok(())
+        },
+        rows,
+    )
+    .await?;
+    crate::sessions::scoped_pair(
+        "open findings page 1",
+        n,
+        || async {
+            store.findings().list_open(big_project, None, 50).await?;
+            Ok(())
+        },
+        || async {
+            session.findings().list_open(big_project, None, 50).await?;
+            Ok(())
+        },
+        rows,
+    )
+    .await?;
 
     // Open findings, worst first: page 1 and page 1,000 (50 per page) by keyset.
     let deep: (i16, Uuid) = sqlx::query_as(
@@ -241,7 +279,7 @@ pub(crate) async fn run(
         n,
         || async {
             let row = sqlx::query(KEY_BY_HASH).bind(&hash).fetch_one(&raw).await?;
-            decode::<api_keys::Model>(row)?;
+            decode::<KeyRow>(row)?;
             Ok(())
         },
         authenticate,
@@ -359,6 +397,18 @@ fn open_page(
 
 /// Decodes a row into an entity model the way SeaORM decodes the repository's rows, so a
 /// baseline that uses it differs from the repository only in how the query is executed.
+/// The columns authentication reads, as the repository decodes them.
+#[derive(FromQueryResult)]
+#[allow(dead_code)] // decoded to be measured, never read
+struct KeyRow {
+    id: Uuid,
+    user_id: Uuid,
+    project_id: Option<Uuid>,
+    token_prefix: String,
+    scopes: serde_json::Value,
+    last_used_at: Option<chrono::DateTime<chrono::FixedOffset>>,
+}
+
 fn decode<M: FromQueryResult>(row: sqlx::postgres::PgRow) -> Result<M> {
     Ok(M::from_query_result(&QueryResult::from(row), "")?)
 }

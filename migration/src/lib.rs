@@ -17,9 +17,11 @@
 //! - the `vega-migrate` command line in [`cli`].
 
 pub mod catalog;
+#[cfg(feature = "cli")]
 pub mod cli;
 mod ddl;
 pub mod lock;
+#[cfg(feature = "cli")]
 pub mod preview;
 pub mod runner;
 pub mod status;
@@ -30,6 +32,7 @@ mod m20261123_000003_findings;
 mod m20261123_000004_artifacts;
 mod m20261123_000005_activity;
 mod m20261123_000006_object_deletions;
+mod m20261202_000007_worker_credentials;
 
 pub use sea_orm_migration::MigratorTrait;
 use sea_orm_migration::prelude::*;
@@ -54,6 +57,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000004_artifacts::Migration),
             Box::new(m20261123_000005_activity::Migration),
             Box::new(m20261123_000006_object_deletions::Migration),
+            Box::new(m20261202_000007_worker_credentials::Migration),
         ]
     }
 }

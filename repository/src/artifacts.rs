@@ -21,8 +21,10 @@ use uuid::Uuid;
 use vega_blobstore::{BlobStore, ObjectKey, VerifiedReader};
 use vega_entity::{ArtifactKind, SnapshotStatus, artifacts, object_deletions};
 
-use crate::db::Db;
-use crate::store::{now, statement};
+use crate::audit::{self, Action, Audit};
+use crate::principal::{Table, and_reach};
+use crate::session::Cx;
+use crate::sql::{now, statement};
 use crate::{Error, Result};
 
 /// The kinds of object a scan owns.
@@ -89,7 +91,7 @@ impl AuditReport {
 /// The `artifacts` table and the objects it registers.
 #[derive(Debug, Clone, Copy)]
 pub struct Artifacts<'a> {
-    pub(crate) db: &'a Db,
+    pub(crate) cx: Cx<'a>,
     pub(crate) blobs: &'a BlobStore,
 }
 
@@ -111,8 +113,15 @@ impl Artifacts<'_> {
         if file_count.is_some_and(|n| n < 0) {
             return Err(Error::invalid("file_count", "must not be negative"));
         }
-        let snapshot = vega_entity::snapshots::Entity::find_by_id(snapshot_id)
-            .one(self.db)
+        let mut values = vec![snapshot_id.into()];
+        let reach = and_reach(self.cx.who, Table::Snapshots, "x", &mut values);
+        let snapshot = vega_entity::snapshots::Entity::find()
+            .from_raw_sql(statement(
+                self.cx.db(),
+                &format!("SELECT x.* FROM snapshots x WHERE x.id = $1{reach}"),
+                values,
+            ))
+            .one(self.cx.db())
             .await?
             .ok_or_else(|| Error::not_found("snapshot", snapshot_id))?;
         if snapshot.status != SnapshotStatus::Pending.as_str() {
@@ -147,8 +156,15 @@ impl Artifacts<'_> {
         kind: ScanObject,
         source: impl AsyncRead + Unpin + Send,
     ) -> Result<artifacts::Model> {
-        let scan = vega_entity::scans::Entity::find_by_id(scan_id)
-            .one(self.db)
+        let mut values = vec![scan_id.into()];
+        let reach = and_reach(self.cx.who, Table::Scans, "x", &mut values);
+        let scan = vega_entity::scans::Entity::find()
+            .from_raw_sql(statement(
+                self.cx.db(),
+                &format!("SELECT x.* FROM scans x WHERE x.id = $1{reach}"),
+                values,
+            ))
+            .one(self.cx.db())
             .await?
             .ok_or_else(|| Error::not_found("scan", scan_id))?;
         let id = Uuid::now_v7();
@@ -199,9 +215,10 @@ impl Artifacts<'_> {
             } => (project_id, None, Some(scan_id)),
         };
         // 1. The row first, so every object that exists has a row or is older than one.
-        self.db
+        self.cx
+            .db()
             .execute_raw(statement(
-                self.db,
+                self.cx.db(),
                 "INSERT INTO artifacts (id, project_id, snapshot_id, scan_id, kind, object_key, \
                                         content_type, state, created_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8)",
@@ -227,9 +244,10 @@ impl Artifacts<'_> {
                     let _ = self.blobs.delete(&key).await;
                 }
                 let _ = self
-                    .db
+                    .cx
+                    .db()
                     .execute_raw(statement(
-                        self.db,
+                        self.cx.db(),
                         "DELETE FROM artifacts WHERE id = $1 AND state = 'pending'",
                         [id.into()],
                     ))
@@ -237,9 +255,9 @@ impl Artifacts<'_> {
                 return Err(err.into());
             }
         };
-        // 3. Commit the row (and the snapshot) together.
+        // 3. Commit the row (and the snapshot, and the event) together.
         let now = now();
-        let txn = self.db.begin().await?;
+        let txn = self.cx.db().unit().await?;
         let committed = artifacts::Entity::find()
             .from_raw_sql(statement(
                 &txn,
@@ -279,6 +297,19 @@ impl Artifacts<'_> {
                 });
             }
         }
+        audit::record(
+            &txn,
+            self.cx.who,
+            vec![
+                Audit::new(Action::ArtifactStored, ("artifact", committed.id))
+                    .project(project_id)
+                    .data(serde_json::json!({
+                        "kind": committed.kind,
+                        "size_bytes": committed.size_bytes,
+                    })),
+            ],
+        )
+        .await?;
         txn.commit().await?;
         Ok(committed)
     }
@@ -286,8 +317,15 @@ impl Artifacts<'_> {
     /// The artifact with this id.
     #[instrument(name = "artifacts.get", skip(self))]
     pub async fn get(&self, id: Uuid) -> Result<artifacts::Model> {
-        artifacts::Entity::find_by_id(id)
-            .one(self.db)
+        let mut values = vec![id.into()];
+        let reach = and_reach(self.cx.who, Table::Artifacts, "a", &mut values);
+        artifacts::Entity::find()
+            .from_raw_sql(statement(
+                self.cx.db(),
+                &format!("SELECT a.* FROM artifacts a WHERE a.id = $1{reach}"),
+                values,
+            ))
+            .one(self.cx.db())
             .await?
             .ok_or_else(|| Error::not_found("artifact", id))
     }
@@ -327,10 +365,15 @@ impl Artifacts<'_> {
     /// The scan's artifacts (report, event log, debug bundles), oldest first.
     #[instrument(name = "artifacts.list_for_scan", skip(self))]
     pub async fn list_for_scan(&self, scan_id: Uuid) -> Result<Vec<artifacts::Model>> {
+        let mut values = vec![scan_id.into()];
+        let reach = and_reach(self.cx.who, Table::Artifacts, "a", &mut values);
         Ok(artifacts::Entity::find()
-            .filter(artifacts::Column::ScanId.eq(scan_id))
-            .order_by_asc(artifacts::Column::Id)
-            .all(self.db)
+            .from_raw_sql(statement(
+                self.cx.db(),
+                &format!("SELECT a.* FROM artifacts a WHERE a.scan_id = $1{reach} ORDER BY a.id"),
+                values,
+            ))
+            .all(self.cx.db())
             .await?)
     }
 
@@ -338,6 +381,7 @@ impl Artifacts<'_> {
     /// to run twice or from several processes: deleting a missing object succeeds.
     #[instrument(name = "artifacts.purge", skip(self))]
     pub async fn purge(&self) -> Result<u64> {
+        self.cx.who.require_system("purge objects")?;
         let mut purged = 0;
         loop {
             let batch: Vec<String> = object_deletions::Entity::find()
@@ -346,7 +390,7 @@ impl Artifacts<'_> {
                 .order_by_asc(object_deletions::Column::RequestedAt)
                 .limit(500)
                 .into_tuple()
-                .all(self.db)
+                .all(self.cx.db())
                 .await?;
             if batch.is_empty() {
                 return Ok(purged);
@@ -359,9 +403,10 @@ impl Artifacts<'_> {
                 .collect::<Vec<_>>()
                 .join(", ");
             let values: Vec<Value> = batch.iter().map(|k| k.as_str().into()).collect();
-            self.db
+            self.cx
+                .db()
                 .execute_raw(statement(
-                    self.db,
+                    self.cx.db(),
                     &format!("DELETE FROM object_deletions WHERE object_key IN ({placeholders})"),
                     values,
                 ))
@@ -375,19 +420,21 @@ impl Artifacts<'_> {
     /// by default in the CLI; `progress` is called with the number of objects listed so far.
     #[instrument(name = "artifacts.gc", skip(self, progress))]
     pub async fn gc(&self, options: GcOptions, mut progress: impl FnMut(u64)) -> Result<GcReport> {
+        self.cx.who.require_system("collect garbage")?;
         let mut report = GcReport {
             removed: !options.dry_run,
             ..GcReport::default()
         };
         let cutoff = grace_cutoff(options.grace)?;
-        let stale = stale_pending(self.db, options.grace).await?;
+        let stale = stale_pending(self.cx.db(), options.grace).await?;
         report.stale_pending = stale.len() as u64;
         if !options.dry_run {
             for (id, key) in &stale {
                 self.blobs.delete(&ObjectKey::parse(key.as_str())?).await?;
-                self.db
+                self.cx
+                    .db()
                     .execute_raw(statement(
-                        self.db,
+                        self.cx.db(),
                         "DELETE FROM artifacts WHERE id = $1 AND state = 'pending'",
                         [(*id).into()],
                     ))
@@ -399,7 +446,7 @@ impl Artifacts<'_> {
             let listed = self.blobs.list("projects/", page).await?;
             report.scanned += listed.objects.len() as u64;
             let keys: Vec<&str> = listed.objects.iter().map(|o| o.key.as_str()).collect();
-            let known = known_keys(self.db, &keys).await?;
+            let known = known_keys(self.cx.db(), &keys).await?;
             for object in &listed.objects {
                 let old = object.last_modified.is_none_or(|t| t < cutoff);
                 if old && !known.contains(&object.key) {
@@ -425,6 +472,7 @@ impl Artifacts<'_> {
     /// also the SHA-256 by reading it) and lists pending rows older than `grace`.
     #[instrument(name = "artifacts.audit", skip(self))]
     pub async fn audit(&self, grace: Duration, verify_content: bool) -> Result<AuditReport> {
+        self.cx.who.require_system("audit objects")?;
         let mut report = AuditReport::default();
         let mut after = Uuid::nil();
         loop {
@@ -433,7 +481,7 @@ impl Artifacts<'_> {
                 .filter(artifacts::Column::Id.gt(after))
                 .order_by_asc(artifacts::Column::Id)
                 .limit(500)
-                .all(self.db)
+                .all(self.cx.db())
                 .await?;
             let Some(last) = batch.last() else { break };
             after = last.id;
@@ -464,7 +512,7 @@ impl Artifacts<'_> {
                 }
             }
         }
-        report.stale_pending = stale_pending(self.db, grace)
+        report.stale_pending = stale_pending(self.cx.db(), grace)
             .await?
             .into_iter()
             .map(|(_, k)| k)
@@ -479,7 +527,7 @@ fn grace_cutoff(grace: Duration) -> Result<SystemTime> {
         .ok_or_else(|| Error::invalid("grace", "is too long"))
 }
 
-async fn stale_pending(db: &Db, grace: Duration) -> Result<Vec<(Uuid, String)>> {
+async fn stale_pending(db: &impl ConnectionTrait, grace: Duration) -> Result<Vec<(Uuid, String)>> {
     let cutoff = now()
         - chrono::Duration::from_std(grace).map_err(|_| Error::invalid("grace", "is too long"))?;
     Ok(artifacts::Entity::find()
@@ -494,7 +542,10 @@ async fn stale_pending(db: &Db, grace: Duration) -> Result<Vec<(Uuid, String)>> 
 }
 
 /// Which of `keys` a row (any state) or the deletion outbox knows.
-async fn known_keys(db: &Db, keys: &[&str]) -> Result<std::collections::HashSet<String>> {
+async fn known_keys(
+    db: &impl ConnectionTrait,
+    keys: &[&str],
+) -> Result<std::collections::HashSet<String>> {
     let mut known = std::collections::HashSet::new();
     for chunk in keys.chunks(500) {
         if chunk.is_empty() {
@@ -532,32 +583,66 @@ async fn enqueue_deletion(db: &impl ConnectionTrait, key: &str) -> Result<()> {
     Ok(())
 }
 
-/// Deletes a project, scan or snapshot row in one transaction, first queueing the keys of the
-/// objects its cascade is about to unregister. Returns false when the row did not exist.
-pub(crate) async fn delete_with_objects(
-    db: &Db,
-    table: &'static str,
-    owner_column: &'static str,
-    id: Uuid,
-) -> Result<bool> {
-    let txn = db.begin().await?;
-    txn.execute_raw(statement(
-        &txn,
+/// What [`delete_with_objects`] deletes: a project, scan or snapshot.
+pub(crate) struct Deletion {
+    pub table: &'static str,
+    pub reach: Table,
+    /// The `artifacts` column that points at the row.
+    pub artifact_column: &'static str,
+    /// The row's project: `id` for a project, `project_id` otherwise.
+    pub project_column: &'static str,
+    pub action: Action,
+    pub subject: &'static str,
+}
+
+/// Deletes a project, scan or snapshot row in the reach of `cx`'s principal, in one unit of
+/// work: first queueing the keys of the objects its cascade is about to unregister, then the
+/// row and its event. Returns false when no such row is in reach.
+pub(crate) async fn delete_with_objects(cx: Cx<'_>, what: &Deletion, id: Uuid) -> Result<bool> {
+    let Deletion {
+        table,
+        artifact_column,
+        project_column,
+        ..
+    } = what;
+    let mut values = vec![id.into()];
+    let reach = and_reach(cx.who, what.reach, "x", &mut values);
+    let reachable = format!("SELECT x.id FROM {table} x WHERE x.id = $1{reach}");
+    let unit = cx.db().unit().await?;
+    let mut queued = values.clone();
+    queued.push(now().into());
+    let at = queued.len();
+    unit.execute_raw(statement(
+        &unit,
         &format!(
             "INSERT INTO object_deletions (object_key, requested_at) \
-             SELECT object_key, $1 FROM artifacts WHERE {owner_column} = $2 \
+             SELECT object_key, ${at} FROM artifacts \
+              WHERE {artifact_column} = $1 AND {artifact_column} IN ({reachable}) \
              ON CONFLICT DO NOTHING"
         ),
-        [now().into(), id.into()],
+        queued,
     ))
     .await?;
-    let deleted = txn
-        .execute_raw(statement(
-            &txn,
-            &format!("DELETE FROM {table} WHERE id = $1"),
-            [id.into()],
+    let deleted = unit
+        .query_one_raw(statement(
+            &unit,
+            &format!(
+                "DELETE FROM {table} WHERE id IN ({reachable}) RETURNING {project_column} AS project_id"
+            ),
+            values,
         ))
         .await?;
-    txn.commit().await?;
-    Ok(deleted.rows_affected() == 1)
+    let Some(deleted) = deleted else {
+        unit.commit().await?;
+        return Ok(false);
+    };
+    let project_id: Uuid = deleted.try_get("", "project_id")?;
+    audit::record(
+        &unit,
+        cx.who,
+        vec![Audit::new(what.action, (what.subject, id)).project(project_id)],
+    )
+    .await?;
+    unit.commit().await?;
+    Ok(true)
 }

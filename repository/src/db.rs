@@ -15,7 +15,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sea_orm::{
@@ -87,9 +87,13 @@ impl Db {
         }
     }
 
+    #[cfg(feature = "test-support")]
     pub(crate) fn connection(&self) -> &DatabaseConnection {
         &self.conn
     }
+
+    /// A pool call has no transaction to mark when it fails.
+    fn note<T>(&self, _: &Result<T, DbErr>) {}
 
     /// A pool call's bound: taking a connection, then one statement.
     fn call_bound(&self) -> Duration {
@@ -110,30 +114,147 @@ impl Db {
             self.conn.begin_with_options(options),
         )
         .await?;
-        Ok(Tx {
-            txn,
-            bounds: self.bounds,
-            health: self.health.clone(),
-        })
+        Ok(Tx::new(txn, self.bounds, self.health.clone()))
     }
 }
 
-/// A transaction opened by [`Db::begin`], its statements bounded like the pool's. Dropped
-/// without [`Tx::commit`], it rolls back.
+/// A transaction opened by [`Db::begin`] (or a savepoint, [`Tx::savepoint`]), its statements
+/// bounded like the pool's. Dropped without [`Tx::commit`], it rolls back.
+///
+/// A statement that fails marks it *aborted*: on Postgres the server refuses everything after
+/// a failed statement anyway, and SQLite does not, so the mark makes both engines agree that a
+/// transaction with a failed step cannot commit half of its work. A savepoint has a mark of its
+/// own: rolling it back leaves its parent usable.
 pub(crate) struct Tx {
     txn: DatabaseTransaction,
     bounds: Bounds,
     health: Arc<Health>,
+    aborted: AtomicBool,
+}
+
+impl std::fmt::Debug for Tx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tx")
+            .field("aborted", &self.is_aborted())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Tx {
+    fn new(txn: DatabaseTransaction, bounds: Bounds, health: Arc<Health>) -> Self {
+        Self {
+            txn,
+            bounds,
+            health,
+            aborted: AtomicBool::new(false),
+        }
+    }
+
     fn statement_bound(&self) -> Duration {
         self.bounds.statement
     }
 
-    /// Commits, within one statement's bound.
+    /// Marks the transaction as unable to commit: part of a step may have been written.
+    pub(crate) fn abort(&self) {
+        self.aborted.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_aborted(&self) -> bool {
+        self.aborted.load(Ordering::Relaxed)
+    }
+
+    fn note<T>(&self, result: &Result<T, DbErr>) {
+        if result.is_err() {
+            self.abort();
+        }
+    }
+
+    /// A nested transaction: a `SAVEPOINT`, rolled back to on drop.
+    pub(crate) async fn savepoint(&self) -> Result<Tx> {
+        let result = bounded(&self.health, self.bounds.statement, self.txn.begin()).await;
+        self.note(&result);
+        Ok(Tx::new(result?, self.bounds, self.health.clone()))
+    }
+
+    /// Rolls back, within one statement's bound.
+    pub(crate) async fn rollback(self) -> Result<()> {
+        Ok(bounded(&self.health, self.bounds.statement, self.txn.rollback()).await?)
+    }
+
+    /// Commits, within one statement's bound. An aborted transaction rolls back instead and
+    /// fails with [`Error::Aborted`].
     pub(crate) async fn commit(self) -> Result<()> {
+        if self.is_aborted() {
+            bounded(&self.health, self.bounds.statement, self.txn.rollback()).await?;
+            return Err(Error::Aborted);
+        }
         Ok(bounded(&self.health, self.bounds.statement, self.txn.commit()).await?)
+    }
+}
+
+/// Where a repository's statements go: the pool, or a transaction a caller opened (the way
+/// Lemmy's `DbPool` is a pool or a connection).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Conn<'a> {
+    Pool(&'a Db),
+    Tx(&'a Tx),
+}
+
+impl<'a> Conn<'a> {
+    /// Opens a unit of work for a method of several statements: a transaction of its own on
+    /// the pool; inside a caller's transaction, that transaction, which the unit aborts if it
+    /// is dropped uncommitted (the method failed part-way and cannot undo what it wrote).
+    pub(crate) async fn unit(self) -> Result<Unit<'a>> {
+        Ok(match self {
+            Conn::Pool(db) => Unit {
+                own: Some(db.begin().await?),
+                joined: None,
+            },
+            Conn::Tx(tx) => Unit {
+                own: None,
+                joined: Some(tx),
+            },
+        })
+    }
+
+    /// True when a method may repeat its whole transaction after a conflict: only when it owns
+    /// that transaction. Inside a caller's, the caller decides.
+    pub(crate) fn owns_transactions(self) -> bool {
+        matches!(self, Conn::Pool(_))
+    }
+}
+
+/// A method's unit of work (see [`Conn::unit`]).
+pub(crate) struct Unit<'a> {
+    own: Option<Tx>,
+    joined: Option<&'a Tx>,
+}
+
+impl Unit<'_> {
+    fn tx(&self) -> &Tx {
+        match (&self.own, self.joined) {
+            (Some(own), _) => own,
+            (None, Some(joined)) => joined,
+            (None, None) => unreachable!("a unit holds a transaction until it is committed"),
+        }
+    }
+
+    /// Ends the unit: commits a transaction of its own; inside a caller's, leaves the commit
+    /// to the caller.
+    pub(crate) async fn commit(mut self) -> Result<()> {
+        self.joined = None;
+        match self.own.take() {
+            Some(own) => own.commit().await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Unit<'_> {
+    fn drop(&mut self) {
+        if let Some(joined) = self.joined {
+            joined.abort();
+        }
     }
 }
 
@@ -167,7 +288,7 @@ async fn bounded<T>(
 }
 
 macro_rules! bounded_connection {
-    ($ty:ty, $inner:ident, $limit:expr) => {
+    ($ty:ty, $inner:ident, $limit:expr, $note:expr) => {
         #[async_trait::async_trait]
         impl ConnectionTrait for $ty {
             fn get_database_backend(&self) -> DbBackend {
@@ -175,31 +296,98 @@ macro_rules! bounded_connection {
             }
 
             async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
-                bounded(&self.health, $limit(self), self.$inner.execute_raw(stmt)).await
+                let result =
+                    bounded(&self.health, $limit(self), self.$inner.execute_raw(stmt)).await;
+                $note(self, &result);
+                result
             }
 
             async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
-                bounded(
+                let result = bounded(
                     &self.health,
                     $limit(self),
                     self.$inner.execute_unprepared(sql),
                 )
-                .await
+                .await;
+                $note(self, &result);
+                result
             }
 
             async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
-                bounded(&self.health, $limit(self), self.$inner.query_one_raw(stmt)).await
+                let result =
+                    bounded(&self.health, $limit(self), self.$inner.query_one_raw(stmt)).await;
+                $note(self, &result);
+                result
             }
 
             async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
-                bounded(&self.health, $limit(self), self.$inner.query_all_raw(stmt)).await
+                let result =
+                    bounded(&self.health, $limit(self), self.$inner.query_all_raw(stmt)).await;
+                $note(self, &result);
+                result
             }
         }
     };
 }
 
-bounded_connection!(Db, conn, Db::call_bound);
-bounded_connection!(Tx, txn, Tx::statement_bound);
+bounded_connection!(Db, conn, Db::call_bound, Db::note);
+bounded_connection!(Tx, txn, Tx::statement_bound, Tx::note);
+
+#[async_trait::async_trait]
+impl ConnectionTrait for Unit<'_> {
+    fn get_database_backend(&self) -> DbBackend {
+        self.tx().get_database_backend()
+    }
+
+    async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
+        self.tx().execute_raw(stmt).await
+    }
+
+    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+        self.tx().execute_unprepared(sql).await
+    }
+
+    async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
+        self.tx().query_one_raw(stmt).await
+    }
+
+    async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        self.tx().query_all_raw(stmt).await
+    }
+}
+
+/// `$body` with `$c` bound to the pool or to the transaction a [`Conn`] holds.
+macro_rules! on_conn {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            Conn::Pool($c) => $body,
+            Conn::Tx($c) => $body,
+        }
+    };
+}
+
+#[async_trait::async_trait]
+impl ConnectionTrait for Conn<'_> {
+    fn get_database_backend(&self) -> DbBackend {
+        on_conn!(*self, c => c.get_database_backend())
+    }
+
+    async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
+        on_conn!(*self, c => c.execute_raw(stmt).await)
+    }
+
+    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+        on_conn!(*self, c => c.execute_unprepared(sql).await)
+    }
+
+    async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
+        on_conn!(*self, c => c.query_one_raw(stmt).await)
+    }
+
+    async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        on_conn!(*self, c => c.query_all_raw(stmt).await)
+    }
+}
 
 /// Runs `transaction` until it does not lose a deadlock or serialization check, at most [`CONFLICT_ATTEMPTS`] times, sleeping a jittered, doubling backoff between
 /// runs. Only for transactions that are safe to repeat whole: each run must start from what is

@@ -2,12 +2,12 @@ use sea_orm::{DbErr, RuntimeErr, sqlx};
 use uuid::Uuid;
 use vega_blobstore::BlobError;
 
-/// Everything a repository method can fail with. Each variant maps to one HTTP status
-/// ([`Error::http_status`]) so handlers can translate errors without inspecting messages, and
+/// Everything a repository method can fail with. Variants say what went wrong in the storage's
+/// terms (a handler maps them to its protocol: the example API's `ApiError`), and
 /// [`Error::is_retryable`] says whether repeating the call may help.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The row does not exist (404).
+    /// The row does not exist .
     #[error("{entity} {key} not found")]
     NotFound {
         /// What was looked for (`"project"`, `"scan"`, ...).
@@ -15,7 +15,7 @@ pub enum Error {
         /// The key it was looked up by.
         key: String,
     },
-    /// The write collides with existing data (409): a unique key, a foreign key that still has
+    /// The write collides with existing data: a unique key, a foreign key that still has
     /// dependents, or a state change that no longer applies.
     #[error("conflict on {constraint}: {message}")]
     Conflict {
@@ -24,7 +24,7 @@ pub enum Error {
         /// What it means.
         message: String,
     },
-    /// An input field is invalid (422). Checked before anything is written.
+    /// An input field is invalid. Checked before anything is written.
     #[error("invalid {field}: {reason}")]
     Invalid {
         /// The field, as named in the input struct (or the database constraint that caught it).
@@ -32,14 +32,14 @@ pub enum Error {
         /// Why.
         reason: String,
     },
-    /// The worker's lease on the scan is gone (409): it expired and was rescued, or the scan
+    /// The worker's lease on the scan is gone: it expired and was rescued, or the scan
     /// was finished or claimed again. The worker must stop and discard its results.
     #[error("lease on scan {scan_id} lost: another worker or the rescuer owns it now")]
     LeaseLost {
         /// The scan.
         scan_id: Uuid,
     },
-    /// The database schema is not the one this build expects (503 at start-up).
+    /// The database schema is not the one this build expects.
     #[error(
         "database schema does not match this build (pending: [{}], unknown: [{}]); run \
          `vega-migrate up` before starting (or deploy the build that knows the unknown versions)",
@@ -51,7 +51,7 @@ pub enum Error {
         /// Migrations the database has applied that this build does not know.
         unknown: Vec<String>,
     },
-    /// The database could not do the work now, for a reason that passes (503): the server is
+    /// The database could not do the work now, for a reason that passes: the server is
     /// unreachable or restarting, the connection died, a lock or statement timed out, the
     /// transaction lost a deadlock or serialization check, SQLite was busy. Nothing was
     /// committed; repeating the call may succeed ([`Error::is_retryable`]).
@@ -62,7 +62,20 @@ pub enum Error {
         /// The driver's or server's message.
         message: String,
     },
-    /// Any other database error (500).
+    /// The principal's kind may not do this at all (only workers claim scans, only the system
+    /// creates users, ...). Never about a row: a row out of reach is [`Error::NotFound`].
+    #[error("{principal} may not {action}")]
+    Forbidden {
+        /// What was attempted (`"claim scans"`).
+        action: &'static str,
+        /// The kind of principal that tried (`"a user"`, `"a project key"`, ...).
+        principal: &'static str,
+    },
+    /// A transaction was committed after one of its steps failed: it was rolled back instead,
+    /// so no half of it is kept.
+    #[error("the transaction was rolled back: one of its steps had failed")]
+    Aborted,
+    /// Any other database error.
     #[error("database error: {0}")]
     Database(DbErr),
     /// The blob store failed.
@@ -74,25 +87,6 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// The HTTP status code that fits this error.
-    pub fn http_status(&self) -> u16 {
-        match self {
-            Error::NotFound { .. } => 404,
-            Error::Conflict { .. } | Error::LeaseLost { .. } => 409,
-            Error::Invalid { .. } => 422,
-            Error::SchemaOutdated { .. } | Error::Unavailable { .. } => 503,
-            Error::Database(_) => 500,
-            Error::Blob(err) => match err {
-                BlobError::NotFound { .. } => 404,
-                BlobError::AlreadyExists { .. } => 409,
-                BlobError::InvalidKey { .. } => 422,
-                BlobError::Unsupported(..) => 501,
-                BlobError::Integrity { .. } => 500,
-                BlobError::Io(_) | BlobError::S3 { .. } => 503,
-            },
-        }
-    }
-
     /// True when the same call may succeed if repeated later: the database or the blob store
     /// failed for a passing reason. A caller may retry (with backoff); a handler answers 503.
     pub fn is_retryable(&self) -> bool {

@@ -1,28 +1,23 @@
 use chrono::{DateTime, FixedOffset};
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, Value};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, ConnectionTrait, EntityTrait, Value};
 use tracing::instrument;
 use uuid::Uuid;
-use vega_entity::{ActorType, events};
+use vega_entity::events;
 
-use crate::db::Db;
 use crate::page::{Page, limit_clause, page_size};
-use crate::store::{now, statement};
+use crate::principal::{Table, and_reach};
+use crate::session::Cx;
+use crate::sql::{now, statement};
 use crate::{Error, Result, validate};
 
-/// Input for [`Events::append`].
+/// Input for [`Events::append`]: an event of the application's own, beside the catalog
+/// ([`crate::Action`]) that repository methods write themselves. Its actor is the session's
+/// principal.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
-    /// What happened, e.g. `scan.completed`, `api_key.revoked` (up to 64 characters).
+    /// What happened, e.g. `report.downloaded` (up to 64 characters).
     pub action: String,
-    /// Who did it.
-    pub actor_type: ActorType,
-    /// The acting user, if a user.
-    pub actor_user_id: Option<Uuid>,
-    /// The acting API key, if a key.
-    pub actor_api_key_id: Option<Uuid>,
-    /// Who it was at the time (email, key prefix, worker id): kept after they are gone.
-    pub actor_label: String,
-    /// The project concerned.
+    /// The project concerned (in the session's reach).
     pub project_id: Option<Uuid>,
     /// What it happened to: a type (`scan`, `finding`, ...) and an id.
     pub subject: Option<(String, Uuid)>,
@@ -58,15 +53,15 @@ pub enum EventFeed {
 /// The `events` table: the append-only activity and audit log.
 #[derive(Debug, Clone, Copy)]
 pub struct Events<'a> {
-    pub(crate) db: &'a Db,
+    pub(crate) cx: Cx<'a>,
 }
 
 impl Events<'_> {
-    /// Appends an event.
+    /// Appends an event with the session's principal as its actor. A project out of reach is
+    /// [`Error::NotFound`].
     #[instrument(name = "events.append", skip_all, fields(action = %input.action))]
     pub async fn append(&self, input: NewEvent) -> Result<events::Model> {
         let action = validate::text("action", &input.action, 1, 64)?;
-        let actor_label = validate::text("actor_label", &input.actor_label, 1, 320)?;
         validate::json("data", &input.data)?;
         if serde_json::to_vec(&input.data).map_or(0, |v| v.len()) > 16 * 1024 {
             return Err(Error::invalid(
@@ -78,13 +73,31 @@ impl Events<'_> {
             Some((kind, id)) => (Some(validate::text("subject", &kind, 1, 64)?), Some(id)),
             None => (None, None),
         };
+        if let Some(project_id) = input.project_id {
+            let mut values = vec![project_id.into()];
+            if let Some(reach) = self.cx.who.reach(Table::Projects, "p", &mut values) {
+                let found = self
+                    .cx
+                    .db()
+                    .query_one_raw(statement(
+                        self.cx.db(),
+                        &format!("SELECT 1 AS found FROM projects p WHERE p.id = $1 AND {reach}"),
+                        values,
+                    ))
+                    .await?;
+                if found.is_none() {
+                    return Err(Error::not_found("project", project_id));
+                }
+            }
+        }
+        let (actor_type, actor_user_id, actor_api_key_id, actor_label) = self.cx.who.actor();
         let event = events::ActiveModel {
             created_at: Set(now()),
             project_id: Set(input.project_id),
-            actor_type: Set(input.actor_type.as_str().into()),
-            actor_user_id: Set(input.actor_user_id),
-            actor_api_key_id: Set(input.actor_api_key_id),
-            actor_label: Set(actor_label),
+            actor_type: Set(actor_type.as_str().into()),
+            actor_user_id: Set(actor_user_id),
+            actor_api_key_id: Set(actor_api_key_id),
+            actor_label: Set(actor_label.to_owned()),
             action: Set(action),
             subject_type: Set(subject_type),
             subject_id: Set(subject_id),
@@ -101,7 +114,7 @@ impl Events<'_> {
             data: Set(input.data),
             ..Default::default()
         };
-        Ok(event.insert(self.db).await?)
+        Ok(event.insert(self.cx.db()).await?)
     }
 
     /// A page of a feed, newest first.
@@ -114,10 +127,10 @@ impl Events<'_> {
     ) -> Result<Page<events::Model, EventCursor>> {
         let limit = page_size(limit)?;
         let (filter, mut values): (&str, Vec<Value>) = match feed {
-            EventFeed::Project(id) => ("project_id = $1", vec![id.into()]),
-            EventFeed::Actor(id) => ("actor_user_id = $1", vec![id.into()]),
+            EventFeed::Project(id) => ("e.project_id = $1", vec![id.into()]),
+            EventFeed::Actor(id) => ("e.actor_user_id = $1", vec![id.into()]),
             EventFeed::Subject(kind, id) => (
-                "subject_type = $1 AND subject_id = $2",
+                "e.subject_type = $1 AND e.subject_id = $2",
                 vec![validate::no_nul("subject", &kind)?.into(), id.into()],
             ),
         };
@@ -126,17 +139,19 @@ impl Events<'_> {
                 values.push(validate::timestamp("before.created_at", c.created_at)?.into());
                 values.push(c.id.into());
                 let n = values.len();
-                format!("AND (created_at, id) < (${}, ${n})", n - 1)
+                format!("AND (e.created_at, e.id) < (${}, ${n})", n - 1)
             }
             None => String::new(),
         };
+        let reach = and_reach(self.cx.who, Table::Events, "e", &mut values);
         let sql = format!(
-            "SELECT * FROM events WHERE {filter} {cursor} ORDER BY created_at DESC, id DESC {}",
+            "SELECT e.* FROM events e WHERE {filter} {cursor}{reach} \
+              ORDER BY e.created_at DESC, e.id DESC {}",
             limit_clause(limit + 1)
         );
         let rows = events::Entity::find()
-            .from_raw_sql(statement(self.db, &sql, values))
-            .all(self.db)
+            .from_raw_sql(statement(self.cx.db(), &sql, values))
+            .all(self.cx.db())
             .await?;
         Ok(Page::from_rows(rows, limit, |e: &events::Model| {
             EventCursor {

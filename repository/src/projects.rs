@@ -1,15 +1,16 @@
 use chrono::{DateTime, FixedOffset};
-use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, FromQueryResult,
-    QueryFilter,
-};
+use sea_orm::{EntityTrait, FromQueryResult, Value};
+use serde_json::json;
 use tracing::instrument;
 use uuid::Uuid;
 use vega_entity::projects;
 
-use crate::db::Db;
+use crate::artifacts::Deletion;
+use crate::audit::{self, Action, Audit};
 use crate::page::{Page, limit_clause, page_size};
-use crate::store::{now, statement};
+use crate::principal::{Table, and_reach};
+use crate::session::Cx;
+use crate::sql::{now, statement};
 use crate::{Error, Result, SeverityCounts, validate};
 
 /// Input for [`Projects::create`].
@@ -97,38 +98,78 @@ impl From<SummaryRow> for ProjectSummary {
 /// The `projects` table.
 #[derive(Debug, Clone, Copy)]
 pub struct Projects<'a> {
-    pub(crate) db: &'a Db,
+    pub(crate) cx: Cx<'a>,
 }
 
 impl Projects<'_> {
-    /// Creates a project. A slug the owner already uses is [`Error::Conflict`] on
-    /// `projects_owner_slug_key`; an unknown owner is a conflict on `projects_owner_id_fkey`.
+    /// Creates a project and appends `project.created`. A slug the owner already uses is
+    /// [`Error::Conflict`] on `projects_owner_slug_key`; an owner out of the session's reach
+    /// is [`Error::NotFound`] (the system gets a conflict on `projects_owner_id_fkey` for an
+    /// owner that does not exist).
     #[instrument(name = "projects.create", skip_all, fields(owner_id = %input.owner_id))]
     pub async fn create(&self, input: NewProject) -> Result<projects::Model> {
         let name = validate::text("name", &input.name, 1, 255)?;
         let slug = validate::slug("slug", &input.slug)?;
         let description =
             validate::optional_text("description", input.description.as_deref(), 2000)?;
+        self.cx.who.refuse_worker("create projects")?;
         let now = now();
-        let project = projects::ActiveModel {
-            id: Set(Uuid::now_v7()),
-            owner_id: Set(input.owner_id),
-            name: Set(name),
-            slug: Set(slug),
-            description: Set(description),
-            latest_scan_id: Set(None),
-            archived_at: Set(None),
-            created_at: Set(now),
-            updated_at: Set(now),
-        };
-        Ok(project.insert(self.db).await?)
+        let mut values: Vec<Value> = vec![
+            Uuid::now_v7().into(),
+            input.owner_id.into(),
+            name.into(),
+            slug.clone().into(),
+            description.into(),
+            now.into(),
+        ];
+        let owner = self
+            .cx
+            .who
+            .reach(Table::Users, "u", &mut values)
+            .map(|reach| {
+                format!("WHERE EXISTS (SELECT 1 FROM users u WHERE u.id = $2 AND {reach})")
+            })
+            .unwrap_or_default();
+        let unit = self.cx.db().unit().await?;
+        let project = projects::Entity::find()
+            .from_raw_sql(statement(
+                &unit,
+                &format!(
+                    "INSERT INTO projects (id, owner_id, name, slug, description, created_at, \
+                                           updated_at) \
+                     SELECT $1, $2, $3, $4, $5, $6, $6 {owner} RETURNING *"
+                ),
+                values,
+            ))
+            .one(&unit)
+            .await?
+            .ok_or_else(|| Error::not_found("user", input.owner_id))?;
+        audit::record(
+            &unit,
+            self.cx.who,
+            vec![
+                Audit::new(Action::ProjectCreated, ("project", project.id))
+                    .project(project.id)
+                    .data(json!({ "slug": slug })),
+            ],
+        )
+        .await?;
+        unit.commit().await?;
+        Ok(project)
     }
 
     /// The project with this id.
     #[instrument(name = "projects.get", skip(self))]
     pub async fn get(&self, id: Uuid) -> Result<projects::Model> {
-        projects::Entity::find_by_id(id)
-            .one(self.db)
+        let mut values = vec![id.into()];
+        let reach = and_reach(self.cx.who, Table::Projects, "p", &mut values);
+        projects::Entity::find()
+            .from_raw_sql(statement(
+                self.cx.db(),
+                &format!("SELECT p.* FROM projects p WHERE p.id = $1{reach}"),
+                values,
+            ))
+            .one(self.cx.db())
             .await?
             .ok_or_else(|| Error::not_found("project", id))
     }
@@ -136,39 +177,68 @@ impl Projects<'_> {
     /// The owner's project with this slug.
     #[instrument(name = "projects.get_by_slug", skip(self))]
     pub async fn get_by_slug(&self, owner_id: Uuid, slug: &str) -> Result<projects::Model> {
+        let mut values = vec![
+            owner_id.into(),
+            validate::no_nul("slug", slug)?.to_owned().into(),
+        ];
+        let reach = and_reach(self.cx.who, Table::Projects, "p", &mut values);
         projects::Entity::find()
-            .filter(projects::Column::OwnerId.eq(owner_id))
-            .filter(projects::Column::Slug.eq(validate::no_nul("slug", slug)?))
-            .one(self.db)
+            .from_raw_sql(statement(
+                self.cx.db(),
+                &format!("SELECT p.* FROM projects p WHERE p.owner_id = $1 AND p.slug = $2{reach}"),
+                values,
+            ))
+            .one(self.cx.db())
             .await?
             .ok_or_else(|| Error::not_found("project", format!("{owner_id}/{slug}")))
     }
 
-    /// Archives the project: it leaves the project list; its data stays. Archiving twice keeps
-    /// the first time.
+    /// Archives the project and appends `project.archived`: it leaves the project list; its
+    /// data stays. Archiving twice keeps the first time.
     #[instrument(name = "projects.archive", skip(self))]
     pub async fn archive(&self, id: Uuid) -> Result<projects::Model> {
-        let now = now();
-        let updated = self
-            .db
-            .execute_raw(statement(
-                self.db,
-                "UPDATE projects SET archived_at = COALESCE(archived_at, $1), updated_at = $1 \
-                 WHERE id = $2",
-                [now.into(), id.into()],
+        self.cx.who.refuse_worker("archive projects")?;
+        let mut values = vec![now().into(), id.into()];
+        let reach = and_reach(self.cx.who, Table::Projects, "p", &mut values);
+        let unit = self.cx.db().unit().await?;
+        let archived = projects::Entity::find()
+            .from_raw_sql(statement(
+                &unit,
+                &format!(
+                    "UPDATE projects AS p SET archived_at = COALESCE(p.archived_at, $1), \
+                            updated_at = $1 \
+                      WHERE p.id = $2{reach} RETURNING *"
+                ),
+                values,
             ))
-            .await?;
-        if updated.rows_affected() == 0 {
-            return Err(Error::not_found("project", id));
-        }
-        self.get(id).await
+            .one(&unit)
+            .await?
+            .ok_or_else(|| Error::not_found("project", id))?;
+        audit::record(
+            &unit,
+            self.cx.who,
+            vec![Audit::new(Action::ProjectArchived, ("project", id)).project(id)],
+        )
+        .await?;
+        unit.commit().await?;
+        Ok(archived)
     }
 
     /// Deletes the project with everything it owns (repositories, snapshots, scans, findings,
-    /// keys); its objects are queued for `purge` in the same transaction.
+    /// keys) and appends `project.deleted`; its objects are queued for `purge` in the same
+    /// transaction.
     #[instrument(name = "projects.delete", skip(self))]
     pub async fn delete(&self, id: Uuid) -> Result<()> {
-        if crate::artifacts::delete_with_objects(self.db, "projects", "project_id", id).await? {
+        self.cx.who.refuse_worker("delete projects")?;
+        let deletion = Deletion {
+            table: "projects",
+            reach: Table::Projects,
+            artifact_column: "project_id",
+            project_column: "id",
+            action: Action::ProjectDeleted,
+            subject: "project",
+        };
+        if crate::artifacts::delete_with_objects(self.cx, &deletion, id).await? {
             Ok(())
         } else {
             Err(Error::not_found("project", id))
@@ -188,22 +258,26 @@ impl Projects<'_> {
         let limit = page_size(limit)?;
         // Two statement shapes rather than `($2 IS NULL OR p.id < $2)`, which a cached generic
         // plan cannot turn into an index bound.
-        let (cursor, mut values) = match after {
-            Some(after) => ("AND p.id < $2", vec![after.into()]),
-            None => ("", vec![]),
+        let mut values = vec![owner_id.into()];
+        let cursor = match after {
+            Some(after) => {
+                values.push(after.into());
+                "AND p.id < $2"
+            }
+            None => "",
         };
+        let reach = and_reach(self.cx.who, Table::Projects, "p", &mut values);
         let sql = format!(
             "SELECT p.id, p.name, p.slug, s.id AS scan_id, s.status AS scan_status, \
                     s.finished_at, s.count_critical, s.count_high, s.count_medium, \
                     s.count_low, s.count_info, s.count_unknown \
                FROM projects p LEFT JOIN scans s ON s.id = p.latest_scan_id \
-              WHERE p.owner_id = $1 AND p.archived_at IS NULL {cursor} \
+              WHERE p.owner_id = $1 AND p.archived_at IS NULL {cursor}{reach} \
               ORDER BY p.id DESC {}",
             limit_clause(limit + 1)
         );
-        values.insert(0, owner_id.into());
-        let rows = SummaryRow::find_by_statement(statement(self.db, &sql, values))
-            .all(self.db)
+        let rows = SummaryRow::find_by_statement(statement(self.cx.db(), &sql, values))
+            .all(self.cx.db())
             .await?;
         let rows = rows.into_iter().map(ProjectSummary::from).collect();
         Ok(Page::from_rows(rows, limit, |p: &ProjectSummary| p.id))

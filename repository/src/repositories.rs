@@ -1,12 +1,13 @@
-use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
-};
+use sea_orm::{EntityTrait, Value};
+use serde_json::json;
 use tracing::instrument;
 use uuid::Uuid;
 use vega_entity::{Provider, repositories};
 
-use crate::db::Db;
-use crate::store::now;
+use crate::audit::{self, Action, Audit};
+use crate::principal::{Table, and_reach};
+use crate::session::Cx;
+use crate::sql::{now, statement};
 use crate::{Error, Result, validate};
 
 /// Input for [`Repositories::add`].
@@ -29,12 +30,13 @@ pub struct NewRepository {
 /// The `repositories` table: the source repositories a project tracks.
 #[derive(Debug, Clone, Copy)]
 pub struct Repositories<'a> {
-    pub(crate) db: &'a Db,
+    pub(crate) cx: Cx<'a>,
 }
 
 impl Repositories<'_> {
-    /// Adds a repository to a project. The same provider repository twice in one project is
-    /// [`Error::Conflict`] on `repositories_provider_key`.
+    /// Adds a repository to a project in the session's reach and appends `repository.added`.
+    /// The same provider repository twice in one project is [`Error::Conflict`] on
+    /// `repositories_provider_key`.
     #[instrument(name = "repositories.add", skip_all, fields(project_id = %input.project_id))]
     pub async fn add(&self, input: NewRepository) -> Result<repositories::Model> {
         let provider_xid =
@@ -49,63 +51,106 @@ impl Repositories<'_> {
         if clone_url.as_deref().is_some_and(carries_credentials) {
             return Err(Error::invalid("clone_url", "must not carry credentials"));
         }
+        let full_name = validate::optional_text("full_name", input.full_name.as_deref(), 512)?;
+        let default_branch =
+            validate::optional_text("default_branch", input.default_branch.as_deref(), 255)?;
+        self.cx.who.refuse_worker("add repositories")?;
         let now = now();
-        let repository = repositories::ActiveModel {
-            id: Set(Uuid::now_v7()),
-            project_id: Set(input.project_id),
-            provider: Set(input.provider.as_str().into()),
-            provider_xid: Set(provider_xid),
-            full_name: Set(validate::optional_text(
-                "full_name",
-                input.full_name.as_deref(),
-                512,
-            )?),
-            clone_url: Set(clone_url),
-            default_branch: Set(validate::optional_text(
-                "default_branch",
-                input.default_branch.as_deref(),
-                255,
-            )?),
-            archived_at: Set(None),
-            created_at: Set(now),
-            updated_at: Set(now),
-        };
-        Ok(repository.insert(self.db).await?)
+        let mut values: Vec<Value> = vec![
+            Uuid::now_v7().into(),
+            input.project_id.into(),
+            input.provider.as_str().into(),
+            provider_xid.into(),
+            full_name.clone().into(),
+            clone_url.into(),
+            default_branch.into(),
+            now.into(),
+        ];
+        let project = self
+            .cx
+            .who
+            .reach(Table::Projects, "p", &mut values)
+            .map(|reach| {
+                format!("WHERE EXISTS (SELECT 1 FROM projects p WHERE p.id = $2 AND {reach})")
+            })
+            .unwrap_or_default();
+        let unit = self.cx.db().unit().await?;
+        let repository = repositories::Entity::find()
+            .from_raw_sql(statement(
+                &unit,
+                &format!(
+                    "INSERT INTO repositories (id, project_id, provider, provider_xid, full_name, \
+                                               clone_url, default_branch, created_at, updated_at) \
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $8 {project} RETURNING *"
+                ),
+                values,
+            ))
+            .one(&unit)
+            .await?
+            .ok_or_else(|| Error::not_found("project", input.project_id))?;
+        audit::record(
+            &unit,
+            self.cx.who,
+            vec![
+                Audit::new(Action::RepositoryAdded, ("repository", repository.id))
+                    .project(repository.project_id)
+                    .data(json!({
+                        "provider": repository.provider,
+                        "full_name": full_name,
+                    })),
+            ],
+        )
+        .await?;
+        unit.commit().await?;
+        Ok(repository)
     }
 
     /// The repository with this id.
     #[instrument(name = "repositories.get", skip(self))]
     pub async fn get(&self, id: Uuid) -> Result<repositories::Model> {
-        repositories::Entity::find_by_id(id)
-            .one(self.db)
+        self.select("r.id = $1", vec![id.into()])
             .await?
+            .pop()
             .ok_or_else(|| Error::not_found("repository", id))
     }
 
     /// The project's repositories, oldest first.
     #[instrument(name = "repositories.list_for_project", skip(self))]
     pub async fn list_for_project(&self, project_id: Uuid) -> Result<Vec<repositories::Model>> {
-        Ok(repositories::Entity::find()
-            .filter(repositories::Column::ProjectId.eq(project_id))
-            .order_by_asc(repositories::Column::Id)
-            .all(self.db)
-            .await?)
+        self.select("r.project_id = $1", vec![project_id.into()])
+            .await
     }
 
-    /// Every tracked copy of a provider's repository, for routing a webhook (several projects
-    /// may track the same repository).
+    /// Every tracked copy of a provider's repository in reach, for routing a webhook (several
+    /// projects may track the same repository).
     #[instrument(name = "repositories.find_by_provider", skip(self))]
     pub async fn find_by_provider(
         &self,
         provider: Provider,
         provider_xid: &str,
     ) -> Result<Vec<repositories::Model>> {
+        let provider_xid = validate::no_nul("provider_xid", provider_xid)?;
+        self.select(
+            "r.provider = $1 AND r.provider_xid = $2 AND r.archived_at IS NULL",
+            vec![provider.as_str().into(), provider_xid.into()],
+        )
+        .await
+    }
+
+    /// The rows matching `filter` in reach, by id.
+    async fn select(
+        &self,
+        filter: &str,
+        mut values: Vec<Value>,
+    ) -> Result<Vec<repositories::Model>> {
+        let reach = and_reach(self.cx.who, Table::Repositories, "r", &mut values);
         Ok(repositories::Entity::find()
-            .filter(repositories::Column::Provider.eq(provider.as_str()))
-            .filter(repositories::Column::ProviderXid.eq(provider_xid))
-            .filter(repositories::Column::ArchivedAt.is_null())
-            .order_by_asc(repositories::Column::Id)
-            .all(self.db)
+            .from_raw_sql(statement(
+                self.cx.db(),
+                &format!("SELECT r.* FROM repositories r WHERE {filter}{reach} ORDER BY r.id"),
+                values,
+            ))
+            .all(self.cx.db())
             .await?)
     }
 }

@@ -6,15 +6,20 @@
 use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset};
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, Value};
+use serde_json::json;
 use tracing::instrument;
 use uuid::Uuid;
 use vega_entity::{ScanKind, ScanStatus, TriggerKind, scans};
 
-use crate::db::{Db, retry_conflicts};
+use crate::artifacts::Deletion;
+use crate::audit::{self, Action, Audit};
+use crate::db::retry_conflicts;
 use crate::page::{Page, limit_clause, page_size};
-use crate::store::{is_postgres, now, statement};
-use crate::{Error, NewFinding, Result, findings, validate};
+use crate::principal::{Table, and_reach};
+use crate::session::Cx;
+use crate::sql::{is_postgres, now, statement};
+use crate::{Error, NewFinding, Principal, Result, ingest, validate};
 
 /// Input for [`Scans::enqueue`].
 #[derive(Debug, Clone)]
@@ -73,13 +78,21 @@ pub struct Lease {
 
 impl Lease {
     /// The lease with its worker id checked as a claim checks it, so that text a claim would
-    /// refuse (a NUL, a control character) is refused here too instead of reaching SQL.
-    fn validated(&self) -> Result<Lease> {
-        Ok(Lease {
+    /// refuse (a NUL, a control character) is refused here too instead of reaching SQL, and
+    /// checked against the acting principal: only workers (and the system) hold leases, and a
+    /// worker only its own, so another worker's lease is as lost as an expired one.
+    fn validated(&self, who: &Principal, action: &'static str) -> Result<Lease> {
+        let lease = Lease {
             scan_id: self.scan_id,
             worker_id: validate::text("lease.worker_id", &self.worker_id, 1, 200)?,
             attempt: self.attempt,
-        })
+        };
+        match who.require_worker(action)? {
+            Some(name) if name != lease.worker_id => Err(Error::LeaseLost {
+                scan_id: lease.scan_id,
+            }),
+            _ => Ok(lease),
+        }
     }
 }
 
@@ -124,12 +137,13 @@ pub struct Rescued {
 /// The `scans` table: scan records and the work queue.
 #[derive(Debug, Clone, Copy)]
 pub struct Scans<'a> {
-    pub(crate) db: &'a Db,
+    pub(crate) cx: Cx<'a>,
 }
 
 impl Scans<'_> {
-    /// Queues a scan of a repository. `tracks_default_branch` is derived, not trusted: true when
-    /// `ref_name` is the repository's default branch.
+    /// Queues a scan of a repository in reach and appends `scan.enqueued`.
+    /// `tracks_default_branch` is derived, not trusted: true when `ref_name` is the
+    /// repository's default branch.
     #[instrument(name = "scans.enqueue", skip_all, fields(repository_id = %input.repository_id))]
     pub async fn enqueue(&self, input: NewScan) -> Result<scans::Model> {
         if !(1..=4).contains(&input.priority) {
@@ -144,6 +158,7 @@ impl Scans<'_> {
             .as_deref()
             .map(|sha| validate::commit_sha("commit_sha", sha))
             .transpose()?;
+        self.cx.who.refuse_worker("enqueue scans")?;
         let now = now();
         let sql = "INSERT INTO scans (id, project_id, repository_id, snapshot_id, kind, trigger_kind, \
                                       requested_by_user_id, requested_by_api_key_id, ref_name, \
@@ -151,30 +166,48 @@ impl Scans<'_> {
                                       scheduled_at, attempt, max_attempts, created_at, updated_at) \
                    SELECT $1, r.project_id, r.id, $2, $3, $4, $5, $6, $7, $8, \
                           COALESCE($7 = r.default_branch, false), 'queued', $9, $10, 0, $11, $10, $10 \
-                     FROM repositories r WHERE r.id = $12 \
-                   RETURNING *";
-        scans::Entity::find()
+                     FROM repositories r WHERE r.id = $12";
+        let mut values: Vec<Value> = vec![
+            Uuid::now_v7().into(),
+            input.snapshot_id.into(),
+            input.kind.as_str().into(),
+            input.trigger.as_str().into(),
+            input.requested_by_user_id.into(),
+            input.requested_by_api_key_id.into(),
+            ref_name.into(),
+            commit_sha.into(),
+            input.priority.into(),
+            now.into(),
+            input.max_attempts.into(),
+            input.repository_id.into(),
+        ];
+        let reach = and_reach(self.cx.who, Table::Repositories, "r", &mut values);
+        let unit = self.cx.db().unit().await?;
+        let scan = scans::Entity::find()
             .from_raw_sql(statement(
-                self.db,
-                sql,
-                [
-                    Uuid::now_v7().into(),
-                    input.snapshot_id.into(),
-                    input.kind.as_str().into(),
-                    input.trigger.as_str().into(),
-                    input.requested_by_user_id.into(),
-                    input.requested_by_api_key_id.into(),
-                    ref_name.into(),
-                    commit_sha.into(),
-                    input.priority.into(),
-                    now.into(),
-                    input.max_attempts.into(),
-                    input.repository_id.into(),
-                ],
+                &unit,
+                &format!("{sql}{reach} RETURNING *"),
+                values,
             ))
-            .one(self.db)
+            .one(&unit)
             .await?
-            .ok_or_else(|| Error::not_found("repository", input.repository_id))
+            .ok_or_else(|| Error::not_found("repository", input.repository_id))?;
+        audit::record(
+            &unit,
+            self.cx.who,
+            vec![
+                Audit::new(Action::ScanEnqueued, ("scan", scan.id))
+                    .project(scan.project_id)
+                    .data(json!({
+                        "repository_id": scan.repository_id,
+                        "kind": scan.kind,
+                        "ref_name": scan.ref_name,
+                    })),
+            ],
+        )
+        .await?;
+        unit.commit().await?;
+        Ok(scan)
     }
 
     /// The scan with this id.
@@ -182,19 +215,22 @@ impl Scans<'_> {
     pub async fn get(&self, id: Uuid) -> Result<scans::Model> {
         // Fixed SQL rather than `find_by_id`: rendering the 35-column select cost ~7 µs a call
         // (BENCHMARKS.md), 6% of this lookup's latency, for text that never changes.
+        let mut values = vec![id.into()];
+        let reach = and_reach(self.cx.who, Table::Scans, "s", &mut values);
         scans::Entity::find()
             .from_raw_sql(statement(
-                self.db,
-                "SELECT * FROM scans WHERE id = $1",
-                [id.into()],
+                self.cx.db(),
+                &format!("SELECT s.* FROM scans s WHERE s.id = $1{reach}"),
+                values,
             ))
-            .one(self.db)
+            .one(self.cx.db())
             .await?
             .ok_or_else(|| Error::not_found("scan", id))
     }
 
     /// Claims up to `limit` queued scans that are due, highest priority first, for `worker_id`,
-    /// leasing each for `lease_for`. Each scan is claimed by exactly one caller however many
+    /// leasing each for `lease_for`, and appends `scan.claimed` for each. Workers (claiming
+    /// under their credential's name) and the system only. Each scan is claimed by exactly one caller however many
     /// claim at once: Postgres skips rows another claimer has locked (`FOR UPDATE SKIP
     /// LOCKED`), and SQLite's single writer runs the one-statement claim atomically.
     #[instrument(name = "scans.claim_next", skip(self))]
@@ -208,10 +244,18 @@ impl Scans<'_> {
         if !(1..=100).contains(&limit) {
             return Err(Error::invalid("limit", "must be between 1 and 100"));
         }
+        if let Some(name) = self.cx.who.require_worker("claim scans")?
+            && name != worker_id
+        {
+            return Err(Error::invalid(
+                "worker_id",
+                format!("must be this worker's name, `{name}`"),
+            ));
+        }
         let now = now();
         let expires = now + lease_duration("lease_for", lease_for)?;
         let limit = limit_clause(limit.into());
-        let sql = if is_postgres(self.db) {
+        let sql = if is_postgres(self.cx.db()) {
             // The CTE is an optimisation fence: the planner cannot turn the LIMITed,
             // SKIP LOCKED subquery into a join that locks more rows than it claims.
             format!(
@@ -233,14 +277,25 @@ impl Scans<'_> {
                  RETURNING *"
             )
         };
+        let unit = self.cx.db().unit().await?;
         let mut claimed = scans::Entity::find()
             .from_raw_sql(statement(
-                self.db,
+                &unit,
                 &sql,
                 [now.into(), worker_id.clone().into(), expires.into()],
             ))
-            .all(self.db)
+            .all(&unit)
             .await?;
+        let events = claimed
+            .iter()
+            .map(|scan| {
+                Audit::new(Action::ScanClaimed, ("scan", scan.id))
+                    .project(scan.project_id)
+                    .data(json!({ "worker_id": worker_id, "attempt": scan.attempt }))
+            })
+            .collect();
+        audit::record(&unit, self.cx.who, events).await?;
+        unit.commit().await?;
         claimed.sort_by(|a, b| {
             (a.priority, a.scheduled_at, a.id).cmp(&(b.priority, b.scheduled_at, b.id))
         });
@@ -261,13 +316,14 @@ impl Scans<'_> {
     /// [`Error::LeaseLost`] means the worker must stop: the scan is no longer its own.
     #[instrument(name = "scans.heartbeat", skip(self), fields(scan_id = %lease.scan_id))]
     pub async fn heartbeat(&self, lease: &Lease, lease_for: Duration) -> Result<Heartbeat> {
-        let lease = &lease.validated()?;
+        let lease = &lease.validated(self.cx.who, "heartbeat scans")?;
         let now = now();
         let expires = now + lease_duration("lease_for", lease_for)?;
         let row = self
-            .db
+            .cx
+            .db()
             .query_one_raw(statement(
-                self.db,
+                self.cx.db(),
                 "UPDATE scans SET heartbeat_at = $1, lease_expires_at = $2, updated_at = $1 \
                   WHERE id = $3 AND status = 'running' AND claimed_by = $4 AND attempt = $5 \
                  RETURNING cancel_requested_at",
@@ -294,12 +350,15 @@ impl Scans<'_> {
     /// Completes the scan with its findings, in one transaction: deduplicates the findings
     /// against the repository's, records this scan's occurrences, marks fixed what a full scan
     /// of the tracked branch no longer sees, writes the scan's severity counts, succeeds the
-    /// scan and points its project at it. Fenced on the lease: [`Error::LeaseLost`] writes
-    /// nothing.
+    /// scan, points its project at it and appends `scan.completed`. Fenced on the lease:
+    /// [`Error::LeaseLost`] writes nothing.
     #[instrument(name = "scans.complete", skip(self, findings), fields(scan_id = %lease.scan_id, findings = findings.len()))]
     pub async fn complete(&self, lease: &Lease, findings: Vec<NewFinding>) -> Result<scans::Model> {
-        let lease = lease.validated()?;
-        let prepared = findings::prepare(findings)?;
+        let lease = lease.validated(self.cx.who, "complete scans")?;
+        let prepared = ingest::prepare(findings)?;
+        if !self.cx.db().owns_transactions() {
+            return self.complete_once(&lease, &prepared).await;
+        }
         // Safe to repeat whole: each run re-reads the lease and everything it counts.
         retry_conflicts("scans.complete", || self.complete_once(&lease, &prepared)).await
     }
@@ -307,12 +366,12 @@ impl Scans<'_> {
     async fn complete_once(
         &self,
         lease: &Lease,
-        prepared: &[findings::Prepared],
+        prepared: &[ingest::Prepared],
     ) -> Result<scans::Model> {
-        let txn = self.db.begin().await?;
-        findings::lock_repository_of(&txn, lease.scan_id).await?;
+        let txn = self.cx.db().unit().await?;
+        ingest::lock_repository_of(&txn, lease.scan_id).await?;
         let scan = fence(&txn, lease).await?;
-        let summary = findings::ingest(&txn, &scan, prepared).await?;
+        let summary = ingest::ingest(&txn, &scan, prepared).await?;
         let now = now();
         let completed = scans::Entity::find()
             .from_raw_sql(statement(
@@ -350,11 +409,26 @@ impl Scans<'_> {
             [scan.id.into(), now.into(), scan.project_id.into()],
         ))
         .await?;
+        audit::record(
+            &txn,
+            self.cx.who,
+            vec![
+                Audit::new(Action::ScanCompleted, ("scan", scan.id))
+                    .project(scan.project_id)
+                    .data(json!({
+                        "findings_total": summary.total,
+                        "findings_new": summary.new,
+                        "findings_fixed": summary.fixed,
+                    })),
+            ],
+        )
+        .await?;
         txn.commit().await?;
         Ok(completed)
     }
 
-    /// Fails the scan for good with an error code and message (fenced on the lease).
+    /// Fails the scan for good with an error code and message and appends `scan.failed`
+    /// (fenced on the lease).
     #[instrument(name = "scans.fail", skip(self, message), fields(scan_id = %lease.scan_id))]
     pub async fn fail(
         &self,
@@ -364,13 +438,16 @@ impl Scans<'_> {
     ) -> Result<scans::Model> {
         let error_code = validate::text("error_code", error_code, 1, 64)?;
         let message = validate::message("message", message, 4000)?;
+        let lease = &lease.validated(self.cx.who, "fail scans")?;
         self.finish(lease, ScanStatus::Failed, Some(error_code), Some(message))
             .await
     }
 
-    /// Records that the worker stopped after a cancel request (fenced on the lease).
+    /// Records that the worker stopped after a cancel request and appends `scan.canceled`
+    /// (fenced on the lease).
     #[instrument(name = "scans.acknowledge_cancel", skip(self), fields(scan_id = %lease.scan_id))]
     pub async fn acknowledge_cancel(&self, lease: &Lease) -> Result<scans::Model> {
+        let lease = &lease.validated(self.cx.who, "acknowledge cancellations")?;
         self.finish(lease, ScanStatus::Canceled, None, None).await
     }
 
@@ -381,11 +458,16 @@ impl Scans<'_> {
         error_code: Option<String>,
         error_message: Option<String>,
     ) -> Result<scans::Model> {
-        let lease = &lease.validated()?;
         let now = now();
-        scans::Entity::find()
+        let action = match status {
+            ScanStatus::Failed => Action::ScanFailed,
+            _ => Action::ScanCanceled,
+        };
+        let data = json!({ "error_code": error_code });
+        let unit = self.cx.db().unit().await?;
+        let scan = scans::Entity::find()
             .from_raw_sql(statement(
-                self.db,
+                &unit,
                 "UPDATE scans SET status = $1, finished_at = $2, lease_expires_at = NULL, \
                         error_code = $3, error_message = $4, updated_at = $2 \
                   WHERE id = $5 AND status = 'running' AND claimed_by = $6 AND attempt = $7 \
@@ -400,43 +482,74 @@ impl Scans<'_> {
                     lease.attempt.into(),
                 ],
             ))
-            .one(self.db)
+            .one(&unit)
             .await?
             .ok_or(Error::LeaseLost {
                 scan_id: lease.scan_id,
-            })
+            })?;
+        let event = Audit::new(action, ("scan", scan.id)).project(scan.project_id);
+        let event = if status == ScanStatus::Failed {
+            event.data(data)
+        } else {
+            event
+        };
+        audit::record(&unit, self.cx.who, vec![event]).await?;
+        unit.commit().await?;
+        Ok(scan)
     }
 
-    /// Cancels a queued scan at once, or asks the worker running it to stop.
+    /// Cancels a queued scan in reach at once (`scan.canceled`), or asks the worker running it
+    /// to stop (`scan.cancel_requested`).
     #[instrument(name = "scans.cancel", skip(self))]
     pub async fn cancel(&self, id: Uuid) -> Result<CancelOutcome> {
+        self.cx.who.refuse_worker("cancel scans")?;
         let now = now();
-        let canceled = self
-            .db
-            .execute_raw(statement(
-                self.db,
-                "UPDATE scans SET status = 'canceled', finished_at = $1, updated_at = $1 \
-                  WHERE id = $2 AND status = 'queued'",
-                [now.into(), id.into()],
+        let mut values = vec![now.into(), id.into()];
+        let reach = and_reach(self.cx.who, Table::Scans, "scans", &mut values);
+        let unit = self.cx.db().unit().await?;
+        let canceled = unit
+            .query_one_raw(statement(
+                &unit,
+                &format!(
+                    "UPDATE scans SET status = 'canceled', finished_at = $1, updated_at = $1 \
+                      WHERE id = $2 AND status = 'queued'{reach} RETURNING project_id"
+                ),
+                values.clone(),
             ))
             .await?;
-        if canceled.rows_affected() == 1 {
-            return Ok(CancelOutcome::Canceled);
-        }
-        let requested = self
-            .db
-            .execute_raw(statement(
-                self.db,
-                "UPDATE scans SET cancel_requested_at = COALESCE(cancel_requested_at, $1), \
-                        updated_at = $1 WHERE id = $2 AND status = 'running'",
-                [now.into(), id.into()],
-            ))
-            .await?;
-        if requested.rows_affected() == 1 {
-            return Ok(CancelOutcome::Requested);
-        }
-        let scan = self.get(id).await?;
-        Ok(CancelOutcome::AlreadyFinished(stored_status(&scan)?))
+        let (outcome, action, row) = match canceled {
+            Some(row) => (CancelOutcome::Canceled, Action::ScanCanceled, row),
+            None => {
+                let requested = unit
+                    .query_one_raw(statement(
+                        &unit,
+                        &format!(
+                            "UPDATE scans SET cancel_requested_at = COALESCE(cancel_requested_at, $1), \
+                                    updated_at = $1 \
+                              WHERE id = $2 AND status = 'running'{reach} RETURNING project_id"
+                        ),
+                        values,
+                    ))
+                    .await?;
+                match requested {
+                    Some(row) => (CancelOutcome::Requested, Action::ScanCancelRequested, row),
+                    None => {
+                        unit.commit().await?;
+                        let scan = self.get(id).await?;
+                        return Ok(CancelOutcome::AlreadyFinished(stored_status(&scan)?));
+                    }
+                }
+            }
+        };
+        let project_id: Uuid = row.try_get("", "project_id")?;
+        audit::record(
+            &unit,
+            self.cx.who,
+            vec![Audit::new(action, ("scan", id)).project(project_id)],
+        )
+        .await?;
+        unit.commit().await?;
+        Ok(outcome)
     }
 
     /// Finds running scans whose lease has expired (their worker died or stalled) and takes
@@ -445,19 +558,23 @@ impl Scans<'_> {
     /// scan is taken back by a statement fenced on the attempt that expired.
     #[instrument(name = "scans.rescue_expired", skip(self))]
     pub async fn rescue_expired(&self, backoff: Duration) -> Result<Vec<Rescued>> {
+        self.cx.who.require_system("rescue scans")?;
         let now = now();
         let expired = scans::Entity::find()
             .select_only()
             .column(scans::Column::Id)
             .column(scans::Column::Attempt)
             .column(scans::Column::MaxAttempts)
+            .column(scans::Column::ProjectId)
             .filter(scans::Column::Status.eq(ScanStatus::Running.as_str()))
             .filter(scans::Column::LeaseExpiresAt.lt(now))
-            .into_tuple::<(Uuid, i16, i16)>()
-            .all(self.db)
+            .into_tuple::<(Uuid, i16, i16, Uuid)>()
+            .all(self.cx.db())
             .await?;
         let mut rescued = Vec::with_capacity(expired.len());
-        for (id, attempt, max_attempts) in expired {
+        let mut events = Vec::with_capacity(expired.len());
+        let unit = self.cx.db().unit().await?;
+        for (id, attempt, max_attempts, project_id) in expired {
             let retry = attempt < max_attempts;
             let (status, scheduled_at, finished_at) = if retry {
                 let delay = lease_duration(
@@ -468,10 +585,9 @@ impl Scans<'_> {
             } else {
                 (ScanStatus::Failed, None, Some(now))
             };
-            let updated = self
-                .db
+            let updated = unit
                 .execute_raw(statement(
-                    self.db,
+                    &unit,
                     "UPDATE scans SET status = $1, scheduled_at = COALESCE($2, scheduled_at), \
                             finished_at = $3, claimed_by = NULL, lease_expires_at = NULL, \
                             error_code = 'lease_expired', updated_at = $4 \
@@ -488,12 +604,19 @@ impl Scans<'_> {
                 .await?;
             if updated.rows_affected() == 1 {
                 tracing::warn!(scan_id = %id, attempt, %status, "rescued a scan whose lease expired");
+                events.push(
+                    Audit::new(Action::ScanRescued, ("scan", id))
+                        .project(project_id)
+                        .data(json!({ "status": status.as_str(), "attempt": attempt })),
+                );
                 rescued.push(Rescued {
                     scan_id: id,
                     status,
                 });
             }
         }
+        audit::record(&unit, self.cx.who, events).await?;
+        unit.commit().await?;
         Ok(rescued)
     }
 
@@ -506,23 +629,44 @@ impl Scans<'_> {
         limit: u64,
     ) -> Result<Page<scans::Model, Uuid>> {
         let limit = page_size(limit)?;
-        let mut query = scans::Entity::find().filter(scans::Column::ProjectId.eq(project_id));
-        if let Some(before) = before {
-            query = query.filter(scans::Column::Id.lt(before));
-        }
-        let rows = query
-            .order_by_desc(scans::Column::Id)
-            .limit(limit + 1)
-            .all(self.db)
+        let mut values = vec![project_id.into()];
+        let cursor = match before {
+            Some(before) => {
+                values.push(before.into());
+                " AND s.id < $2"
+            }
+            None => "",
+        };
+        let reach = and_reach(self.cx.who, Table::Scans, "s", &mut values);
+        let rows = scans::Entity::find()
+            .from_raw_sql(statement(
+                self.cx.db(),
+                &format!(
+                    "SELECT s.* FROM scans s WHERE s.project_id = $1{cursor}{reach} \
+                      ORDER BY s.id DESC {}",
+                    limit_clause(limit + 1)
+                ),
+                values,
+            ))
+            .all(self.cx.db())
             .await?;
         Ok(Page::from_rows(rows, limit, |s: &scans::Model| s.id))
     }
 
     /// Deletes the scan with its occurrences and objects (queued for `purge` in the same
-    /// transaction); findings it first or last saw keep existing.
+    /// transaction) and appends `scan.deleted`; findings it first or last saw keep existing.
     #[instrument(name = "scans.delete", skip(self))]
     pub async fn delete(&self, id: Uuid) -> Result<()> {
-        if crate::artifacts::delete_with_objects(self.db, "scans", "scan_id", id).await? {
+        self.cx.who.refuse_worker("delete scans")?;
+        let deletion = Deletion {
+            table: "scans",
+            reach: Table::Scans,
+            artifact_column: "scan_id",
+            project_column: "project_id",
+            action: Action::ScanDeleted,
+            subject: "scan",
+        };
+        if crate::artifacts::delete_with_objects(self.cx, &deletion, id).await? {
             Ok(())
         } else {
             Err(Error::not_found("scan", id))
@@ -533,11 +677,18 @@ impl Scans<'_> {
     #[instrument(name = "scans.held_by", skip(self))]
     pub async fn held_by(&self, worker_id: &str) -> Result<Vec<scans::Model>> {
         let worker_id = validate::text("worker_id", worker_id, 1, 200)?;
+        let mut values = vec![ScanStatus::Running.as_str().into(), worker_id.into()];
+        let reach = and_reach(self.cx.who, Table::Scans, "s", &mut values);
         Ok(scans::Entity::find()
-            .filter(scans::Column::Status.eq(ScanStatus::Running.as_str()))
-            .filter(scans::Column::ClaimedBy.eq(worker_id))
-            .order_by_asc(scans::Column::ClaimedAt)
-            .all(self.db)
+            .from_raw_sql(statement(
+                self.cx.db(),
+                &format!(
+                    "SELECT s.* FROM scans s WHERE s.status = $1 AND s.claimed_by = $2{reach} \
+                      ORDER BY s.claimed_at"
+                ),
+                values,
+            ))
+            .all(self.cx.db())
             .await?)
     }
 }

@@ -1,24 +1,25 @@
-use chrono::{DateTime, FixedOffset, SubsecRound, Utc};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, Value};
+use sea_orm::DatabaseConnection;
 use vega_blobstore::BlobStore;
 use vega_config::{PoolOptions, Settings};
 use vega_migration::status::SchemaStatus;
 
 use crate::db::{Bounds, Db, Health};
 use crate::{
-    ApiKeys, Artifacts, Error, Events, Findings, Projects, Repositories, Result, Scans, Snapshots,
-    Usage, Users, Workers,
+    ApiKeys, Artifacts, Error, Events, Findings, Principal, Projects, Repositories, Result, Scans,
+    Session, Snapshots, Usage, Users, Workers,
 };
 
-/// The entry point for application handlers: a cheap-to-clone handle on the database pool,
-/// from which each table's repository is reached (`store.scans().claim_next(...)`).
+/// The entry point: a cheap-to-clone handle on the database pool and the blob store.
 ///
 /// Build one at start-up and share it (an axum `State`, an `Arc` in a worker); clones share
-/// the pool.
+/// the pool. Handlers act through [`Store::session`], scoped to the request's principal. The
+/// store's own accessors (`store.scans().claim_next(...)`) are unscoped: the system's, for
+/// maintenance and operators' tools.
 #[derive(Debug, Clone)]
 pub struct Store {
     db: Db,
     blobs: BlobStore,
+    system: Principal,
 }
 
 impl Store {
@@ -53,75 +54,89 @@ impl Store {
                 unknown: status.unknown,
             });
         }
-        Ok(Self { db, blobs })
+        Ok(Self {
+            db,
+            blobs,
+            system: Principal::system("store"),
+        })
     }
 
-    /// The underlying connection, for queries no repository covers yet.
+    /// The repositories as `principal` sees them: scoped reads and writes, events with it as
+    /// the actor, and transactions ([`Session::begin`]).
+    pub fn session<'s>(&'s self, principal: &'s Principal) -> Session<'s> {
+        Session::new(&self.db, &self.blobs, principal)
+    }
+
+    /// The unscoped session the store's own accessors use: the system acting as `"store"`.
+    fn system(&self) -> Session<'_> {
+        self.session(&self.system)
+    }
+
+    /// The underlying connection, for the tests' own queries.
+    #[cfg(feature = "test-support")]
     pub fn connection(&self) -> &DatabaseConnection {
         self.db.connection()
     }
 
-    /// The blob store, for objects no repository covers yet.
+    /// The blob store, for the tests' own objects.
+    #[cfg(feature = "test-support")]
     pub fn blobs(&self) -> &BlobStore {
         &self.blobs
     }
 
     /// Stored objects: source archives, reports, event logs, debug bundles.
     pub fn artifacts(&self) -> Artifacts<'_> {
-        Artifacts {
-            db: &self.db,
-            blobs: &self.blobs,
-        }
+        self.system().artifacts()
     }
 
     /// Users.
     pub fn users(&self) -> Users<'_> {
-        Users { db: &self.db }
+        self.system().users()
     }
 
     /// Projects and the project list.
     pub fn projects(&self) -> Projects<'_> {
-        Projects { db: &self.db }
+        self.system().projects()
     }
 
     /// Source repositories tracked by projects.
     pub fn repositories(&self) -> Repositories<'_> {
-        Repositories { db: &self.db }
+        self.system().repositories()
     }
 
     /// Source snapshots.
     pub fn snapshots(&self) -> Snapshots<'_> {
-        Snapshots { db: &self.db }
+        self.system().snapshots()
     }
 
     /// Scans and the scan queue.
     pub fn scans(&self) -> Scans<'_> {
-        Scans { db: &self.db }
+        self.system().scans()
     }
 
     /// Findings.
     pub fn findings(&self) -> Findings<'_> {
-        Findings { db: &self.db }
+        self.system().findings()
     }
 
     /// The event log.
     pub fn events(&self) -> Events<'_> {
-        Events { db: &self.db }
+        self.system().events()
     }
 
-    /// API keys.
+    /// API keys, and authentication.
     pub fn api_keys(&self) -> ApiKeys<'_> {
-        ApiKeys { db: &self.db }
+        self.system().api_keys()
     }
 
     /// Usage records.
     pub fn usage(&self) -> Usage<'_> {
-        Usage { db: &self.db }
+        self.system().usage()
     }
 
-    /// Worker heartbeats.
+    /// Workers: their credentials and heartbeats.
     pub fn workers(&self) -> Workers<'_> {
-        Workers { db: &self.db }
+        self.system().workers()
     }
 }
 
@@ -130,33 +145,4 @@ fn bounds(pool: &PoolOptions) -> Bounds {
         statement: pool.statement_timeout,
         acquire: pool.acquire_timeout,
     }
-}
-
-/// The current time as stored: UTC, microsecond precision (what Postgres keeps), so a value
-/// read back equals the value written on both engines.
-pub(crate) fn now() -> DateTime<FixedOffset> {
-    Utc::now().trunc_subsecs(6).fixed_offset()
-}
-
-/// A raw statement for `db`'s backend. Statements use `$1`-style placeholders, which sqlx
-/// accepts for SQLite as well, so most SQL text is shared by both engines.
-pub(crate) fn statement(
-    db: &impl ConnectionTrait,
-    sql: &str,
-    values: impl IntoIterator<Item = Value>,
-) -> Statement {
-    Statement::from_sql_and_values(db.get_database_backend(), sql, values)
-}
-
-/// One column of a chunk of rows as a Postgres array parameter, for `unnest`.
-pub(crate) fn array<T, V>(rows: &[T], column: impl Fn(&T) -> V) -> Value
-where
-    Vec<V>: Into<Value>,
-{
-    rows.iter().map(column).collect::<Vec<_>>().into()
-}
-
-/// True on Postgres, where some statements have a better form (SKIP LOCKED, ...).
-pub(crate) fn is_postgres(db: &impl ConnectionTrait) -> bool {
-    db.get_database_backend() == DbBackend::Postgres
 }

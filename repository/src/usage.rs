@@ -4,8 +4,10 @@ use tracing::instrument;
 use uuid::Uuid;
 use vega_entity::{Meter, usage_records};
 
-use crate::db::{Db, retry_conflicts};
-use crate::store::{array, is_postgres, now, statement};
+use crate::db::retry_conflicts;
+use crate::principal::{Table, and_reach};
+use crate::session::Cx;
+use crate::sql::{array, is_postgres, now, statement};
 use crate::{Error, Result, validate};
 
 /// Input for [`Usage::record`].
@@ -51,7 +53,7 @@ pub struct MeterTotal {
 /// The `usage_records` table: append-only metered increments.
 #[derive(Debug, Clone, Copy)]
 pub struct Usage<'a> {
-    pub(crate) db: &'a Db,
+    pub(crate) cx: Cx<'a>,
 }
 
 impl Usage<'_> {
@@ -61,10 +63,12 @@ impl Usage<'_> {
     #[instrument(name = "usage.record", skip_all, fields(account_id = %input.account_id, meter = %input.meter))]
     pub async fn record(&self, input: NewUsage) -> Result<Recorded> {
         let input = validated(input, "")?;
+        self.cx.who.require_worker("record usage")?;
         let inserted = self
-            .db
+            .cx
+            .db()
             .query_one_raw(statement(
-                self.db,
+                self.cx.db(),
                 "INSERT INTO usage_records (account_id, project_id, scan_id, meter, quantity, \
                                             occurred_at, received_at, idempotency_key, properties) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
@@ -84,7 +88,7 @@ impl Usage<'_> {
             .await?;
         match inserted {
             Some(row) => Ok(Recorded::Inserted(row.try_get("", "id")?)),
-            None => duplicate_or_conflict(self.db, &input).await,
+            None => duplicate_or_conflict(self.cx.db(), &input).await,
         }
     }
 
@@ -98,6 +102,10 @@ impl Usage<'_> {
         for (i, input) in inputs.into_iter().enumerate() {
             rows.push(validated(input, &format!("records[{i}]."))?);
         }
+        self.cx.who.require_worker("record usage")?;
+        if !self.cx.db().owns_transactions() {
+            return self.record_many_once(&rows).await;
+        }
         // Two batches that share keys in different orders can deadlock on each other's
         // uncommitted inserts; a rerun decides every row again, so it is safe to repeat.
         retry_conflicts("usage.record_many", || self.record_many_once(&rows)).await
@@ -105,7 +113,7 @@ impl Usage<'_> {
 
     async fn record_many_once(&self, rows: &[NewUsage]) -> Result<Vec<Recorded>> {
         let received = now();
-        let txn = self.db.begin().await?;
+        let txn = self.cx.db().unit().await?;
         let mut results = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(1000) {
             let inserted = insert_chunk(&txn, received, chunk).await?;
@@ -143,15 +151,19 @@ impl Usage<'_> {
         if to <= from {
             return Err(Error::invalid("to", "must be after from"));
         }
+        let mut values = vec![account_id.into(), from.into(), to.into()];
+        let reach = and_reach(self.cx.who, Table::Usage, "u", &mut values);
         // CAST: Postgres sums bigint into numeric.
         let mut totals = MeterTotal::find_by_statement(statement(
-            self.db,
-            "SELECT meter, CAST(SUM(quantity) AS BIGINT) AS total FROM usage_records \
-              WHERE account_id = $1 AND occurred_at >= $2 AND occurred_at < $3 \
-              GROUP BY meter",
-            [account_id.into(), from.into(), to.into()],
+            self.cx.db(),
+            &format!(
+                "SELECT u.meter, CAST(SUM(u.quantity) AS BIGINT) AS total FROM usage_records u \
+                  WHERE u.account_id = $1 AND u.occurred_at >= $2 AND u.occurred_at < $3{reach} \
+                  GROUP BY u.meter"
+            ),
+            values,
         ))
-        .all(self.db)
+        .all(self.cx.db())
         .await?;
         // Sorted here, by bytes: `ORDER BY` follows the database's collation, and under
         // en_US (RDS's default) `scan_seconds` sorts after `scans`, under C and SQLite before.

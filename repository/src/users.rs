@@ -1,11 +1,14 @@
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, Value};
+use serde_json::json;
 use tracing::instrument;
 use uuid::Uuid;
 use vega_entity::{UserStatus, users};
 
-use crate::db::Db;
-use crate::store::now;
-use crate::{Error, Result, validate};
+use crate::audit::{self, Action, Audit};
+use crate::principal::{Table, and_reach};
+use crate::session::Cx;
+use crate::sql::{now, statement};
+use crate::{Error, Principal, PrincipalKind, Result, validate};
 
 /// Input for [`Users::create`].
 #[derive(Debug, Clone)]
@@ -19,16 +22,18 @@ pub struct NewUser {
 /// The `users` table.
 #[derive(Debug, Clone, Copy)]
 pub struct Users<'a> {
-    pub(crate) db: &'a Db,
+    pub(crate) cx: Cx<'a>,
 }
 
 impl Users<'_> {
-    /// Creates an active user. A taken email is [`Error::Conflict`] on `users_email_key`.
+    /// Creates an active user and appends `user.created` (the system only). A taken email is
+    /// [`Error::Conflict`] on `users_email_key`.
     #[instrument(name = "users.create", skip_all)]
     pub async fn create(&self, input: NewUser) -> Result<users::Model> {
         let email = validate::email("email", &input.email)?;
         let display_name =
             validate::optional_text("display_name", input.display_name.as_deref(), 255)?;
+        self.cx.who.require_system("create users")?;
         let now = now();
         let user = users::ActiveModel {
             id: Set(Uuid::now_v7()),
@@ -42,40 +47,94 @@ impl Users<'_> {
             created_at: Set(now),
             updated_at: Set(now),
         };
-        Ok(user.insert(self.db).await?)
+        let unit = self.cx.db().unit().await?;
+        let user = user.insert(&unit).await?;
+        audit::record(
+            &unit,
+            self.cx.who,
+            vec![Audit::new(Action::UserCreated, ("user", user.id))],
+        )
+        .await?;
+        unit.commit().await?;
+        Ok(user)
     }
 
     /// The user with this id.
     #[instrument(name = "users.get", skip(self))]
     pub async fn get(&self, id: Uuid) -> Result<users::Model> {
-        users::Entity::find_by_id(id)
-            .one(self.db)
+        self.find("x.id = $1", vec![id.into()])
             .await?
             .ok_or_else(|| Error::not_found("user", id))
     }
 
-    /// The user with this email, compared case-insensitively; `None` if there is none.
+    /// The user with this email, compared case-insensitively; `None` if there is none in reach.
     #[instrument(name = "users.find_by_email", skip_all)]
     pub async fn find_by_email(&self, email: &str) -> Result<Option<users::Model>> {
         let email = validate::no_nul("email", email)?.trim().to_lowercase();
-        Ok(users::Entity::find()
-            .filter(users::Column::Email.eq(email))
-            .one(self.db)
-            .await?)
+        self.find("x.email = $1", vec![email.into()]).await
     }
 
-    /// Sets the user's status and returns the updated row.
+    /// The principal of a user the application signed in by its own means (a login, a
+    /// session cookie): [`Error::NotFound`] unless the user exists and is active. One query.
+    #[instrument(name = "users.principal", skip(self))]
+    pub async fn principal(&self, id: Uuid) -> Result<Principal> {
+        let mut values = vec![id.into(), UserStatus::Active.as_str().into()];
+        let reach = and_reach(self.cx.who, Table::Users, "x", &mut values);
+        let user = users::Entity::find()
+            .from_raw_sql(statement(
+                self.cx.db(),
+                &format!("SELECT x.* FROM users x WHERE x.id = $1 AND x.status = $2{reach}"),
+                values,
+            ))
+            .one(self.cx.db())
+            .await?
+            .ok_or_else(|| Error::not_found("user", id))?;
+        Ok(Principal::new(
+            PrincipalKind::User { user_id: user.id },
+            &user.email,
+            None,
+            Vec::new(),
+            None,
+        ))
+    }
+
+    /// Sets the user's status, appends `user.status_changed` and returns the updated row (the
+    /// system only). A suspended or deleted user's keys stop authenticating at once.
     #[instrument(name = "users.set_status", skip(self))]
     pub async fn set_status(&self, id: Uuid, status: UserStatus) -> Result<users::Model> {
-        let user = users::ActiveModel {
-            id: Set(id),
-            status: Set(status.as_str().into()),
-            updated_at: Set(now()),
-            ..Default::default()
-        };
-        match user.update(self.db).await {
-            Err(sea_orm::DbErr::RecordNotUpdated) => Err(Error::not_found("user", id)),
-            result => Ok(result?),
-        }
+        self.cx.who.require_system("change a user's status")?;
+        let unit = self.cx.db().unit().await?;
+        let user = users::Entity::find()
+            .from_raw_sql(statement(
+                &unit,
+                "UPDATE users SET status = $1, updated_at = $2 WHERE id = $3 RETURNING *",
+                [status.as_str().into(), now().into(), id.into()],
+            ))
+            .one(&unit)
+            .await?
+            .ok_or_else(|| Error::not_found("user", id))?;
+        audit::record(
+            &unit,
+            self.cx.who,
+            vec![
+                Audit::new(Action::UserStatusChanged, ("user", id))
+                    .data(json!({ "status": status.as_str() })),
+            ],
+        )
+        .await?;
+        unit.commit().await?;
+        Ok(user)
+    }
+
+    async fn find(&self, filter: &str, mut values: Vec<Value>) -> Result<Option<users::Model>> {
+        let reach = and_reach(self.cx.who, Table::Users, "x", &mut values);
+        Ok(users::Entity::find()
+            .from_raw_sql(statement(
+                self.cx.db(),
+                &format!("SELECT x.* FROM users x WHERE {filter}{reach}"),
+                values,
+            ))
+            .one(self.cx.db())
+            .await?)
     }
 }

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use chrono::Utc;
 use sea_orm::{ConnectionTrait, DbBackend, Statement, Value};
-use vega_entity::{ActorType, Meter, Provider, RevokeReason, UserStatus};
+use vega_entity::{Meter, Provider, RevokeReason, UserStatus};
 use vega_repository::{
-    ArchiveObject, Error, EventFeed, NewApiKey, NewEvent, NewProject, NewRepository, NewSnapshot,
-    NewUsage, NewUser, Recorded, WorkerBeat,
+    Error, EventFeed, NewApiKey, NewEvent, NewProject, NewRepository, NewSnapshot, NewUsage,
+    NewUser, Recorded, WorkerBeat,
 };
 use vega_tests::{TestDb, on_both_backends};
 
@@ -84,25 +84,20 @@ on_both_backends! {
         let snap = store.snapshots().create(NewSnapshot { repository_id: repo.id, commit_sha: Some(SHA.to_uppercase()), ref_name: Some("main".into()) }).await.unwrap();
         assert_eq!((snap.status.as_str(), snap.commit_sha.as_deref()), ("pending", Some(SHA)));
         assert_eq!(store.snapshots().latest_for_repository(repo.id).await.unwrap(), None);
-        let archive = || ArchiveObject {
-            object_key: format!("projects/{}/snapshots/{}/source.tar.gz", repo.project_id, snap.id),
-            size_bytes: 1234,
-            sha256: [9; 32],
-            content_type: "application/gzip".into(),
-            file_count: Some(17),
-        };
-        let ready = store.snapshots().mark_ready(snap.id, archive()).await.unwrap();
+        // The archive enters only through the artifact protocol, which marks the snapshot ready.
+        store.artifacts().store_snapshot_archive(snap.id, &b"archive bytes"[..], Some(17)).await.unwrap();
+        let ready = store.snapshots().get(snap.id).await.unwrap();
         assert_eq!((ready.status.as_str(), ready.file_count), ("ready", Some(17)));
-        assert!(matches!(store.snapshots().mark_ready(snap.id, archive()).await, Err(Error::Conflict { .. })));
+        let again = store.artifacts().store_snapshot_archive(snap.id, &b"again"[..], Some(1)).await;
+        assert!(matches!(again, Err(Error::Conflict { .. })), "{again:?}");
         assert_eq!(store.snapshots().latest_for_repository(repo.id).await.unwrap().map(|s| s.id), Some(snap.id));
         assert_eq!(store.snapshots().find_by_commit(repo.id, SHA).await.unwrap().map(|s| s.id), Some(snap.id));
         let bad = store.snapshots().create(NewSnapshot { repository_id: repo.id, commit_sha: Some("abc".into()), ref_name: None }).await;
         assert!(matches!(bad, Err(Error::Invalid { field, .. }) if field == "commit_sha"));
         let orphan = store.snapshots().create(NewSnapshot { repository_id: uuid::Uuid::now_v7(), commit_sha: None, ref_name: None }).await;
         assert!(matches!(orphan, Err(Error::NotFound { .. })));
-        let mut negative = archive();
-        negative.size_bytes = -1;
-        assert!(matches!(store.snapshots().mark_ready(snap.id, negative).await, Err(Error::Invalid { .. })));
+        let negative = store.artifacts().store_snapshot_archive(snap.id, &b""[..], Some(-1)).await;
+        assert!(matches!(negative, Err(Error::Invalid { .. })));
     }
 
     async fn api_keys_authenticate_until_revoked_rotated_or_expired(db: &TestDb) {
@@ -115,19 +110,21 @@ on_both_backends! {
         assert!(token.starts_with("vgk_") && token.len() == 40);
         assert_eq!(issued.key.token_prefix, &token[..12]);
         assert_eq!(issued.key.token_last4, &token[36..]);
-        assert_eq!(keys.authenticate(&token).await.unwrap().map(|k| k.id), Some(issued.key.id));
+        let principal = keys.authenticate(&token).await.unwrap().unwrap();
+        assert_eq!(principal.key_id(), Some(issued.key.id));
+        assert!(principal.has_scope("scans:write"));
 
         // A typo fails the checksum; garbage is refused; neither needs the database.
         let typo = format!("{}{}", &token[..20], if &token[20..21] == "x" { "y" } else { "x" }) + &token[21..];
         assert_eq!(keys.authenticate(&typo).await.unwrap(), None);
         assert_eq!(keys.authenticate("Bearer nonsense").await.unwrap(), None);
 
-        assert!(keys.touch(&issued.key, Some("10.0.0.1")).await.unwrap());
-        // A stale row in hand: the statement's condition refuses the second write.
-        assert!(!keys.touch(&issued.key, Some("10.0.0.1")).await.unwrap(), "throttled");
-        // A fresh row in hand: refused before any statement.
-        let used = keys.get(issued.key.id).await.unwrap();
-        assert!(used.last_used_at.is_some());
+        assert!(keys.touch(&principal, Some("10.0.0.1")).await.unwrap());
+        // A stale principal in hand: the statement's condition refuses the second write.
+        assert!(!keys.touch(&principal, Some("10.0.0.1")).await.unwrap(), "throttled");
+        // A fresh one in hand: refused before any statement.
+        let used = keys.authenticate(&token).await.unwrap().unwrap();
+        assert_eq!(keys.get(issued.key.id).await.unwrap().last_used_ip.as_deref(), Some("10.0.0.1"));
         assert!(!keys.touch(&used, Some("10.0.0.1")).await.unwrap(), "throttled");
 
         let rotated = keys.rotate(issued.key.id).await.unwrap();
@@ -160,7 +157,7 @@ on_both_backends! {
         let rows = db.conn().query_all_raw(Statement::from_string(db.backend(), "SELECT * FROM api_keys")).await.unwrap();
         assert_eq!(rows.len(), 3);
         for key in keys.list_for_user(owner.id).await.unwrap() {
-            let stored = serde_json::to_string(&key).unwrap();
+            let stored = format!("{key:?}");
             assert!(!stored.contains(secret), "{stored}");
         }
         if db.backend() == DbBackend::Postgres {
@@ -259,8 +256,7 @@ on_both_backends! {
         let store = common::store(db).await;
         let project = uuid::Uuid::now_v7();
         let event = |i: usize| NewEvent {
-            action: "scan.completed".into(), actor_type: ActorType::Worker, actor_user_id: None, actor_api_key_id: None,
-            actor_label: "worker-1".into(), project_id: Some(project), subject: Some(("scan".into(), uuid::Uuid::now_v7())),
+            action: "report.viewed".into(), project_id: Some(project), subject: Some(("scan".into(), uuid::Uuid::now_v7())),
             request_id: None, ip_address: None, data: serde_json::json!({ "i": i }),
         };
         let mut written = Vec::new();

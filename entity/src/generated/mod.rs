@@ -14,4 +14,5 @@ pub mod scans;
 pub mod snapshots;
 pub mod usage_records;
 pub mod users;
+pub mod worker_credentials;
 pub mod worker_heartbeats;

@@ -12,4 +12,5 @@ pub use super::scans::Entity as Scans;
 pub use super::snapshots::Entity as Snapshots;
 pub use super::usage_records::Entity as UsageRecords;
 pub use super::users::Entity as Users;
+pub use super::worker_credentials::Entity as WorkerCredentials;
 pub use super::worker_heartbeats::Entity as WorkerHeartbeats;

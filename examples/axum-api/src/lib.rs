@@ -1,18 +1,23 @@
-//! How an application handler gets Vega's [`Store`]: build it once at start-up, hand it to
-//! axum as `State`, and call repositories from handlers. Errors map to HTTP statuses through
-//! [`vega_repository::Error::http_status`].
+//! How an application handler uses Vega's storage: build one [`Store`] at start-up, hand it
+//! to axum as `State`, authenticate each request into a [`Principal`], and act through
+//! `store.session(&principal)`, whose repositories reach only the principal's rows. Errors
+//! become HTTP statuses here, at the edge ([`ApiError`]).
 //!
-//! Every route needs `Authorization: Bearer vgk_...`; the key's scopes decide what it may do.
+//! User routes take a user's API key (user-wide or restricted to a project); worker routes
+//! take a worker credential (`vgw_...`). The key's scopes decide what it may do; its reach
+//! decides which rows.
 
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::{StatusCode, request::Parts};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
-use vega_entity::{Provider, TriggerKind, api_keys};
-use vega_repository::{Claim, Lease, NewFinding, NewProject, NewRepository, NewScan, Store};
+use vega_entity::{Provider, TriggerKind, projects, repositories, scans};
+use vega_repository::{
+    Error, Lease, NewFinding, NewProject, NewRepository, NewScan, Principal, PrincipalKind, Store,
+};
 
 /// The API's routes, over `store`.
 pub fn router(store: Store) -> Router {
@@ -29,17 +34,36 @@ pub fn router(store: Store) -> Router {
 /// An error response: a status and `{"error": "..."}`.
 #[derive(Debug)]
 pub enum ApiError {
-    /// From the repository layer, with its own status.
-    Store(vega_repository::Error),
-    /// No valid API key.
+    /// From the storage layer.
+    Store(Error),
+    /// No valid credential.
     Unauthorized,
     /// The key lacks a scope.
-    Forbidden(&'static str),
+    MissingScope(&'static str),
 }
 
-impl From<vega_repository::Error> for ApiError {
-    fn from(err: vega_repository::Error) -> Self {
+impl From<Error> for ApiError {
+    fn from(err: Error) -> Self {
         ApiError::Store(err)
+    }
+}
+
+/// The HTTP status of a storage error. A row out of the caller's reach is `NotFound`, so it
+/// answers 404 exactly like a row that does not exist.
+fn status_of(err: &Error) -> StatusCode {
+    use vega_repository::BlobError;
+    match err {
+        Error::NotFound { .. } => StatusCode::NOT_FOUND,
+        Error::Conflict { .. } | Error::LeaseLost { .. } => StatusCode::CONFLICT,
+        Error::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        Error::Forbidden { .. } => StatusCode::FORBIDDEN,
+        Error::SchemaOutdated { .. } | Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Blob(BlobError::NotFound { .. }) => StatusCode::NOT_FOUND,
+        Error::Blob(BlobError::AlreadyExists { .. }) => StatusCode::CONFLICT,
+        Error::Blob(BlobError::InvalidKey { .. }) => StatusCode::UNPROCESSABLE_ENTITY,
+        Error::Blob(BlobError::Unsupported(..)) => StatusCode::NOT_IMPLEMENTED,
+        Error::Blob(BlobError::Io(_) | BlobError::S3 { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -58,8 +82,7 @@ impl IntoResponse for ApiError {
                     .into_response();
             }
             ApiError::Store(err) => {
-                let status = StatusCode::from_u16(err.http_status())
-                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let status = status_of(&err);
                 if status.is_server_error() {
                     tracing::error!(%err, "request failed");
                     (status, "internal error; see the server log".to_owned())
@@ -69,9 +92,9 @@ impl IntoResponse for ApiError {
             }
             ApiError::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
-                "a valid API key is required".into(),
+                "a valid API key or worker credential is required".into(),
             ),
-            ApiError::Forbidden(scope) => (
+            ApiError::MissingScope(scope) => (
                 StatusCode::FORBIDDEN,
                 format!("the key lacks the `{scope}` scope"),
             ),
@@ -80,41 +103,133 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The authenticated caller: the API key a request presented.
-pub struct Caller(api_keys::Model);
+/// The authenticated caller of a user route: a user's key, user-wide or for one project.
+pub struct Caller(Principal);
+
+/// The authenticated caller of a worker route: a worker credential.
+pub struct Worker(Principal);
 
 impl Caller {
-    fn require(&self, scope: &'static str) -> Result<(), ApiError> {
-        let granted = self
-            .0
-            .scopes
-            .as_array()
-            .is_some_and(|s| s.iter().any(|v| v == scope));
-        if granted {
-            Ok(())
+    fn require(&self, scope: &'static str) -> Result<&Principal, ApiError> {
+        if self.0.has_scope(scope) {
+            Ok(&self.0)
         } else {
-            Err(ApiError::Forbidden(scope))
+            Err(ApiError::MissingScope(scope))
         }
     }
+}
+
+async fn principal(parts: &Parts, store: &Store) -> Result<Principal, ApiError> {
+    let token = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(ApiError::Unauthorized)?;
+    let principal = store
+        .api_keys()
+        .authenticate(token)
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
+    let ip = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip().to_string());
+    store.api_keys().touch(&principal, ip.as_deref()).await?;
+    Ok(principal)
 }
 
 impl FromRequestParts<Store> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, store: &Store) -> Result<Self, ApiError> {
-        let token = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or(ApiError::Unauthorized)?;
-        let key = store
-            .api_keys()
-            .authenticate(token)
-            .await?
-            .ok_or(ApiError::Unauthorized)?;
-        store.api_keys().touch(&key, None).await?;
-        Ok(Caller(key))
+        match principal(parts, store).await? {
+            p if matches!(
+                p.kind(),
+                PrincipalKind::User { .. } | PrincipalKind::ProjectKey { .. }
+            ) =>
+            {
+                Ok(Caller(p))
+            }
+            _ => Err(ApiError::Unauthorized),
+        }
+    }
+}
+
+impl FromRequestParts<Store> for Worker {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, store: &Store) -> Result<Self, ApiError> {
+        match principal(parts, store).await? {
+            p if matches!(p.kind(), PrincipalKind::Worker { .. }) => Ok(Worker(p)),
+            _ => Err(ApiError::Unauthorized),
+        }
+    }
+}
+
+/// A project as the API shows it.
+#[derive(Serialize)]
+struct ProjectBody {
+    id: Uuid,
+    name: String,
+    slug: String,
+    description: Option<String>,
+}
+
+impl From<projects::Model> for ProjectBody {
+    fn from(p: projects::Model) -> Self {
+        Self {
+            id: p.id,
+            name: p.name,
+            slug: p.slug,
+            description: p.description,
+        }
+    }
+}
+
+/// A repository as the API shows it.
+#[derive(Serialize)]
+struct RepositoryBody {
+    id: Uuid,
+    project_id: Uuid,
+    provider: String,
+    full_name: Option<String>,
+    default_branch: Option<String>,
+}
+
+impl From<repositories::Model> for RepositoryBody {
+    fn from(r: repositories::Model) -> Self {
+        Self {
+            id: r.id,
+            project_id: r.project_id,
+            provider: r.provider,
+            full_name: r.full_name,
+            default_branch: r.default_branch,
+        }
+    }
+}
+
+/// A scan as the API shows it.
+#[derive(Serialize)]
+struct ScanBody {
+    id: Uuid,
+    project_id: Uuid,
+    repository_id: Uuid,
+    ref_name: Option<String>,
+    status: String,
+    findings_total: i32,
+}
+
+impl From<scans::Model> for ScanBody {
+    fn from(s: scans::Model) -> Self {
+        Self {
+            id: s.id,
+            project_id: s.project_id,
+            repository_id: s.repository_id,
+            ref_name: s.ref_name,
+            status: s.status,
+            findings_total: s.findings_total,
+        }
     }
 }
 
@@ -123,6 +238,8 @@ struct CreateProject {
     name: String,
     slug: String,
     description: Option<String>,
+    /// Also track this repository and queue its first scan, all in one transaction.
+    repository: Option<AddRepository>,
 }
 
 async fn create_project(
@@ -130,17 +247,33 @@ async fn create_project(
     caller: Caller,
     Json(body): Json<CreateProject>,
 ) -> Result<impl IntoResponse, ApiError> {
-    caller.require("projects:write")?;
-    let project = store
+    let principal = caller.require("projects:write")?;
+    let owner_id = principal.user_id().ok_or(ApiError::Unauthorized)?;
+    let session = store.session(principal);
+    // The project, its first repository and its first scan commit together with their
+    // events, or none of them does.
+    let tx = session.begin().await?;
+    let project = tx
         .projects()
         .create(NewProject {
-            owner_id: caller.0.user_id,
+            owner_id,
             name: body.name,
             slug: body.slug,
             description: body.description,
         })
         .await?;
-    Ok((StatusCode::CREATED, Json(project)))
+    if let Some(repository) = body.repository {
+        let branch = repository.default_branch.clone();
+        let repository = tx
+            .repositories()
+            .add(repository.into_new(project.id))
+            .await?;
+        let mut scan = NewScan::full(repository.id, TriggerKind::Api, branch);
+        scan.requested_by_api_key_id = principal.key_id();
+        tx.scans().enqueue(scan).await?;
+    }
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(ProjectBody::from(project))))
 }
 
 #[derive(Deserialize)]
@@ -154,10 +287,12 @@ async fn list_projects(
     caller: Caller,
     Query(q): Query<ListProjects>,
 ) -> Result<impl IntoResponse, ApiError> {
-    caller.require("projects:read")?;
+    let principal = caller.require("projects:read")?;
+    let owner_id = principal.user_id().ok_or(ApiError::Unauthorized)?;
     let page = store
+        .session(principal)
         .projects()
-        .list_for_owner(caller.0.user_id, q.after, q.limit.unwrap_or(50))
+        .list_for_owner(owner_id, q.after, q.limit.unwrap_or(50))
         .await?;
     Ok(Json(page))
 }
@@ -170,26 +305,32 @@ struct AddRepository {
     default_branch: Option<String>,
 }
 
+impl AddRepository {
+    fn into_new(self, project_id: Uuid) -> NewRepository {
+        NewRepository {
+            project_id,
+            provider: self.provider,
+            provider_xid: self.provider_xid,
+            full_name: self.full_name,
+            clone_url: None,
+            default_branch: self.default_branch,
+        }
+    }
+}
+
 async fn add_repository(
     State(store): State<Store>,
     caller: Caller,
     Path(project_id): Path<Uuid>,
     Json(body): Json<AddRepository>,
 ) -> Result<impl IntoResponse, ApiError> {
-    caller.require("projects:write")?;
-    owned_project(&store, &caller, project_id).await?;
+    let principal = caller.require("projects:write")?;
     let repository = store
+        .session(principal)
         .repositories()
-        .add(NewRepository {
-            project_id,
-            provider: body.provider,
-            provider_xid: body.provider_xid,
-            full_name: body.full_name,
-            clone_url: None,
-            default_branch: body.default_branch,
-        })
+        .add(body.into_new(project_id))
         .await?;
-    Ok((StatusCode::CREATED, Json(repository)))
+    Ok((StatusCode::CREATED, Json(RepositoryBody::from(repository))))
 }
 
 #[derive(Deserialize)]
@@ -203,34 +344,42 @@ async fn enqueue_scan(
     Path(repository_id): Path<Uuid>,
     Json(body): Json<EnqueueScan>,
 ) -> Result<impl IntoResponse, ApiError> {
-    caller.require("scans:write")?;
-    let repository = store.repositories().get(repository_id).await?;
-    owned_project(&store, &caller, repository.project_id).await?;
+    let principal = caller.require("scans:write")?;
     let mut scan = NewScan::full(repository_id, TriggerKind::Api, body.ref_name);
-    scan.requested_by_api_key_id = Some(caller.0.id);
-    let scan = store.scans().enqueue(scan).await?;
-    Ok((StatusCode::CREATED, Json(scan)))
+    scan.requested_by_api_key_id = principal.key_id();
+    let scan = store.session(principal).scans().enqueue(scan).await?;
+    Ok((StatusCode::CREATED, Json(ScanBody::from(scan))))
 }
 
 #[derive(Deserialize)]
 struct ClaimRequest {
-    worker_id: String,
     lease_seconds: u64,
+}
+
+/// A claimed scan: what the worker needs to run it, and the lease for every later call.
+#[derive(Serialize)]
+struct ClaimBody {
+    scan: ScanBody,
+    lease: Lease,
 }
 
 async fn claim(
     State(store): State<Store>,
-    caller: Caller,
+    Worker(worker): Worker,
     Json(body): Json<ClaimRequest>,
 ) -> Result<Response, ApiError> {
-    caller.require("worker")?;
     let lease_for = std::time::Duration::from_secs(body.lease_seconds);
-    let claimed: Vec<Claim> = store
+    let claimed = store
+        .session(&worker)
         .scans()
-        .claim_next(&body.worker_id, 1, lease_for)
+        .claim_next(worker.label(), 1, lease_for)
         .await?;
     Ok(match claimed.into_iter().next() {
-        Some(claim) => Json(claim).into_response(),
+        Some(claim) => Json(ClaimBody {
+            scan: claim.scan.into(),
+            lease: claim.lease,
+        })
+        .into_response(),
         None => StatusCode::NO_CONTENT.into_response(),
     })
 }
@@ -243,26 +392,13 @@ struct CompleteRequest {
 
 async fn complete(
     State(store): State<Store>,
-    caller: Caller,
+    Worker(worker): Worker,
     Json(body): Json<CompleteRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    caller.require("worker")?;
-    Ok(Json(
-        store.scans().complete(&body.lease, body.findings).await?,
-    ))
-}
-
-/// The project, if the caller owns it; someone else's project is "not found", not "forbidden",
-/// so ids cannot be probed.
-async fn owned_project(store: &Store, caller: &Caller, project_id: Uuid) -> Result<(), ApiError> {
-    let project = store.projects().get(project_id).await?;
-    if project.owner_id == caller.0.user_id {
-        Ok(())
-    } else {
-        Err(vega_repository::Error::NotFound {
-            entity: "project",
-            key: project_id.to_string(),
-        }
-        .into())
-    }
+    let scan = store
+        .session(&worker)
+        .scans()
+        .complete(&body.lease, body.findings)
+        .await?;
+    Ok(Json(ScanBody::from(scan)))
 }

@@ -1,0 +1,170 @@
+//! The audit trail: every state-changing method appends its event in the same transaction as
+//! the change, so the log holds exactly the work that committed. The catalog is [`Action`].
+
+use sea_orm::{ConnectionTrait, Value};
+use uuid::Uuid;
+
+use crate::sql::{now, statement};
+use crate::{Principal, Result};
+
+macro_rules! catalog {
+    ($($(#[$doc:meta])* $variant:ident = $name:literal,)*) => {
+        /// The event catalog: what a state-changing method records, as `events.action`.
+        /// Each event names its actor (the session's principal), its subject, and carries a
+        /// small JSON of what changed, never a secret.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Action {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl Action {
+            /// Every action, in catalog order.
+            pub const ALL: &'static [Action] = &[$(Action::$variant,)*];
+
+            /// The stored name, `subject.verb`.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Action::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+catalog! {
+    /// `users.create`.
+    UserCreated = "user.created",
+    /// `users.set_status`: `{"status"}`.
+    UserStatusChanged = "user.status_changed",
+    /// `projects.create`: `{"slug"}`.
+    ProjectCreated = "project.created",
+    /// `projects.archive`.
+    ProjectArchived = "project.archived",
+    /// `projects.delete`.
+    ProjectDeleted = "project.deleted",
+    /// `repositories.add`: `{"provider", "full_name"}`.
+    RepositoryAdded = "repository.added",
+    /// `snapshots.create`: `{"repository_id", "commit_sha"}`.
+    SnapshotCreated = "snapshot.created",
+    /// `snapshots.delete`.
+    SnapshotDeleted = "snapshot.deleted",
+    /// `scans.enqueue`: `{"repository_id", "kind", "ref_name"}`.
+    ScanEnqueued = "scan.enqueued",
+    /// `scans.claim_next`, one per scan: `{"worker_id", "attempt"}`.
+    ScanClaimed = "scan.claimed",
+    /// `scans.complete`: `{"findings_total", "findings_new", "findings_fixed"}`.
+    ScanCompleted = "scan.completed",
+    /// `scans.fail`: `{"error_code"}`.
+    ScanFailed = "scan.failed",
+    /// `scans.cancel` of a queued scan, or `scans.acknowledge_cancel`.
+    ScanCanceled = "scan.canceled",
+    /// `scans.cancel` of a running scan: its worker is asked to stop.
+    ScanCancelRequested = "scan.cancel_requested",
+    /// `scans.rescue_expired`, one per scan: `{"status", "attempt"}`.
+    ScanRescued = "scan.rescued",
+    /// `scans.delete`.
+    ScanDeleted = "scan.deleted",
+    /// `findings.dismiss`: `{"reason"}`.
+    FindingDismissed = "finding.dismissed",
+    /// `findings.reopen`.
+    FindingReopened = "finding.reopened",
+    /// `api_keys.issue` and the new key of `api_keys.rotate`: `{"name", "scopes", "project_id"}`.
+    ApiKeyIssued = "api_key.issued",
+    /// `api_keys.revoke` and the old key of `api_keys.rotate`: `{"reason"}`.
+    ApiKeyRevoked = "api_key.revoked",
+    /// `workers.issue_credential`: `{"name"}`.
+    WorkerCredentialIssued = "worker_credential.issued",
+    /// `workers.revoke_credential`.
+    WorkerCredentialRevoked = "worker_credential.revoked",
+    /// `artifacts.store_*`, when the object's row commits: `{"kind", "size_bytes"}`.
+    ArtifactStored = "artifact.stored",
+}
+
+/// One event to append: what happened to which subject.
+pub(crate) struct Audit {
+    pub action: Action,
+    pub project_id: Option<Uuid>,
+    pub subject: (&'static str, Uuid),
+    pub data: serde_json::Value,
+}
+
+impl Audit {
+    pub(crate) fn new(action: Action, subject: (&'static str, Uuid)) -> Self {
+        Self {
+            action,
+            project_id: None,
+            subject,
+            data: serde_json::Value::Object(serde_json::Map::new()),
+        }
+    }
+
+    pub(crate) fn project(mut self, project_id: Uuid) -> Self {
+        self.project_id = Some(project_id);
+        self
+    }
+
+    pub(crate) fn project_opt(mut self, project_id: Option<Uuid>) -> Self {
+        self.project_id = project_id;
+        self
+    }
+
+    pub(crate) fn data(mut self, data: serde_json::Value) -> Self {
+        self.data = data;
+        self
+    }
+}
+
+/// Columns of an appended event, in the order of [`record`]'s rows.
+const PER_EVENT: usize = 5;
+
+/// Appends `events` with `who` as their actor, in one multi-row statement on `db` (the
+/// method's own transaction). Nothing for an empty list.
+pub(crate) async fn record(
+    db: &impl ConnectionTrait,
+    who: &Principal,
+    events: Vec<Audit>,
+) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let (actor_type, actor_user_id, actor_api_key_id, actor_label) = who.actor();
+    let mut values: Vec<Value> = vec![
+        now().into(),
+        actor_type.as_str().into(),
+        actor_user_id.into(),
+        actor_api_key_id.into(),
+        actor_label.to_owned().into(),
+    ];
+    let shared = values.len();
+    let mut rows = Vec::with_capacity(events.len());
+    for (i, event) in events.into_iter().enumerate() {
+        let p = |k: usize| format!("${}", shared + i * PER_EVENT + k);
+        rows.push(format!(
+            "($1, {}, $2, $3, $4, $5, {}, {}, {}, {})",
+            p(1),
+            p(2),
+            p(3),
+            p(4),
+            p(5)
+        ));
+        values.extend([
+            event.project_id.into(),
+            event.action.as_str().into(),
+            event.subject.0.into(),
+            event.subject.1.into(),
+            event.data.into(),
+        ]);
+    }
+    db.execute_raw(statement(
+        db,
+        &format!(
+            "INSERT INTO events (created_at, project_id, actor_type, actor_user_id, \
+                                 actor_api_key_id, actor_label, action, subject_type, \
+                                 subject_id, data) VALUES {}",
+            rows.join(", ")
+        ),
+        values,
+    ))
+    .await?;
+    Ok(())
+}

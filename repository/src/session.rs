@@ -1,0 +1,241 @@
+//! Sessions and transactions: the repositories, scoped to a [`Principal`] and, inside a
+//! [`Transaction`], sharing one database transaction.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use vega_blobstore::BlobStore;
+
+use crate::db::{Conn, Db, Tx};
+use crate::{
+    ApiKeys, Artifacts, Events, Findings, Principal, Projects, Repositories, Result, Scans,
+    Snapshots, Usage, Users, Workers,
+};
+
+/// The work of [`Session::transaction`]: a boxed, `Send` future borrowing the transaction.
+pub type Work<'t, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 't>>;
+
+/// What every repository holds: where its statements go and who acts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Cx<'a> {
+    db: Conn<'a>,
+    pub who: &'a Principal,
+}
+
+impl<'a> Cx<'a> {
+    pub(crate) fn new(db: Conn<'a>, who: &'a Principal) -> Self {
+        Self { db, who }
+    }
+
+    /// The connection, for `statement`, `.one(...)` and `execute_raw`.
+    pub(crate) fn db(&self) -> &Conn<'a> {
+        &self.db
+    }
+}
+
+/// The accessors of the repositories whose work is rows, for a type with a `cx()`.
+macro_rules! row_repositories {
+    ($lt:lifetime) => {
+        /// Users.
+        pub fn users(&self) -> Users<$lt> {
+            Users { cx: self.cx() }
+        }
+
+        /// Projects and the project list.
+        pub fn projects(&self) -> Projects<$lt> {
+            Projects { cx: self.cx() }
+        }
+
+        /// Source repositories tracked by projects.
+        pub fn repositories(&self) -> Repositories<$lt> {
+            Repositories { cx: self.cx() }
+        }
+
+        /// Source snapshots.
+        pub fn snapshots(&self) -> Snapshots<$lt> {
+            Snapshots { cx: self.cx() }
+        }
+
+        /// Scans and the scan queue.
+        pub fn scans(&self) -> Scans<$lt> {
+            Scans { cx: self.cx() }
+        }
+
+        /// Findings.
+        pub fn findings(&self) -> Findings<$lt> {
+            Findings { cx: self.cx() }
+        }
+
+        /// The event log.
+        pub fn events(&self) -> Events<$lt> {
+            Events { cx: self.cx() }
+        }
+
+        /// API keys and the principals they authenticate.
+        pub fn api_keys(&self) -> ApiKeys<$lt> {
+            ApiKeys { cx: self.cx() }
+        }
+
+        /// Usage records.
+        pub fn usage(&self) -> Usage<$lt> {
+            Usage { cx: self.cx() }
+        }
+
+        /// Workers: their credentials and heartbeats.
+        pub fn workers(&self) -> Workers<$lt> {
+            Workers { cx: self.cx() }
+        }
+    };
+}
+
+/// The repositories as one principal sees them ([`crate::Store::session`]). Reads return
+/// only rows in the principal's reach; a row outside it is [`crate::Error::NotFound`], and
+/// writes check the same reach, in the same statement.
+///
+/// ```no_run
+/// # async fn demo(store: vega_repository::Store, token: &str) -> vega_repository::Result<()> {
+/// let Some(principal) = store.api_keys().authenticate(token).await? else { return Ok(()) };
+/// let session = store.session(&principal);
+/// let tx = session.begin().await?;
+/// let project = tx.projects().create(vega_repository::NewProject {
+///     owner_id: principal.user_id().expect("a user's key"),
+///     name: "Web".into(),
+///     slug: "web".into(),
+///     description: None,
+/// }).await?;
+/// tx.commit().await?; // `project.created` commits with the row, or neither does
+/// # let _ = project; Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Session<'s> {
+    db: &'s Db,
+    blobs: &'s BlobStore,
+    who: &'s Principal,
+}
+
+impl<'s> Session<'s> {
+    pub(crate) fn new(db: &'s Db, blobs: &'s BlobStore, who: &'s Principal) -> Self {
+        Self { db, blobs, who }
+    }
+
+    fn cx(&self) -> Cx<'s> {
+        Cx::new(Conn::Pool(self.db), self.who)
+    }
+
+    /// Who acts.
+    pub fn principal(&self) -> &'s Principal {
+        self.who
+    }
+
+    row_repositories!('s);
+
+    /// Stored objects: source archives, reports, event logs, debug bundles. Not offered inside
+    /// a [`Transaction`]: an upload cannot roll back, so the artifact protocol orders its own
+    /// rows and objects.
+    pub fn artifacts(&self) -> Artifacts<'s> {
+        Artifacts {
+            cx: self.cx(),
+            blobs: self.blobs,
+        }
+    }
+
+    /// Opens a transaction: the row repositories, scoped like this session, whose work commits
+    /// together at [`Transaction::commit`] or not at all (dropped, it rolls back).
+    pub async fn begin(&self) -> Result<Transaction<'s>> {
+        Ok(Transaction {
+            tx: self.db.begin().await?,
+            who: self.who,
+        })
+    }
+
+    /// Runs `work` in a transaction: committed when it returns `Ok`, rolled back when it
+    /// returns an error or panics. The work is boxed (as in sqlx's `Connection::transaction`)
+    /// so that the future stays `Send` for axum and `tokio::spawn`:
+    ///
+    /// ```no_run
+    /// # async fn demo(session: vega_repository::Session<'_>, new: vega_repository::NewProject)
+    /// # -> vega_repository::Result<()> {
+    /// let project = session
+    ///     .transaction(|tx| Box::pin(async move { tx.projects().create(new).await }))
+    ///     .await?;
+    /// # let _ = project; Ok(()) }
+    /// ```
+    pub async fn transaction<T, F>(&self, work: F) -> Result<T>
+    where
+        F: for<'t> FnOnce(&'t Transaction<'s>) -> Work<'t, T>,
+    {
+        let tx = self.begin().await?;
+        let value = work(&tx).await;
+        settle(tx, value).await
+    }
+}
+
+/// A transaction of a [`Session`]: the repositories whose work is rows, sharing one database
+/// transaction. A step that fails aborts it: [`Transaction::commit`] then rolls back and fails
+/// with [`crate::Error::Aborted`], on both engines. For a step that may fail without losing
+/// the rest, use a [`Transaction::savepoint`].
+#[derive(Debug)]
+pub struct Transaction<'s> {
+    tx: Tx,
+    who: &'s Principal,
+}
+
+impl<'s> Transaction<'s> {
+    fn cx(&self) -> Cx<'_> {
+        Cx::new(Conn::Tx(&self.tx), self.who)
+    }
+
+    /// Who acts.
+    pub fn principal(&self) -> &'s Principal {
+        self.who
+    }
+
+    row_repositories!('_);
+
+    /// A nested transaction (a `SAVEPOINT`): committing it keeps its work in this one; dropping
+    /// it, or its failure, rolls back to the savepoint only.
+    pub async fn savepoint(&self) -> Result<Transaction<'s>> {
+        Ok(Transaction {
+            tx: self.tx.savepoint().await?,
+            who: self.who,
+        })
+    }
+
+    /// Runs `work` in a savepoint: kept when it returns `Ok`, rolled back to the savepoint
+    /// (and only to it) when it fails.
+    pub async fn transaction<T, F>(&self, work: F) -> Result<T>
+    where
+        F: for<'t> FnOnce(&'t Transaction<'s>) -> Work<'t, T>,
+    {
+        let nested = self.savepoint().await?;
+        let value = work(&nested).await;
+        settle(nested, value).await
+    }
+
+    /// Commits (a savepoint: releases it into its parent).
+    pub async fn commit(self) -> Result<()> {
+        self.tx.commit().await
+    }
+
+    /// Rolls back now rather than on drop.
+    pub async fn rollback(self) -> Result<()> {
+        self.tx.rollback().await
+    }
+}
+
+async fn settle<T>(tx: Transaction<'_>, value: Result<T>) -> Result<T> {
+    match value {
+        Ok(value) => {
+            tx.commit().await?;
+            Ok(value)
+        }
+        Err(err) => {
+            // The work's error is the one to report; a failed rollback ends the connection,
+            // which rolls back too.
+            if let Err(rollback) = tx.rollback().await {
+                tracing::warn!(%rollback, "rollback after a failed transaction failed");
+            }
+            Err(err)
+        }
+    }
+}
