@@ -79,15 +79,8 @@ impl Findings<'_> {
     /// The finding with this id.
     #[instrument(name = "findings.get", skip(self))]
     pub async fn get(&self, id: Uuid) -> Result<findings::Model> {
-        let mut values = vec![id.into()];
-        let reach = and_reach(self.cx.who, Table::Findings, "f", &mut values);
-        findings::Entity::find()
-            .from_raw_sql(statement(
-                self.cx.db(),
-                &format!("SELECT f.* FROM findings f WHERE f.id = $1{reach}"),
-                values,
-            ))
-            .one(self.cx.db())
+        self.cx
+            .select_one::<findings::Entity>(Table::Findings, "x.id = $1", vec![id.into()])
             .await?
             .ok_or_else(|| Error::not_found("finding", id))
     }

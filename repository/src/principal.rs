@@ -251,6 +251,24 @@ pub(crate) enum Table {
     Usage,
 }
 
+impl Table {
+    /// Its name in SQL.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Table::Users => "users",
+            Table::ApiKeys => "api_keys",
+            Table::Projects => "projects",
+            Table::Repositories => "repositories",
+            Table::Snapshots => "snapshots",
+            Table::Scans => "scans",
+            Table::Findings => "findings",
+            Table::Artifacts => "artifacts",
+            Table::Events => "events",
+            Table::Usage => "usage_records",
+        }
+    }
+}
+
 /// `AND <reach>` for a statement that already has a `WHERE`, or nothing.
 pub(crate) fn and_reach(
     who: &Principal,

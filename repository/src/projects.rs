@@ -161,15 +161,8 @@ impl Projects<'_> {
     /// The project with this id.
     #[instrument(name = "projects.get", skip(self))]
     pub async fn get(&self, id: Uuid) -> Result<projects::Model> {
-        let mut values = vec![id.into()];
-        let reach = and_reach(self.cx.who, Table::Projects, "p", &mut values);
-        projects::Entity::find()
-            .from_raw_sql(statement(
-                self.cx.db(),
-                &format!("SELECT p.* FROM projects p WHERE p.id = $1{reach}"),
-                values,
-            ))
-            .one(self.cx.db())
+        self.cx
+            .select_one::<projects::Entity>(Table::Projects, "x.id = $1", vec![id.into()])
             .await?
             .ok_or_else(|| Error::not_found("project", id))
     }
@@ -177,18 +170,16 @@ impl Projects<'_> {
     /// The owner's project with this slug.
     #[instrument(name = "projects.get_by_slug", skip(self))]
     pub async fn get_by_slug(&self, owner_id: Uuid, slug: &str) -> Result<projects::Model> {
-        let mut values = vec![
+        let values = vec![
             owner_id.into(),
             validate::no_nul("slug", slug)?.to_owned().into(),
         ];
-        let reach = and_reach(self.cx.who, Table::Projects, "p", &mut values);
-        projects::Entity::find()
-            .from_raw_sql(statement(
-                self.cx.db(),
-                &format!("SELECT p.* FROM projects p WHERE p.owner_id = $1 AND p.slug = $2{reach}"),
+        self.cx
+            .select_one::<projects::Entity>(
+                Table::Projects,
+                "x.owner_id = $1 AND x.slug = $2",
                 values,
-            ))
-            .one(self.cx.db())
+            )
             .await?
             .ok_or_else(|| Error::not_found("project", format!("{owner_id}/{slug}")))
     }

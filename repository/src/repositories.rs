@@ -5,7 +5,7 @@ use uuid::Uuid;
 use vega_entity::{Provider, repositories};
 
 use crate::audit::{self, Action, Audit};
-use crate::principal::{Table, and_reach};
+use crate::principal::Table;
 use crate::session::Cx;
 use crate::sql::{now, statement};
 use crate::{Error, Result, validate};
@@ -108,7 +108,7 @@ impl Repositories<'_> {
     /// The repository with this id.
     #[instrument(name = "repositories.get", skip(self))]
     pub async fn get(&self, id: Uuid) -> Result<repositories::Model> {
-        self.select("r.id = $1", vec![id.into()])
+        self.select("x.id = $1", vec![id.into()])
             .await?
             .pop()
             .ok_or_else(|| Error::not_found("repository", id))
@@ -117,7 +117,7 @@ impl Repositories<'_> {
     /// The project's repositories, oldest first.
     #[instrument(name = "repositories.list_for_project", skip(self))]
     pub async fn list_for_project(&self, project_id: Uuid) -> Result<Vec<repositories::Model>> {
-        self.select("r.project_id = $1", vec![project_id.into()])
+        self.select("x.project_id = $1", vec![project_id.into()])
             .await
     }
 
@@ -131,27 +131,17 @@ impl Repositories<'_> {
     ) -> Result<Vec<repositories::Model>> {
         let provider_xid = validate::no_nul("provider_xid", provider_xid)?;
         self.select(
-            "r.provider = $1 AND r.provider_xid = $2 AND r.archived_at IS NULL",
+            "x.provider = $1 AND x.provider_xid = $2 AND x.archived_at IS NULL",
             vec![provider.as_str().into(), provider_xid.into()],
         )
         .await
     }
 
     /// The rows matching `filter` in reach, by id.
-    async fn select(
-        &self,
-        filter: &str,
-        mut values: Vec<Value>,
-    ) -> Result<Vec<repositories::Model>> {
-        let reach = and_reach(self.cx.who, Table::Repositories, "r", &mut values);
-        Ok(repositories::Entity::find()
-            .from_raw_sql(statement(
-                self.cx.db(),
-                &format!("SELECT r.* FROM repositories r WHERE {filter}{reach} ORDER BY r.id"),
-                values,
-            ))
-            .all(self.cx.db())
-            .await?)
+    async fn select(&self, filter: &str, values: Vec<Value>) -> Result<Vec<repositories::Model>> {
+        self.cx
+            .select::<repositories::Entity>(Table::Repositories, filter, values, "ORDER BY x.id")
+            .await
     }
 }
 

@@ -215,15 +215,8 @@ impl Scans<'_> {
     pub async fn get(&self, id: Uuid) -> Result<scans::Model> {
         // Fixed SQL rather than `find_by_id`: rendering the 35-column select cost ~7 µs a call
         // (BENCHMARKS.md), 6% of this lookup's latency, for text that never changes.
-        let mut values = vec![id.into()];
-        let reach = and_reach(self.cx.who, Table::Scans, "s", &mut values);
-        scans::Entity::find()
-            .from_raw_sql(statement(
-                self.cx.db(),
-                &format!("SELECT s.* FROM scans s WHERE s.id = $1{reach}"),
-                values,
-            ))
-            .one(self.cx.db())
+        self.cx
+            .select_one::<scans::Entity>(Table::Scans, "x.id = $1", vec![id.into()])
             .await?
             .ok_or_else(|| Error::not_found("scan", id))
     }
@@ -630,25 +623,17 @@ impl Scans<'_> {
     ) -> Result<Page<scans::Model, Uuid>> {
         let limit = page_size(limit)?;
         let mut values = vec![project_id.into()];
-        let cursor = match before {
+        let filter = match before {
             Some(before) => {
                 values.push(before.into());
-                " AND s.id < $2"
+                "x.project_id = $1 AND x.id < $2"
             }
-            None => "",
+            None => "x.project_id = $1",
         };
-        let reach = and_reach(self.cx.who, Table::Scans, "s", &mut values);
-        let rows = scans::Entity::find()
-            .from_raw_sql(statement(
-                self.cx.db(),
-                &format!(
-                    "SELECT s.* FROM scans s WHERE s.project_id = $1{cursor}{reach} \
-                      ORDER BY s.id DESC {}",
-                    limit_clause(limit + 1)
-                ),
-                values,
-            ))
-            .all(self.cx.db())
+        let tail = format!("ORDER BY x.id DESC {}", limit_clause(limit + 1));
+        let rows = self
+            .cx
+            .select::<scans::Entity>(Table::Scans, filter, values, &tail)
             .await?;
         Ok(Page::from_rows(rows, limit, |s: &scans::Model| s.id))
     }
@@ -677,19 +662,15 @@ impl Scans<'_> {
     #[instrument(name = "scans.held_by", skip(self))]
     pub async fn held_by(&self, worker_id: &str) -> Result<Vec<scans::Model>> {
         let worker_id = validate::text("worker_id", worker_id, 1, 200)?;
-        let mut values = vec![ScanStatus::Running.as_str().into(), worker_id.into()];
-        let reach = and_reach(self.cx.who, Table::Scans, "s", &mut values);
-        Ok(scans::Entity::find()
-            .from_raw_sql(statement(
-                self.cx.db(),
-                &format!(
-                    "SELECT s.* FROM scans s WHERE s.status = $1 AND s.claimed_by = $2{reach} \
-                      ORDER BY s.claimed_at"
-                ),
+        let values = vec![ScanStatus::Running.as_str().into(), worker_id.into()];
+        self.cx
+            .select::<scans::Entity>(
+                Table::Scans,
+                "x.status = $1 AND x.claimed_by = $2",
                 values,
-            ))
-            .all(self.cx.db())
-            .await?)
+                "ORDER BY x.claimed_at",
+            )
+            .await
     }
 }
 

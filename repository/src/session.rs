@@ -4,9 +4,12 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use sea_orm::{EntityTrait, Value};
 use vega_blobstore::BlobStore;
 
 use crate::db::{Conn, Db, Tx};
+use crate::principal::{Table, and_reach};
+use crate::sql::statement;
 use crate::{
     ApiKeys, Artifacts, Events, Findings, Principal, Projects, Repositories, Result, Scans,
     Snapshots, Usage, Users, Workers,
@@ -30,6 +33,36 @@ impl<'a> Cx<'a> {
     /// The connection, for `statement`, `.one(...)` and `execute_raw`.
     pub(crate) fn db(&self) -> &Conn<'a> {
         &self.db
+    }
+
+    /// The rows of `table` (aliased `x`) that match `filter` and are in the principal's reach,
+    /// followed by `tail` (`ORDER BY ...`, a limit): the one shape of every scoped read.
+    pub(crate) async fn select<E: EntityTrait>(
+        &self,
+        table: Table,
+        filter: &str,
+        mut values: Vec<Value>,
+        tail: &str,
+    ) -> Result<Vec<E::Model>> {
+        let reach = and_reach(self.who, table, "x", &mut values);
+        let sql = format!(
+            "SELECT x.* FROM {} x WHERE {filter}{reach} {tail}",
+            table.name()
+        );
+        Ok(E::find()
+            .from_raw_sql(statement(&self.db, &sql, values))
+            .all(&self.db)
+            .await?)
+    }
+
+    /// The one row of [`Cx::select`], if any.
+    pub(crate) async fn select_one<E: EntityTrait>(
+        &self,
+        table: Table,
+        filter: &str,
+        values: Vec<Value>,
+    ) -> Result<Option<E::Model>> {
+        Ok(self.select::<E>(table, filter, values, "").await?.pop())
     }
 }
 

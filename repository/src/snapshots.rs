@@ -146,22 +146,12 @@ impl Snapshots<'_> {
     }
 
     /// The newest snapshot in reach matching `filter`.
-    async fn first(
-        &self,
-        filter: &str,
-        mut values: Vec<Value>,
-    ) -> Result<Option<snapshots::Model>> {
-        let reach = and_reach(self.cx.who, Table::Snapshots, "x", &mut values);
-        Ok(snapshots::Entity::find()
-            .from_raw_sql(statement(
-                self.cx.db(),
-                &format!(
-                    "SELECT x.* FROM snapshots x WHERE {filter}{reach} ORDER BY x.id DESC {}",
-                    limit_clause(1)
-                ),
-                values,
-            ))
-            .one(self.cx.db())
-            .await?)
+    async fn first(&self, filter: &str, values: Vec<Value>) -> Result<Option<snapshots::Model>> {
+        let tail = format!("ORDER BY x.id DESC {}", limit_clause(1));
+        Ok(self
+            .cx
+            .select::<snapshots::Entity>(Table::Snapshots, filter, values, &tail)
+            .await?
+            .pop())
     }
 }

@@ -5,7 +5,7 @@ use uuid::Uuid;
 use vega_entity::{UserStatus, users};
 
 use crate::audit::{self, Action, Audit};
-use crate::principal::{Table, and_reach};
+use crate::principal::Table;
 use crate::session::Cx;
 use crate::sql::{now, statement};
 use crate::{Error, Principal, PrincipalKind, Result, validate};
@@ -78,15 +78,9 @@ impl Users<'_> {
     /// session cookie): [`Error::NotFound`] unless the user exists and is active. One query.
     #[instrument(name = "users.principal", skip(self))]
     pub async fn principal(&self, id: Uuid) -> Result<Principal> {
-        let mut values = vec![id.into(), UserStatus::Active.as_str().into()];
-        let reach = and_reach(self.cx.who, Table::Users, "x", &mut values);
-        let user = users::Entity::find()
-            .from_raw_sql(statement(
-                self.cx.db(),
-                &format!("SELECT x.* FROM users x WHERE x.id = $1 AND x.status = $2{reach}"),
-                values,
-            ))
-            .one(self.cx.db())
+        let values = vec![id.into(), UserStatus::Active.as_str().into()];
+        let user = self
+            .find("x.id = $1 AND x.status = $2", values)
             .await?
             .ok_or_else(|| Error::not_found("user", id))?;
         Ok(Principal::new(
@@ -126,15 +120,9 @@ impl Users<'_> {
         Ok(user)
     }
 
-    async fn find(&self, filter: &str, mut values: Vec<Value>) -> Result<Option<users::Model>> {
-        let reach = and_reach(self.cx.who, Table::Users, "x", &mut values);
-        Ok(users::Entity::find()
-            .from_raw_sql(statement(
-                self.cx.db(),
-                &format!("SELECT x.* FROM users x WHERE {filter}{reach}"),
-                values,
-            ))
-            .one(self.cx.db())
-            .await?)
+    async fn find(&self, filter: &str, values: Vec<Value>) -> Result<Option<users::Model>> {
+        self.cx
+            .select_one::<users::Entity>(Table::Users, filter, values)
+            .await
     }
 }

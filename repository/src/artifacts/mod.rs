@@ -9,23 +9,27 @@
 //!   `object_deletions` outbox in the same transaction; `purge` deletes the objects, then the
 //!   outbox rows, so it is safe to run twice or concurrently;
 //! - **audit**: committed rows whose object is missing or differs, and stale pending rows.
+//!
+//! This module is the protocol; `maintenance.rs` holds purge, gc and audit.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Value,
-};
+use sea_orm::{ConnectionTrait, EntityTrait};
 use tokio::io::AsyncRead;
 use tracing::instrument;
 use uuid::Uuid;
 use vega_blobstore::{BlobStore, ObjectKey, VerifiedReader};
-use vega_entity::{ArtifactKind, SnapshotStatus, artifacts, object_deletions};
+use vega_entity::{ArtifactKind, SnapshotStatus, artifacts};
 
 use crate::audit::{self, Action, Audit};
 use crate::principal::{Table, and_reach};
 use crate::session::Cx;
 use crate::sql::{now, statement};
 use crate::{Error, Result};
+
+mod maintenance;
+
+pub use maintenance::{AuditReport, GcOptions, GcReport};
 
 /// The kinds of object a scan owns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,56 +40,6 @@ pub enum ScanObject {
     EventLog,
     /// A debug bundle (a scan may have several).
     DebugBundle,
-}
-
-/// Options for [`Artifacts::gc`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GcOptions {
-    /// Only objects and pending rows older than this are touched: younger ones may belong to
-    /// an upload in progress.
-    pub grace: Duration,
-    /// Report what would be removed without removing it.
-    pub dry_run: bool,
-}
-
-/// What [`Artifacts::gc`] found (and, unless dry-run, removed).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct GcReport {
-    /// Objects listed.
-    pub scanned: u64,
-    /// Objects no row knows, older than the grace period.
-    pub orphans: u64,
-    /// Their bytes.
-    pub orphan_bytes: u64,
-    /// Pending rows older than the grace period (uploads that never committed).
-    pub stale_pending: u64,
-    /// Whether anything was removed.
-    pub removed: bool,
-}
-
-/// What [`Artifacts::audit`] found.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct AuditReport {
-    /// Committed rows checked.
-    pub checked: u64,
-    /// Keys of committed rows whose object is missing.
-    pub missing: Vec<String>,
-    /// Keys whose object's size differs from the row's.
-    pub size_mismatch: Vec<String>,
-    /// Keys whose object's SHA-256 differs from the row's (only with content verification).
-    pub sha256_mismatch: Vec<String>,
-    /// Keys of pending rows older than the grace period.
-    pub stale_pending: Vec<String>,
-}
-
-impl AuditReport {
-    /// True when nothing is wrong.
-    pub fn is_clean(&self) -> bool {
-        self.missing.is_empty()
-            && self.size_mismatch.is_empty()
-            && self.sha256_mismatch.is_empty()
-            && self.stale_pending.is_empty()
-    }
 }
 
 /// The `artifacts` table and the objects it registers.
@@ -113,15 +67,13 @@ impl Artifacts<'_> {
         if file_count.is_some_and(|n| n < 0) {
             return Err(Error::invalid("file_count", "must not be negative"));
         }
-        let mut values = vec![snapshot_id.into()];
-        let reach = and_reach(self.cx.who, Table::Snapshots, "x", &mut values);
-        let snapshot = vega_entity::snapshots::Entity::find()
-            .from_raw_sql(statement(
-                self.cx.db(),
-                &format!("SELECT x.* FROM snapshots x WHERE x.id = $1{reach}"),
-                values,
-            ))
-            .one(self.cx.db())
+        let snapshot = self
+            .cx
+            .select_one::<vega_entity::snapshots::Entity>(
+                Table::Snapshots,
+                "x.id = $1",
+                vec![snapshot_id.into()],
+            )
             .await?
             .ok_or_else(|| Error::not_found("snapshot", snapshot_id))?;
         if snapshot.status != SnapshotStatus::Pending.as_str() {
@@ -156,15 +108,13 @@ impl Artifacts<'_> {
         kind: ScanObject,
         source: impl AsyncRead + Unpin + Send,
     ) -> Result<artifacts::Model> {
-        let mut values = vec![scan_id.into()];
-        let reach = and_reach(self.cx.who, Table::Scans, "x", &mut values);
-        let scan = vega_entity::scans::Entity::find()
-            .from_raw_sql(statement(
-                self.cx.db(),
-                &format!("SELECT x.* FROM scans x WHERE x.id = $1{reach}"),
-                values,
-            ))
-            .one(self.cx.db())
+        let scan = self
+            .cx
+            .select_one::<vega_entity::scans::Entity>(
+                Table::Scans,
+                "x.id = $1",
+                vec![scan_id.into()],
+            )
             .await?
             .ok_or_else(|| Error::not_found("scan", scan_id))?;
         let id = Uuid::now_v7();
@@ -317,15 +267,8 @@ impl Artifacts<'_> {
     /// The artifact with this id.
     #[instrument(name = "artifacts.get", skip(self))]
     pub async fn get(&self, id: Uuid) -> Result<artifacts::Model> {
-        let mut values = vec![id.into()];
-        let reach = and_reach(self.cx.who, Table::Artifacts, "a", &mut values);
-        artifacts::Entity::find()
-            .from_raw_sql(statement(
-                self.cx.db(),
-                &format!("SELECT a.* FROM artifacts a WHERE a.id = $1{reach}"),
-                values,
-            ))
-            .one(self.cx.db())
+        self.cx
+            .select_one::<artifacts::Entity>(Table::Artifacts, "x.id = $1", vec![id.into()])
             .await?
             .ok_or_else(|| Error::not_found("artifact", id))
     }
@@ -365,212 +308,15 @@ impl Artifacts<'_> {
     /// The scan's artifacts (report, event log, debug bundles), oldest first.
     #[instrument(name = "artifacts.list_for_scan", skip(self))]
     pub async fn list_for_scan(&self, scan_id: Uuid) -> Result<Vec<artifacts::Model>> {
-        let mut values = vec![scan_id.into()];
-        let reach = and_reach(self.cx.who, Table::Artifacts, "a", &mut values);
-        Ok(artifacts::Entity::find()
-            .from_raw_sql(statement(
-                self.cx.db(),
-                &format!("SELECT a.* FROM artifacts a WHERE a.scan_id = $1{reach} ORDER BY a.id"),
-                values,
-            ))
-            .all(self.cx.db())
-            .await?)
+        self.cx
+            .select::<artifacts::Entity>(
+                Table::Artifacts,
+                "x.scan_id = $1",
+                vec![scan_id.into()],
+                "ORDER BY x.id",
+            )
+            .await
     }
-
-    /// Deletes the objects queued for deletion, then their outbox rows; returns how many. Safe
-    /// to run twice or from several processes: deleting a missing object succeeds.
-    #[instrument(name = "artifacts.purge", skip(self))]
-    pub async fn purge(&self) -> Result<u64> {
-        self.cx.who.require_system("purge objects")?;
-        let mut purged = 0;
-        loop {
-            let batch: Vec<String> = object_deletions::Entity::find()
-                .select_only()
-                .column(object_deletions::Column::ObjectKey)
-                .order_by_asc(object_deletions::Column::RequestedAt)
-                .limit(500)
-                .into_tuple()
-                .all(self.cx.db())
-                .await?;
-            if batch.is_empty() {
-                return Ok(purged);
-            }
-            for key in &batch {
-                self.blobs.delete(&ObjectKey::parse(key.as_str())?).await?;
-            }
-            let placeholders = (1..=batch.len())
-                .map(|i| format!("${i}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let values: Vec<Value> = batch.iter().map(|k| k.as_str().into()).collect();
-            self.cx
-                .db()
-                .execute_raw(statement(
-                    self.cx.db(),
-                    &format!("DELETE FROM object_deletions WHERE object_key IN ({placeholders})"),
-                    values,
-                ))
-                .await?;
-            purged += batch.len() as u64;
-        }
-    }
-
-    /// Removes what failed writes left behind: pending rows older than the grace period (and
-    /// their objects), and objects no row knows that are older than the grace period. Dry-run
-    /// by default in the CLI; `progress` is called with the number of objects listed so far.
-    #[instrument(name = "artifacts.gc", skip(self, progress))]
-    pub async fn gc(&self, options: GcOptions, mut progress: impl FnMut(u64)) -> Result<GcReport> {
-        self.cx.who.require_system("collect garbage")?;
-        let mut report = GcReport {
-            removed: !options.dry_run,
-            ..GcReport::default()
-        };
-        let cutoff = grace_cutoff(options.grace)?;
-        let stale = stale_pending(self.cx.db(), options.grace).await?;
-        report.stale_pending = stale.len() as u64;
-        if !options.dry_run {
-            for (id, key) in &stale {
-                self.blobs.delete(&ObjectKey::parse(key.as_str())?).await?;
-                self.cx
-                    .db()
-                    .execute_raw(statement(
-                        self.cx.db(),
-                        "DELETE FROM artifacts WHERE id = $1 AND state = 'pending'",
-                        [(*id).into()],
-                    ))
-                    .await?;
-            }
-        }
-        let mut page = None;
-        loop {
-            let listed = self.blobs.list("projects/", page).await?;
-            report.scanned += listed.objects.len() as u64;
-            let keys: Vec<&str> = listed.objects.iter().map(|o| o.key.as_str()).collect();
-            let known = known_keys(self.cx.db(), &keys).await?;
-            for object in &listed.objects {
-                let old = object.last_modified.is_none_or(|t| t < cutoff);
-                if old && !known.contains(&object.key) {
-                    report.orphans += 1;
-                    report.orphan_bytes += object.size;
-                    if !options.dry_run {
-                        tracing::info!(key = %object.key, size = object.size, "removing an object no row references");
-                        self.blobs
-                            .delete(&ObjectKey::parse(object.key.as_str())?)
-                            .await?;
-                    }
-                }
-            }
-            progress(report.scanned);
-            match listed.next {
-                Some(next) => page = Some(next),
-                None => return Ok(report),
-            }
-        }
-    }
-
-    /// Checks every committed artifact's object (existence and size; with `verify_content`,
-    /// also the SHA-256 by reading it) and lists pending rows older than `grace`.
-    #[instrument(name = "artifacts.audit", skip(self))]
-    pub async fn audit(&self, grace: Duration, verify_content: bool) -> Result<AuditReport> {
-        self.cx.who.require_system("audit objects")?;
-        let mut report = AuditReport::default();
-        let mut after = Uuid::nil();
-        loop {
-            let batch = artifacts::Entity::find()
-                .filter(artifacts::Column::State.eq("committed"))
-                .filter(artifacts::Column::Id.gt(after))
-                .order_by_asc(artifacts::Column::Id)
-                .limit(500)
-                .all(self.cx.db())
-                .await?;
-            let Some(last) = batch.last() else { break };
-            after = last.id;
-            for artifact in batch {
-                report.checked += 1;
-                let key = ObjectKey::parse(artifact.object_key.as_str())?;
-                let expected = artifact.size_bytes.and_then(|s| u64::try_from(s).ok());
-                match self.blobs.head(&key).await? {
-                    None => report.missing.push(artifact.object_key),
-                    Some(meta) if Some(meta.size) != expected => {
-                        report.size_mismatch.push(artifact.object_key)
-                    }
-                    Some(_) if verify_content => {
-                        let sha256 = artifact
-                            .sha256
-                            .as_deref()
-                            .and_then(|s| <[u8; 32]>::try_from(s).ok())
-                            .unwrap_or_default();
-                        let mut reader = self.blobs.get(&key, sha256, expected).await?;
-                        if tokio::io::copy(&mut reader, &mut tokio::io::sink())
-                            .await
-                            .is_err()
-                        {
-                            report.sha256_mismatch.push(artifact.object_key);
-                        }
-                    }
-                    Some(_) => {}
-                }
-            }
-        }
-        report.stale_pending = stale_pending(self.cx.db(), grace)
-            .await?
-            .into_iter()
-            .map(|(_, k)| k)
-            .collect();
-        Ok(report)
-    }
-}
-
-fn grace_cutoff(grace: Duration) -> Result<SystemTime> {
-    SystemTime::now()
-        .checked_sub(grace)
-        .ok_or_else(|| Error::invalid("grace", "is too long"))
-}
-
-async fn stale_pending(db: &impl ConnectionTrait, grace: Duration) -> Result<Vec<(Uuid, String)>> {
-    let cutoff = now()
-        - chrono::Duration::from_std(grace).map_err(|_| Error::invalid("grace", "is too long"))?;
-    Ok(artifacts::Entity::find()
-        .select_only()
-        .column(artifacts::Column::Id)
-        .column(artifacts::Column::ObjectKey)
-        .filter(artifacts::Column::State.eq("pending"))
-        .filter(artifacts::Column::CreatedAt.lt(cutoff))
-        .into_tuple()
-        .all(db)
-        .await?)
-}
-
-/// Which of `keys` a row (any state) or the deletion outbox knows.
-async fn known_keys(
-    db: &impl ConnectionTrait,
-    keys: &[&str],
-) -> Result<std::collections::HashSet<String>> {
-    let mut known = std::collections::HashSet::new();
-    for chunk in keys.chunks(500) {
-        if chunk.is_empty() {
-            continue;
-        }
-        let placeholders = (1..=chunk.len())
-            .map(|i| format!("${i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let values: Vec<Value> = chunk.iter().map(|k| (*k).into()).collect();
-        let rows = db
-            .query_all_raw(statement(
-                db,
-                &format!(
-                    "SELECT object_key FROM artifacts WHERE object_key IN ({placeholders}) \
-                     UNION SELECT object_key FROM object_deletions WHERE object_key IN ({placeholders})"
-                ),
-                values,
-            ))
-            .await?;
-        for row in rows {
-            known.insert(row.try_get::<String>("", "object_key")?);
-        }
-    }
-    Ok(known)
 }
 
 async fn enqueue_deletion(db: &impl ConnectionTrait, key: &str) -> Result<()> {
