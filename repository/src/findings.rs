@@ -124,7 +124,12 @@ impl Findings<'_> {
             None => ("", vec![]),
         };
         values.insert(0, project_id.into());
-        let reach = and_reach(self.cx.who, Table::Findings, "findings", &mut values);
+        let reach = self
+            .cx
+            .who
+            .project_reach(Table::Findings, "$1", &mut values)
+            .map(|reach| format!(" AND {reach}"))
+            .unwrap_or_default();
         let rows = findings::Entity::find()
             .from_raw_sql(statement(
                 self.cx.db(),

@@ -180,9 +180,6 @@ impl Principal {
             values.push(value);
             format!("${}", values.len())
         };
-        let running = |name: String| {
-            format!("SELECT project_id FROM scans WHERE status = 'running' AND claimed_by = {name}")
-        };
         Some(match (self.kind, table) {
             (PrincipalKind::System, _) => return None,
             (PrincipalKind::User { user_id }, Table::Projects) => {
@@ -200,40 +197,62 @@ impl Principal {
             (PrincipalKind::User { user_id }, Table::Events) => {
                 let user = bind(user_id.into());
                 format!(
-                    "({alias}.actor_user_id = {user} OR {alias}.project_id IN \
-                     (SELECT id FROM projects WHERE owner_id = {user}))"
+                    "({alias}.actor_user_id = {user} OR EXISTS (SELECT 1 FROM projects o \
+                      WHERE o.id = {alias}.project_id AND o.owner_id = {user}))"
                 )
             }
-            (PrincipalKind::User { user_id }, _) => format!(
-                "{alias}.project_id IN (SELECT id FROM projects WHERE owner_id = {})",
-                bind(user_id.into())
-            ),
             (PrincipalKind::ProjectKey { project_id, .. }, Table::Projects) => {
                 format!("{alias}.id = {}", bind(project_id.into()))
             }
             (PrincipalKind::ProjectKey { .. }, Table::Users | Table::ApiKeys) => "1 = 0".into(),
-            (PrincipalKind::ProjectKey { project_id, .. }, _) => {
-                format!("{alias}.project_id = {}", bind(project_id.into()))
-            }
             (PrincipalKind::Worker { .. }, Table::Scans) => format!(
                 "{alias}.status = 'running' AND {alias}.claimed_by = {}",
                 bind(self.label().into())
             ),
             (PrincipalKind::Worker { .. }, Table::Projects) => {
-                format!("{alias}.id IN ({})", running(bind(self.label().into())))
+                format!("{alias}.id IN ({})", running(&bind(self.label().into())))
             }
-            (
-                PrincipalKind::Worker { .. },
-                Table::Repositories | Table::Snapshots | Table::Artifacts,
-            ) => {
-                format!(
-                    "{alias}.project_id IN ({})",
-                    running(bind(self.label().into()))
-                )
-            }
-            (PrincipalKind::Worker { .. }, _) => "1 = 0".into(),
+            _ => return self.project_reach(table, &format!("{alias}.project_id"), values),
         })
     }
+
+    /// The reach over rows of `table` whose project is the SQL expression `project`: the
+    /// row's `x.project_id`, or a parameter when the statement fixes the project. With a
+    /// parameter the check is uncorrelated, one probe of one project row for the whole
+    /// statement; correlated, it is a semi-join on the row's project, still never a hash of
+    /// all an owner's projects.
+    pub(crate) fn project_reach(
+        &self,
+        table: Table,
+        project: &str,
+        values: &mut Vec<Value>,
+    ) -> Option<String> {
+        let mut bind = |value: Value| {
+            values.push(value);
+            format!("${}", values.len())
+        };
+        Some(match self.kind {
+            PrincipalKind::System => return None,
+            PrincipalKind::User { user_id } => format!(
+                "EXISTS (SELECT 1 FROM projects o WHERE o.id = {project} AND o.owner_id = {})",
+                bind(user_id.into())
+            ),
+            PrincipalKind::ProjectKey { project_id, .. } => {
+                format!("{project} = {}", bind(project_id.into()))
+            }
+            PrincipalKind::Worker { .. } => match table {
+                Table::Repositories | Table::Snapshots | Table::Artifacts => {
+                    format!("{project} IN ({})", running(&bind(self.label().into())))
+                }
+                _ => "1 = 0".into(),
+            },
+        })
+    }
+}
+
+/// The projects of the scans a worker runs under `name` (a bound parameter).
+fn running(name: &str) -> String {
+    format!("SELECT project_id FROM scans WHERE status = 'running' AND claimed_by = {name}")
 }
 
 /// The tables a reach predicate is written for.
