@@ -155,17 +155,26 @@ async fn repository_worker(store: Store, worker: String) -> Result<u64> {
     }
 }
 
-/// The same statements the repository runs, hand-written on a plain sqlx pool.
+/// The same statements the repository runs, hand-written on a plain sqlx pool, the audit
+/// events included (`scan.claimed` in the claim's statement, `scan.completed` in the
+/// completion's transaction), so both sides do the same work.
 async fn raw_worker(pool: PgPool, worker: String) -> Result<u64> {
     let mut done = 0;
     loop {
         let claimed: Option<(Uuid, Uuid, Uuid, i16)> = sqlx::query_as(
             "WITH next AS (SELECT id FROM scans WHERE status = 'queued' AND scheduled_at <= now() \
-                            ORDER BY priority, scheduled_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
-             UPDATE scans s SET status = 'running', attempt = s.attempt + 1, claimed_by = $1, claimed_at = now(), \
-                    heartbeat_at = now(), lease_expires_at = now() + interval '5 minutes', \
-                    started_at = COALESCE(s.started_at, now()), updated_at = now() \
-               FROM next WHERE s.id = next.id RETURNING s.id, s.project_id, s.repository_id, s.attempt",
+                            ORDER BY priority, scheduled_at, id LIMIT 1 FOR UPDATE SKIP LOCKED), \
+             claimed AS ( \
+               UPDATE scans s SET status = 'running', attempt = s.attempt + 1, claimed_by = $1, claimed_at = now(), \
+                      heartbeat_at = now(), lease_expires_at = now() + interval '5 minutes', \
+                      started_at = COALESCE(s.started_at, now()), updated_at = now() \
+                 FROM next WHERE s.id = next.id RETURNING s.id, s.project_id, s.repository_id, s.attempt), \
+             logged AS ( \
+               INSERT INTO events (created_at, project_id, actor_type, actor_label, action, subject_type, \
+                                   subject_id, data) \
+               SELECT now(), project_id, 'worker', $1, 'scan.claimed', 'scan', id, \
+                      jsonb_build_object('worker_id', $1::text, 'attempt', attempt) FROM claimed) \
+             SELECT * FROM claimed",
         )
         .bind(&worker)
         .fetch_optional(&pool)
@@ -209,6 +218,17 @@ async fn raw_worker(pool: PgPool, worker: String) -> Result<u64> {
             .bind(project)
             .execute(&mut *tx)
             .await?;
+        sqlx::query(
+            "INSERT INTO events (created_at, project_id, actor_type, actor_label, action, subject_type, \
+                                 subject_id, data) \
+             VALUES (now(), $1, 'worker', $2, 'scan.completed', 'scan', $3, $4)",
+        )
+        .bind(project)
+        .bind(&worker)
+        .bind(id)
+        .bind(serde_json::json!({ "findings_total": 0, "findings_new": 0, "findings_fixed": 0 }))
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         done += 1;
     }

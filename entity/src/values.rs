@@ -207,6 +207,16 @@ text_enum! {
 }
 
 text_enum! {
+    /// `artifacts.state`: the row/object protocol's two steps.
+    ArtifactState {
+        /// The row exists; the object is being uploaded (or the upload died).
+        Pending = "pending",
+        /// The object is stored and its size and SHA-256 recorded.
+        Committed = "committed",
+    }
+}
+
+text_enum! {
     /// `artifacts.kind`.
     ArtifactKind {
         /// A snapshot's source archive.

@@ -114,6 +114,30 @@ impl Audit {
     }
 }
 
+/// The columns of `events` a statement fills when it logs the rows it changes itself, with an
+/// `INSERT INTO events (EVENT_COLUMNS) SELECT created_at, project_id, <bind_actor>, subject
+/// type, subject id, data FROM <its RETURNING>`: Postgres' one-round-trip form of [`record`].
+pub(crate) const EVENT_COLUMNS: &str = "created_at, project_id, actor_type, actor_user_id, \
+     actor_api_key_id, actor_label, action, subject_type, subject_id, data";
+
+/// Binds `who`'s actor columns and `action` into `values` and returns their placeholders, for
+/// the middle of an [`EVENT_COLUMNS`] row.
+pub(crate) fn bind_actor(who: &Principal, action: Action, values: &mut Vec<Value>) -> String {
+    let (actor_type, actor_user_id, actor_api_key_id, actor_label) = who.actor();
+    let first = values.len() + 1;
+    values.extend([
+        actor_type.as_str().into(),
+        actor_user_id.into(),
+        actor_api_key_id.into(),
+        actor_label.to_owned().into(),
+        action.as_str().into(),
+    ]);
+    (first..first + 5)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Columns of an appended event, in the order of [`record`]'s rows.
 const PER_EVENT: usize = 5;
 

@@ -248,47 +248,59 @@ impl Scans<'_> {
         let now = now();
         let expires = now + lease_duration("lease_for", lease_for)?;
         let limit = limit_clause(limit.into());
-        let sql = if is_postgres(self.cx.db()) {
+        let mut values: Vec<Value> = vec![now.into(), worker_id.clone().into(), expires.into()];
+        let mut claimed = if is_postgres(self.cx.db()) {
             // The CTE is an optimisation fence: the planner cannot turn the LIMITed,
-            // SKIP LOCKED subquery into a join that locks more rows than it claims.
-            format!(
+            // SKIP LOCKED subquery into a join that locks more rows than it claims. The
+            // claim logs its own `scan.claimed` events: one statement, one round trip.
+            let actor = audit::bind_actor(self.cx.who, Action::ScanClaimed, &mut values);
+            let sql = format!(
                 "WITH next AS ( \
                      SELECT id FROM scans WHERE status = 'queued' AND scheduled_at <= $1 \
-                      ORDER BY priority, scheduled_at, id {limit} FOR UPDATE SKIP LOCKED) \
-                 UPDATE scans s SET status = 'running', attempt = s.attempt + 1, claimed_by = $2, \
-                        claimed_at = $1, heartbeat_at = $1, lease_expires_at = $3, \
-                        started_at = COALESCE(s.started_at, $1), updated_at = $1 \
-                   FROM next WHERE s.id = next.id RETURNING s.*"
-            )
+                      ORDER BY priority, scheduled_at, id {limit} FOR UPDATE SKIP LOCKED), \
+                 claimed AS ( \
+                   UPDATE scans s SET status = 'running', attempt = s.attempt + 1, claimed_by = $2, \
+                          claimed_at = $1, heartbeat_at = $1, lease_expires_at = $3, \
+                          started_at = COALESCE(s.started_at, $1), updated_at = $1 \
+                     FROM next WHERE s.id = next.id RETURNING s.*), \
+                 logged AS ( \
+                   INSERT INTO events ({columns}) \
+                   SELECT $1, c.project_id, {actor}, 'scan', c.id, \
+                          jsonb_build_object('worker_id', c.claimed_by, 'attempt', c.attempt) \
+                     FROM claimed c) \
+                 SELECT * FROM claimed",
+                columns = audit::EVENT_COLUMNS,
+            );
+            scans::Entity::find()
+                .from_raw_sql(statement(self.cx.db(), &sql, values))
+                .all(self.cx.db())
+                .await?
         } else {
-            format!(
+            let sql = format!(
                 "UPDATE scans SET status = 'running', attempt = attempt + 1, claimed_by = $2, \
                         claimed_at = $1, heartbeat_at = $1, lease_expires_at = $3, \
                         started_at = COALESCE(started_at, $1), updated_at = $1 \
                   WHERE id IN (SELECT id FROM scans WHERE status = 'queued' AND scheduled_at <= $1 \
                                 ORDER BY priority, scheduled_at, id {limit}) \
                  RETURNING *"
-            )
+            );
+            let unit = self.cx.db().unit().await?;
+            let claimed = scans::Entity::find()
+                .from_raw_sql(statement(&unit, &sql, values))
+                .all(&unit)
+                .await?;
+            let events = claimed
+                .iter()
+                .map(|scan| {
+                    Audit::new(Action::ScanClaimed, ("scan", scan.id))
+                        .project(scan.project_id)
+                        .data(json!({ "worker_id": worker_id, "attempt": scan.attempt }))
+                })
+                .collect();
+            audit::record(&unit, self.cx.who, events).await?;
+            unit.commit().await?;
+            claimed
         };
-        let unit = self.cx.db().unit().await?;
-        let mut claimed = scans::Entity::find()
-            .from_raw_sql(statement(
-                &unit,
-                &sql,
-                [now.into(), worker_id.clone().into(), expires.into()],
-            ))
-            .all(&unit)
-            .await?;
-        let events = claimed
-            .iter()
-            .map(|scan| {
-                Audit::new(Action::ScanClaimed, ("scan", scan.id))
-                    .project(scan.project_id)
-                    .data(json!({ "worker_id": worker_id, "attempt": scan.attempt }))
-            })
-            .collect();
-        audit::record(&unit, self.cx.who, events).await?;
-        unit.commit().await?;
         claimed.sort_by(|a, b| {
             (a.priority, a.scheduled_at, a.id).cmp(&(b.priority, b.scheduled_at, b.id))
         });
@@ -366,56 +378,87 @@ impl Scans<'_> {
         let scan = fence(&txn, lease).await?;
         let summary = ingest::ingest(&txn, &scan, prepared).await?;
         let now = now();
-        let completed = scans::Entity::find()
-            .from_raw_sql(statement(
-                &txn,
-                "UPDATE scans SET status = 'succeeded', finished_at = $1, lease_expires_at = NULL, \
-                        updated_at = $1, count_critical = $2, count_high = $3, count_medium = $4, \
-                        count_low = $5, count_info = $6, count_unknown = $7, findings_total = $8, \
-                        findings_new = $9, findings_fixed = $10 \
-                  WHERE id = $11 RETURNING *",
-                [
-                    now.into(),
-                    summary.counts.critical.into(),
-                    summary.counts.high.into(),
-                    summary.counts.medium.into(),
-                    summary.counts.low.into(),
-                    summary.counts.info.into(),
-                    summary.counts.unknown.into(),
-                    summary.total.into(),
-                    summary.new.into(),
-                    summary.fixed.into(),
-                    scan.id.into(),
-                ],
-            ))
-            .one(&txn)
-            .await?
-            .ok_or(Error::LeaseLost {
-                scan_id: lease.scan_id,
-            })?;
+        let mut values: Vec<Value> = vec![
+            now.into(),
+            summary.counts.critical.into(),
+            summary.counts.high.into(),
+            summary.counts.medium.into(),
+            summary.counts.low.into(),
+            summary.counts.info.into(),
+            summary.counts.unknown.into(),
+            summary.total.into(),
+            summary.new.into(),
+            summary.fixed.into(),
+            scan.id.into(),
+        ];
+        const SUCCEED: &str = "UPDATE scans SET status = 'succeeded', finished_at = $1, \
+                    lease_expires_at = NULL, updated_at = $1, count_critical = $2, \
+                    count_high = $3, count_medium = $4, count_low = $5, count_info = $6, \
+                    count_unknown = $7, findings_total = $8, findings_new = $9, \
+                    findings_fixed = $10 \
+              WHERE id = $11 RETURNING *";
         // UUIDv7 order is creation order: a late completion of an older scan does not replace
         // a newer one.
-        txn.execute_raw(statement(
-            &txn,
-            "UPDATE projects SET latest_scan_id = $1, updated_at = $2 \
-              WHERE id = $3 AND (latest_scan_id IS NULL OR latest_scan_id < $1)",
-            [scan.id.into(), now.into(), scan.project_id.into()],
-        ))
-        .await?;
-        audit::record(
-            &txn,
-            self.cx.who,
-            vec![
-                Audit::new(Action::ScanCompleted, ("scan", scan.id))
-                    .project(scan.project_id)
-                    .data(json!({
-                        "findings_total": summary.total,
-                        "findings_new": summary.new,
-                        "findings_fixed": summary.fixed,
-                    })),
-            ],
-        )
-        .await?;
+        const LATEST: &str = "UPDATE projects SET latest_scan_id = $1, updated_at = $2 \
+              WHERE id = $3 AND (latest_scan_id IS NULL OR latest_scan_id < $1)";
+        let completed = if is_postgres(&txn) {
+            // The scan, the project's pointer and the event in one statement: completions of
+            // one repository run one after another under its lock, so every round trip saved
+            // here is saved from the queue's serial section.
+            let actor = audit::bind_actor(self.cx.who, Action::ScanCompleted, &mut values);
+            let sql = format!(
+                "WITH done AS ({SUCCEED}), \
+                 latest AS ( \
+                   UPDATE projects p SET latest_scan_id = d.id, updated_at = $1 FROM done d \
+                    WHERE p.id = d.project_id \
+                      AND (p.latest_scan_id IS NULL OR p.latest_scan_id < d.id)), \
+                 logged AS ( \
+                   INSERT INTO events ({columns}) \
+                   SELECT $1, d.project_id, {actor}, 'scan', d.id, \
+                          jsonb_build_object('findings_total', d.findings_total, \
+                                             'findings_new', d.findings_new, \
+                                             'findings_fixed', d.findings_fixed) \
+                     FROM done d) \
+                 SELECT * FROM done",
+                columns = audit::EVENT_COLUMNS,
+            );
+            scans::Entity::find()
+                .from_raw_sql(statement(&txn, &sql, values))
+                .one(&txn)
+                .await?
+                .ok_or(Error::LeaseLost {
+                    scan_id: lease.scan_id,
+                })?
+        } else {
+            let completed = scans::Entity::find()
+                .from_raw_sql(statement(&txn, SUCCEED, values))
+                .one(&txn)
+                .await?
+                .ok_or(Error::LeaseLost {
+                    scan_id: lease.scan_id,
+                })?;
+            txn.execute_raw(statement(
+                &txn,
+                LATEST,
+                [scan.id.into(), now.into(), scan.project_id.into()],
+            ))
+            .await?;
+            audit::record(
+                &txn,
+                self.cx.who,
+                vec![
+                    Audit::new(Action::ScanCompleted, ("scan", scan.id))
+                        .project(scan.project_id)
+                        .data(json!({
+                            "findings_total": summary.total,
+                            "findings_new": summary.new,
+                            "findings_fixed": summary.fixed,
+                        })),
+                ],
+            )
+            .await?;
+            completed
+        };
         txn.commit().await?;
         Ok(completed)
     }

@@ -9,7 +9,7 @@ use sea_orm::{
 use tracing::instrument;
 use uuid::Uuid;
 use vega_blobstore::ObjectKey;
-use vega_entity::{artifacts, object_deletions};
+use vega_entity::{ArtifactState, artifacts, object_deletions};
 
 use super::Artifacts;
 use crate::sql::{now, statement};
@@ -166,7 +166,7 @@ impl Artifacts<'_> {
         let mut after = Uuid::nil();
         loop {
             let batch = artifacts::Entity::find()
-                .filter(artifacts::Column::State.eq("committed"))
+                .filter(artifacts::Column::State.eq(ArtifactState::Committed.as_str()))
                 .filter(artifacts::Column::Id.gt(after))
                 .order_by_asc(artifacts::Column::Id)
                 .limit(500)
@@ -223,7 +223,7 @@ async fn stale_pending(db: &impl ConnectionTrait, grace: Duration) -> Result<Vec
         .select_only()
         .column(artifacts::Column::Id)
         .column(artifacts::Column::ObjectKey)
-        .filter(artifacts::Column::State.eq("pending"))
+        .filter(artifacts::Column::State.eq(ArtifactState::Pending.as_str()))
         .filter(artifacts::Column::CreatedAt.lt(cutoff))
         .into_tuple()
         .all(db)
