@@ -1,12 +1,11 @@
 //! The read side of findings (the findings pages) and the triage transitions; ingestion is
 //! `ingest.rs`.
 
-use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Value};
+use sea_orm::{ConnectionTrait, EntityTrait, FromQueryResult, Value};
 use serde_json::json;
 use tracing::instrument;
 use uuid::Uuid;
-use vega_entity::{DismissReason, FindingStatus, Severity, finding_occurrences, findings};
+use vega_entity::{DismissReason, Severity, finding_occurrences, findings};
 
 use crate::audit::{self, Action, Audit};
 use crate::page::{Page, limit_clause, page_size};
@@ -89,17 +88,34 @@ impl Findings<'_> {
     /// index).
     #[instrument(name = "findings.open_counts", skip(self))]
     pub async fn open_counts(&self, project_id: Uuid) -> Result<SeverityCounts> {
-        let rows: Vec<(i16, i64)> = findings::Entity::find()
-            .select_only()
-            .column(findings::Column::Severity)
-            .column_as(findings::Column::Id.count(), "n")
-            .filter(findings::Column::ProjectId.eq(project_id))
-            .filter(findings::Column::Status.eq(FindingStatus::Open.as_str()))
-            .filter(self.reach("findings"))
-            .group_by(findings::Column::Severity)
-            .into_tuple()
-            .all(self.cx.db())
+        let mut values = vec![project_id.into()];
+        let reach = self
+            .cx
+            .who
+            .project_reach(Table::Findings, "$1", &mut values)
+            .map(|reach| format!(" AND {reach}"))
+            .unwrap_or_default();
+        let rows = self
+            .cx
+            .db()
+            .query_all_raw(statement(
+                self.cx.db(),
+                &format!(
+                    "SELECT severity, COUNT(*) AS n FROM findings \
+                      WHERE project_id = $1 AND status = 'open'{reach} GROUP BY severity"
+                ),
+                values,
+            ))
             .await?;
+        let rows = rows
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.try_get::<i16>("", "severity")?,
+                    row.try_get::<i64>("", "n")?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let mut counts = SeverityCounts::default();
         for (severity, n) in rows {
             counts.add(Severity::from_i16(severity).unwrap_or(Severity::Unknown), n);
@@ -159,27 +175,48 @@ impl Findings<'_> {
         limit: u64,
     ) -> Result<Page<ScanFinding, Uuid>> {
         let limit = page_size(limit)?;
-        let mut query = finding_occurrences::Entity::find()
-            .filter(finding_occurrences::Column::ScanId.eq(scan_id))
-            .filter(self.reach("finding_occurrences"));
-        if let Some(after) = after {
-            query = query.filter(finding_occurrences::Column::FindingId.gt(after));
-        }
-        let rows = query
-            .order_by_asc(finding_occurrences::Column::FindingId)
-            .limit(limit + 1)
-            .find_also_related(findings::Entity)
-            .all(self.cx.db())
+        let mut values = vec![scan_id.into()];
+        let cursor = match after {
+            Some(after) => {
+                values.push(after.into());
+                " AND o.finding_id > $2"
+            }
+            None => "",
+        };
+        let reach = and_reach(self.cx.who, Table::Findings, "o", &mut values);
+        // The finding's columns as they are, the occurrence's under `o_` names.
+        let sql = format!(
+            "SELECT f.*, o.severity AS o_severity, o.change AS o_change, \
+                    o.file_path AS o_file_path, o.start_line AS o_start_line, \
+                    o.end_line AS o_end_line \
+               FROM finding_occurrences o JOIN findings f ON f.id = o.finding_id \
+              WHERE o.scan_id = $1{cursor}{reach} ORDER BY o.finding_id {}",
+            limit_clause(limit + 1)
+        );
+        let rows = self
+            .cx
+            .db()
+            .query_all_raw(statement(self.cx.db(), &sql, values))
             .await?;
         let rows = rows
-            .into_iter()
-            .filter_map(|(occurrence, finding)| {
-                finding.map(|finding| ScanFinding {
-                    occurrence,
+            .iter()
+            .map(|row| {
+                let finding = findings::Model::from_query_result(row, "")?;
+                Ok(ScanFinding {
+                    occurrence: finding_occurrences::Model {
+                        scan_id,
+                        finding_id: finding.id,
+                        project_id: finding.project_id,
+                        severity: row.try_get("", "o_severity")?,
+                        change: row.try_get("", "o_change")?,
+                        file_path: row.try_get("", "o_file_path")?,
+                        start_line: row.try_get("", "o_start_line")?,
+                        end_line: row.try_get("", "o_end_line")?,
+                    },
                     finding,
                 })
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         Ok(Page::from_rows(rows, limit, |f: &ScanFinding| f.finding.id))
     }
 
@@ -270,16 +307,5 @@ impl Findings<'_> {
         .await?;
         unit.commit().await?;
         Ok(finding)
-    }
-
-    /// The reach over `table`'s rows as a query-builder condition.
-    fn reach(&self, table: &str) -> sea_orm::sea_query::Condition {
-        let mut values = Vec::new();
-        match self.cx.who.reach(Table::Findings, table, &mut values) {
-            Some(reach) => {
-                sea_orm::sea_query::Condition::all().add(Expr::cust_with_values(reach, values))
-            }
-            None => sea_orm::sea_query::Condition::all(),
-        }
     }
 }

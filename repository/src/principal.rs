@@ -197,8 +197,8 @@ impl Principal {
             (PrincipalKind::User { user_id }, Table::Events) => {
                 let user = bind(user_id.into());
                 format!(
-                    "({alias}.actor_user_id = {user} OR EXISTS (SELECT 1 FROM projects o \
-                      WHERE o.id = {alias}.project_id AND o.owner_id = {user}))"
+                    "({alias}.actor_user_id = {user} OR EXISTS (SELECT 1 FROM projects reach_p \
+                      WHERE reach_p.id = {alias}.project_id AND reach_p.owner_id = {user}))"
                 )
             }
             (PrincipalKind::ProjectKey { project_id, .. }, Table::Projects) => {
@@ -234,7 +234,7 @@ impl Principal {
         Some(match self.kind {
             PrincipalKind::System => return None,
             PrincipalKind::User { user_id } => format!(
-                "EXISTS (SELECT 1 FROM projects o WHERE o.id = {project} AND o.owner_id = {})",
+                "EXISTS (SELECT 1 FROM projects reach_p WHERE reach_p.id = {project} AND reach_p.owner_id = {})",
                 bind(user_id.into())
             ),
             PrincipalKind::ProjectKey { project_id, .. } => {

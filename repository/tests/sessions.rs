@@ -114,6 +114,14 @@ on_both_backends! {
             .unwrap();
         let (bob_key, _) = principal(&store, bob.id, None).await;
         let bob_key_id = bob_key.key_id().unwrap();
+        // Bob's history: a completed scan with a finding and a report, and a snapshot.
+        let done = store.scans().enqueue(NewScan::full(bob_repo.id, TriggerKind::Api, Some("main".into()))).await.unwrap();
+        let claim = store.scans().claim_next("sys", 1, LEASE).await.unwrap().into_iter().find(|c| c.scan.id == done.id || c.scan.id == bob_scan.id).unwrap();
+        store.scans().complete(&claim.lease, vec![common::finding("r", "a.py", Severity::High)]).await.unwrap();
+        let bob_scan = if claim.scan.id == bob_scan.id { done } else { bob_scan };
+        let bob_finding = store.findings().list_open(bob_web.id, None, 1).await.unwrap().items.pop().unwrap();
+        let report = store.artifacts().store_scan_object(claim.scan.id, ScanObject::Report, &b"{}"[..]).await.unwrap();
+        let bob_snapshot = store.snapshots().create(NewSnapshot { repository_id: bob_repo.id, commit_sha: None, ref_name: None }).await.unwrap();
 
         let (user, _) = principal(&store, ada.id, None).await;
         let (web_key, _) = principal(&store, ada.id, Some(ada_web.id)).await;
@@ -134,6 +142,19 @@ on_both_backends! {
             assert!(session.repositories().list_for_project(bob_web.id).await.unwrap().is_empty());
             not_found(session.snapshots().create(NewSnapshot { repository_id: bob_repo.id, commit_sha: None, ref_name: None }).await);
             not_found(session.api_keys().get(bob_key_id).await);
+            not_found(session.users().get(bob.id).await);
+            not_found(session.projects().get_by_slug(bob.id, "web").await);
+            not_found(session.findings().get(bob_finding.id).await);
+            assert!(session.findings().list_open(bob_web.id, None, 10).await.unwrap().items.is_empty());
+            assert_eq!(session.findings().open_counts(bob_web.id).await.unwrap().total(), 0);
+            assert!(session.findings().of_scan(claim.scan.id, None, 10).await.unwrap().items.is_empty());
+            not_found(session.snapshots().get(bob_snapshot.id).await);
+            not_found(session.artifacts().get(report.id).await);
+            assert!(matches!(session.artifacts().open(report.id).await, Err(Error::NotFound { .. })));
+            assert!(session.artifacts().list_for_scan(claim.scan.id).await.unwrap().is_empty());
+            assert!(session.api_keys().list_for_user(bob.id).await.unwrap().is_empty());
+            assert!(session.events().page(EventFeed::Actor(bob.id), None, 10).await.unwrap().items.is_empty());
+            assert!(session.events().page(EventFeed::Subject("scan".into(), claim.scan.id), None, 10).await.unwrap().items.is_empty());
         }
         for who in [&user, &web_key] {
             let session = store.session(who);
@@ -142,6 +163,11 @@ on_both_backends! {
             not_found(session.projects().delete(bob_web.id).await);
             not_found(session.scans().delete(bob_scan.id).await);
             not_found(session.api_keys().revoke(bob_key_id, RevokeReason::User).await);
+            not_found(session.api_keys().rotate(bob_key_id).await);
+            not_found(session.findings().dismiss(bob_finding.id, DismissReason::FalsePositive, None).await);
+            not_found(session.findings().reopen(bob_finding.id).await);
+            not_found(session.snapshots().delete(bob_snapshot.id).await);
+            not_found(session.api_keys().issue(NewApiKey { user_id: bob.id, project_id: None, name: "x".into(), scopes: vec![], expires_at: None }).await);
             assert!(matches!(session.scans().cancel(bob_scan.id).await, Err(Error::NotFound { .. })));
             let claim = session.scans().claim_next("w", 1, LEASE).await;
             assert!(matches!(claim, Err(Error::Forbidden { .. })), "{claim:?}");
@@ -160,6 +186,16 @@ on_both_backends! {
         let lost = store.session(&idle_worker).scans().complete(&forged, vec![]).await;
         assert!(matches!(lost, Err(Error::LeaseLost { .. })), "{lost:?}");
 
+        // Bob himself reaches all of it, through the same statements.
+        let own = store.session(&bob_key);
+        assert_eq!(own.findings().of_scan(claim.scan.id, None, 10).await.unwrap().items.len(), 1);
+        assert_eq!(own.findings().open_counts(bob_web.id).await.unwrap().high, 1);
+        assert_eq!(own.findings().list_open(bob_web.id, None, 10).await.unwrap().items.len(), 1);
+        assert_eq!(own.findings().get(bob_finding.id).await.unwrap().id, bob_finding.id);
+        assert_eq!(own.artifacts().list_for_scan(claim.scan.id).await.unwrap().len(), 1);
+        assert_eq!(own.snapshots().get(bob_snapshot.id).await.unwrap().id, bob_snapshot.id);
+        assert!(!own.events().page(EventFeed::Project(bob_web.id), None, 10).await.unwrap().items.is_empty());
+        assert_eq!(own.projects().list_for_owner(bob.id, None, 10).await.unwrap().items.len(), 1);
         assert_eq!(actions(&store).await.len(), events_before, "nothing out of reach wrote an event");
         assert_eq!((rows(&store, "projects").await, rows(&store, "scans").await), rows_before);
         assert_eq!(store.scans().get(bob_scan.id).await.unwrap().status, "queued");
