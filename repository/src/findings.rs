@@ -9,7 +9,7 @@ use vega_entity::{DismissReason, Severity, finding_occurrences, findings};
 
 use crate::audit::{self, Action, Audit};
 use crate::page::{Page, limit_clause, page_size};
-use crate::principal::{Table, and_reach};
+use crate::principal::{Table, and_project_reach, and_reach};
 use crate::session::Cx;
 use crate::sql::{now, statement};
 use crate::{Error, Result};
@@ -89,12 +89,7 @@ impl Findings<'_> {
     #[instrument(name = "findings.open_counts", skip(self))]
     pub async fn open_counts(&self, project_id: Uuid) -> Result<SeverityCounts> {
         let mut values = vec![project_id.into()];
-        let reach = self
-            .cx
-            .who
-            .project_reach(Table::Findings, "$1", &mut values)
-            .map(|reach| format!(" AND {reach}"))
-            .unwrap_or_default();
+        let reach = and_project_reach(self.cx.who, Table::Findings, "$1", &mut values);
         let rows = self
             .cx
             .db()
@@ -140,12 +135,7 @@ impl Findings<'_> {
             None => ("", vec![]),
         };
         values.insert(0, project_id.into());
-        let reach = self
-            .cx
-            .who
-            .project_reach(Table::Findings, "$1", &mut values)
-            .map(|reach| format!(" AND {reach}"))
-            .unwrap_or_default();
+        let reach = and_project_reach(self.cx.who, Table::Findings, "$1", &mut values);
         let rows = findings::Entity::find()
             .from_raw_sql(statement(
                 self.cx.db(),

@@ -288,6 +288,18 @@ impl Table {
     }
 }
 
+/// `AND <project reach>` (see [`Principal::project_reach`]), or nothing.
+pub(crate) fn and_project_reach(
+    who: &Principal,
+    table: Table,
+    project: &str,
+    values: &mut Vec<Value>,
+) -> String {
+    who.project_reach(table, project, values)
+        .map(|p| format!(" AND {p}"))
+        .unwrap_or_default()
+}
+
 /// `AND <reach>` for a statement that already has a `WHERE`, or nothing.
 pub(crate) fn and_reach(
     who: &Principal,

@@ -8,20 +8,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use vega_entity::{ArtifactState, FindingStatus, OccurrenceChange, ScanStatus, SnapshotStatus};
-
-fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            sources(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
 
 #[test]
 fn every_status_literal_in_sql_is_a_value_of_its_enum() {
@@ -33,11 +22,7 @@ fn every_status_literal_in_sql_is_a_value_of_its_enum() {
         .chain(ArtifactState::ALL.iter().map(|s| s.as_str()))
         .chain(OccurrenceChange::ALL.iter().map(|s| s.as_str()))
         .collect();
-    let mut files = Vec::new();
-    sources(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
-        &mut files,
-    );
+    let files = vega_tests::rust_sources(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
     let mut checked = 0;
     let mut unknown = Vec::new();
     for file in files {

@@ -192,6 +192,20 @@ macro_rules! on_both_backends {
     };
 }
 
+/// Every `.rs` file under `dir`, for tests that read the workspace's own sources.
+pub fn rust_sources(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read a source directory") {
+        let path = entry.expect("read a directory entry").path();
+        if path.is_dir() {
+            files.extend(rust_sources(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            files.push(path);
+        }
+    }
+    files
+}
+
 /// A filesystem blob store in a fresh temporary directory.
 pub fn scratch_blob_store() -> vega_blobstore::BlobStore {
     let dir = std::env::temp_dir().join(format!("vega-blobs-{}", uuid::Uuid::new_v4()));

@@ -76,17 +76,6 @@ impl<'ast> Visit<'ast> for Finder {
     }
 }
 
-fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            sources(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
-
 #[test]
 fn no_public_serialize_type_carries_a_secret() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
@@ -100,7 +89,7 @@ fn no_public_serialize_type_carries_a_secret() {
         "admin",
         "examples/axum-api",
     ] {
-        sources(&root.join(krate).join("src"), &mut files);
+        files.extend(vega_tests::rust_sources(&root.join(krate).join("src")));
     }
     let mut finder = Finder::default();
     for file in files {
