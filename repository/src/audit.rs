@@ -123,6 +123,14 @@ pub(crate) const EVENT_COLUMNS: &str = "created_at, project_id, actor_type, acto
 /// Binds `who`'s actor columns and `action` into `values` and returns their placeholders, for
 /// the middle of an [`EVENT_COLUMNS`] row.
 pub(crate) fn bind_actor(who: &Principal, action: Action, values: &mut Vec<Value>) -> String {
+    let actor = bind_actor_columns(who, values);
+    values.push(action.as_str().into());
+    format!("{actor}, ${}", values.len())
+}
+
+/// Binds `who`'s four actor columns (type, user, key, label) into `values` and returns their
+/// placeholders.
+pub(crate) fn bind_actor_columns(who: &Principal, values: &mut Vec<Value>) -> String {
     let (actor_type, actor_user_id, actor_api_key_id, actor_label) = who.actor();
     let first = values.len() + 1;
     values.extend([
@@ -130,9 +138,8 @@ pub(crate) fn bind_actor(who: &Principal, action: Action, values: &mut Vec<Value
         actor_user_id.into(),
         actor_api_key_id.into(),
         actor_label.to_owned().into(),
-        action.as_str().into(),
     ]);
-    (first..first + 5)
+    (first..first + 4)
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
         .join(", ")

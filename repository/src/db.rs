@@ -206,14 +206,8 @@ impl<'a> Conn<'a> {
     /// is dropped uncommitted (the method failed part-way and cannot undo what it wrote).
     pub(crate) async fn unit(self) -> Result<Unit<'a>> {
         Ok(match self {
-            Conn::Pool(db) => Unit {
-                own: Some(db.begin().await?),
-                joined: None,
-            },
-            Conn::Tx(tx) => Unit {
-                own: None,
-                joined: Some(tx),
-            },
+            Conn::Pool(db) => Unit::Own(db.begin().await?),
+            Conn::Tx(tx) => Unit::Joined(Joined { tx, armed: true }),
         })
     }
 
@@ -225,35 +219,44 @@ impl<'a> Conn<'a> {
 }
 
 /// A method's unit of work (see [`Conn::unit`]).
-pub(crate) struct Unit<'a> {
-    own: Option<Tx>,
-    joined: Option<&'a Tx>,
+pub(crate) enum Unit<'a> {
+    /// A transaction of the method's own.
+    Own(Tx),
+    /// The caller's transaction.
+    Joined(Joined<'a>),
+}
+
+/// A caller's transaction joined by a method: aborted if the method drops it uncommitted.
+pub(crate) struct Joined<'a> {
+    tx: &'a Tx,
+    armed: bool,
+}
+
+impl Drop for Joined<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.tx.abort();
+        }
+    }
 }
 
 impl Unit<'_> {
     fn tx(&self) -> &Tx {
-        match (&self.own, self.joined) {
-            (Some(own), _) => own,
-            (None, Some(joined)) => joined,
-            (None, None) => unreachable!("a unit holds a transaction until it is committed"),
+        match self {
+            Unit::Own(own) => own,
+            Unit::Joined(joined) => joined.tx,
         }
     }
 
     /// Ends the unit: commits a transaction of its own; inside a caller's, leaves the commit
     /// to the caller.
-    pub(crate) async fn commit(mut self) -> Result<()> {
-        self.joined = None;
-        match self.own.take() {
-            Some(own) => own.commit().await,
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for Unit<'_> {
-    fn drop(&mut self) {
-        if let Some(joined) = self.joined {
-            joined.abort();
+    pub(crate) async fn commit(self) -> Result<()> {
+        match self {
+            Unit::Own(own) => own.commit().await,
+            Unit::Joined(mut joined) => {
+                joined.armed = false;
+                Ok(())
+            }
         }
     }
 }

@@ -1,9 +1,10 @@
 use chrono::{DateTime, FixedOffset};
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, ConnectionTrait, EntityTrait, Value};
+use sea_orm::{EntityTrait, Value};
 use tracing::instrument;
 use uuid::Uuid;
 use vega_entity::events;
 
+use crate::audit;
 use crate::page::{Page, limit_clause, page_size};
 use crate::principal::{Table, and_reach};
 use crate::session::Cx;
@@ -73,48 +74,50 @@ impl Events<'_> {
             Some((kind, id)) => (Some(validate::text("subject", &kind, 1, 64)?), Some(id)),
             None => (None, None),
         };
-        if let Some(project_id) = input.project_id {
-            let mut values = vec![project_id.into()];
-            if let Some(reach) = self.cx.who.reach(Table::Projects, "p", &mut values) {
-                let found = self
-                    .cx
-                    .db()
-                    .query_one_raw(statement(
-                        self.cx.db(),
-                        &format!("SELECT 1 AS found FROM projects p WHERE p.id = $1 AND {reach}"),
-                        values,
-                    ))
-                    .await?;
-                if found.is_none() {
-                    return Err(Error::not_found("project", project_id));
-                }
-            }
-        }
-        let (actor_type, actor_user_id, actor_api_key_id, actor_label) = self.cx.who.actor();
-        let event = events::ActiveModel {
-            created_at: Set(now()),
-            project_id: Set(input.project_id),
-            actor_type: Set(actor_type.as_str().into()),
-            actor_user_id: Set(actor_user_id),
-            actor_api_key_id: Set(actor_api_key_id),
-            actor_label: Set(actor_label.to_owned()),
-            action: Set(action),
-            subject_type: Set(subject_type),
-            subject_id: Set(subject_id),
-            request_id: Set(validate::optional_text(
-                "request_id",
-                input.request_id.as_deref(),
-                128,
-            )?),
-            ip_address: Set(validate::optional_text(
-                "ip_address",
-                input.ip_address.as_deref(),
-                64,
-            )?),
-            data: Set(input.data),
-            ..Default::default()
+        let request_id = validate::optional_text("request_id", input.request_id.as_deref(), 128)?;
+        let ip_address = validate::optional_text("ip_address", input.ip_address.as_deref(), 64)?;
+        let mut values: Vec<Value> = vec![now().into(), input.project_id.into()];
+        let actor = audit::bind_actor_columns(self.cx.who, &mut values);
+        let n = values.len();
+        values.extend([
+            action.into(),
+            subject_type.into(),
+            subject_id.into(),
+            request_id.into(),
+            ip_address.into(),
+            input.data.into(),
+        ]);
+        // The project's reach in the insert's own statement: an event of a project out of
+        // reach inserts nothing.
+        let project = match input.project_id {
+            Some(_) => self
+                .cx
+                .who
+                .reach(Table::Projects, "p", &mut values)
+                .map(|reach| {
+                    format!(" WHERE EXISTS (SELECT 1 FROM projects p WHERE p.id = $2 AND {reach})")
+                })
+                .unwrap_or_default(),
+            None => String::new(),
         };
-        Ok(event.insert(self.cx.db()).await?)
+        let p = |k: usize| format!("${}", n + k);
+        let sql = format!(
+            "INSERT INTO events (created_at, project_id, actor_type, actor_user_id, \
+                                 actor_api_key_id, actor_label, action, subject_type, \
+                                 subject_id, request_id, ip_address, data) \
+             SELECT $1, $2, {actor}, {}, {}, {}, {}, {}, {}{project} RETURNING *",
+            p(1),
+            p(2),
+            p(3),
+            p(4),
+            p(5),
+            p(6)
+        );
+        events::Entity::find()
+            .from_raw_sql(statement(self.cx.db(), &sql, values))
+            .one(self.cx.db())
+            .await?
+            .ok_or_else(|| Error::not_found("project", input.project_id.unwrap_or_default()))
     }
 
     /// A page of a feed, newest first.

@@ -166,6 +166,8 @@ on_both_backends! {
             not_found(session.api_keys().rotate(bob_key_id).await);
             not_found(session.findings().dismiss(bob_finding.id, DismissReason::FalsePositive, None).await);
             not_found(session.findings().reopen(bob_finding.id).await);
+            let note = vega_repository::NewEvent { action: "note".into(), project_id: Some(bob_web.id), subject: None, request_id: None, ip_address: None, data: serde_json::json!({}) };
+            not_found(session.events().append(note).await);
             not_found(session.snapshots().delete(bob_snapshot.id).await);
             not_found(session.api_keys().issue(NewApiKey { user_id: bob.id, project_id: None, name: "x".into(), scopes: vec![], expires_at: None }).await);
             assert!(matches!(session.scans().cancel(bob_scan.id).await, Err(Error::NotFound { .. })));
@@ -186,8 +188,11 @@ on_both_backends! {
         let lost = store.session(&idle_worker).scans().complete(&forged, vec![]).await;
         assert!(matches!(lost, Err(Error::LeaseLost { .. })), "{lost:?}");
 
+        assert_eq!(actions(&store).await.len(), events_before, "nothing out of reach wrote an event");
         // Bob himself reaches all of it, through the same statements.
         let own = store.session(&bob_key);
+        let note = vega_repository::NewEvent { action: "note".into(), project_id: Some(bob_web.id), subject: None, request_id: None, ip_address: None, data: serde_json::json!({}) };
+        assert_eq!(own.events().append(note).await.unwrap().actor_label, bob_key.label());
         assert_eq!(own.findings().of_scan(claim.scan.id, None, 10).await.unwrap().items.len(), 1);
         assert_eq!(own.findings().open_counts(bob_web.id).await.unwrap().high, 1);
         assert_eq!(own.findings().list_open(bob_web.id, None, 10).await.unwrap().items.len(), 1);
@@ -196,7 +201,6 @@ on_both_backends! {
         assert_eq!(own.snapshots().get(bob_snapshot.id).await.unwrap().id, bob_snapshot.id);
         assert!(!own.events().page(EventFeed::Project(bob_web.id), None, 10).await.unwrap().items.is_empty());
         assert_eq!(own.projects().list_for_owner(bob.id, None, 10).await.unwrap().items.len(), 1);
-        assert_eq!(actions(&store).await.len(), events_before, "nothing out of reach wrote an event");
         assert_eq!((rows(&store, "projects").await, rows(&store, "scans").await), rows_before);
         assert_eq!(store.scans().get(bob_scan.id).await.unwrap().status, "queued");
     }
