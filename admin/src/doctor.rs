@@ -163,7 +163,7 @@ fn describe_blobs(blob: &vega_config::BlobSettings) -> String {
         vega_config::BlobSettings::Fs { root, root_source } => {
             format!("fs:{} ({root_source})", root.display())
         }
-        vega_config::BlobSettings::S3 { bucket, prefix } => match prefix {
+        vega_config::BlobSettings::S3 { bucket, prefix, .. } => match prefix {
             Some(prefix) => format!("s3://{bucket}/{prefix}"),
             None => format!("s3://{bucket}"),
         },
@@ -357,7 +357,7 @@ async fn probe(settings: &Settings) -> Result<String, String> {
         .map_err(|e| e.to_string())?;
     let body = format!("vega doctor probe {key}");
     let stored = store
-        .put_reader(&key, body.as_bytes())
+        .put_reader(&key, body.as_bytes(), "text/plain")
         .await
         .map_err(|e| format!("cannot write {key} to {where_}: {e}"))?;
     let read = async {

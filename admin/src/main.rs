@@ -3,9 +3,10 @@
 //!
 //! - `doctor`: the debugging checklist (settings, reachability, connection, migrations,
 //!   foreign-key indexes, blob store), one verdict per check; exit 1 when any fails;
-//! - `purge`: delete the objects of deleted projects, scans and snapshots;
-//! - `gc`: find objects no row knows and uploads that never committed, older than a grace
-//!   period; dry-run unless `--apply`;
+//! - `purge`: delete the objects of deleted projects, scans and snapshots (exit 3 when a
+//!   delete failed; it is retried by a later run);
+//! - `gc`: find objects no row knows, uploads that never committed and multipart uploads a
+//!   crash left, older than a grace period; dry-run unless `--apply`;
 //! - `audit`: committed rows whose object is missing or differs (exit 3 when any).
 
 use std::io::Write;
@@ -18,7 +19,7 @@ use tracing_subscriber::EnvFilter;
 mod doctor;
 use vega_repository::{GcOptions, Store};
 
-/// Exit code of `audit` when it finds problems.
+/// Exit code of `audit` when it finds problems, and of `purge` when a delete failed.
 const EXIT_FINDINGS: u8 = 3;
 
 #[derive(Parser)]
@@ -38,10 +39,12 @@ enum Command {
     /// every check passes.
     Doctor,
     /// Delete the objects queued by deletes of projects, scans and snapshots. Safe to run
-    /// repeatedly and concurrently.
+    /// repeatedly and concurrently: runs split the work. A failed delete is reported and
+    /// retried by a later run after a backoff.
     Purge,
-    /// Remove objects no row references and uploads that never committed, older than the
-    /// grace period. Prints what it would remove unless --apply is given.
+    /// Remove objects no row references, uploads that never committed and multipart uploads
+    /// never completed, older than the grace period. Prints what it would remove unless
+    /// --apply is given.
     Gc {
         /// Leave anything younger than this alone: it may be an upload in progress.
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
@@ -91,11 +94,22 @@ async fn run(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
     match cli.command {
         Command::Doctor => unreachable!("handled before connecting"),
         Command::Purge => {
-            let purged = artifacts.purge().await?;
-            print(cli.json, &serde_json::json!({ "purged": purged }), || {
-                format!("purged {purged} objects")
+            let report = artifacts.purge().await?;
+            print(cli.json, &report, || {
+                let mut lines = vec![format!("purged {} objects", report.deleted)];
+                lines.extend(report.failed.iter().map(|f| {
+                    format!(
+                        "  failed ({} attempts, retried after {}): {}: {}",
+                        f.attempts, f.retry_after, f.object_key, f.error
+                    )
+                }));
+                lines.join("\n")
             });
-            Ok(0)
+            Ok(if report.failed.is_empty() {
+                0
+            } else {
+                EXIT_FINDINGS
+            })
         }
         Command::Gc { grace, apply } => {
             let report = artifacts
@@ -118,8 +132,13 @@ async fn run(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
                     "would remove (dry run; --apply to remove)"
                 };
                 format!(
-                    "listed {} objects; {verb} {} orphaned objects ({} bytes) and {} stale pending uploads",
-                    report.scanned, report.orphans, report.orphan_bytes, report.stale_pending
+                    "listed {} objects; {verb} {} orphaned objects ({} bytes), {} stale pending \
+                     uploads and {} incomplete multipart uploads",
+                    report.scanned,
+                    report.orphans,
+                    report.orphan_bytes,
+                    report.stale_pending,
+                    report.incomplete_uploads
                 )
             });
             Ok(0)
@@ -136,6 +155,7 @@ async fn run(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
                     ("wrong size", &report.size_mismatch),
                     ("wrong sha256", &report.sha256_mismatch),
                     ("stale pending", &report.stale_pending),
+                    ("incomplete multipart upload", &report.incomplete_uploads),
                 ] {
                     lines.extend(keys.iter().map(|k| format!("  {label}: {k}")));
                 }

@@ -268,7 +268,9 @@ async fn put_get(
     key: &ObjectKey,
 ) -> Result<(Duration, Duration)> {
     let started = Instant::now();
-    let stored = store.put_file(key, source).await?;
+    let stored = store
+        .put_file(key, source, "application/octet-stream")
+        .await?;
     let put = started.elapsed();
     let started = Instant::now();
     let mut reader = store.get(key, stored.sha256, Some(stored.size)).await?;

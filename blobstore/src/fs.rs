@@ -71,9 +71,10 @@ impl FsStore {
                 .create_new(true)
                 .open(temp)
                 .await?;
-            let stored = crate::copy_hashing(&mut reader, &mut file).await?;
+            let hashed =
+                crate::copy_hashing(&mut reader, &mut file, crate::Hashing::default()).await?;
             file.sync_all().await?;
-            Ok(stored)
+            Ok(hashed.stored)
         })
         .await
     }
@@ -90,9 +91,9 @@ impl FsStore {
         self.put_via_temp(key, async |temp| {
             tokio::fs::copy(source, temp).await?;
             let sync = async { tokio::fs::File::open(temp).await?.sync_all().await };
-            let (stored, synced) = tokio::join!(crate::hash_file(temp), sync);
+            let (hashed, synced) = tokio::join!(crate::hash_file(temp, 0), sync);
             synced?;
-            stored
+            Ok(hashed?.stored)
         })
         .await
     }

@@ -1,9 +1,16 @@
 //! Object storage for Vega: one [`BlobStore`] over two backends, chosen by configuration.
 //!
 //! - **S3** ([`BlobStore::s3`]), through aws-sdk-s3 and aws-config's default credential chain.
-//!   Uploads send their SHA-256 so S3 verifies them on arrival; objects above a threshold go up
-//!   in parts read from file slices (memory stays bounded whatever the size), and a failed
-//!   multipart upload is aborted.
+//!   Every call is bounded ([`vega_config::S3Timeouts`]); a call that gets no answer in time is
+//!   [`BlobError::Timeout`], naming the endpoint and the setting. Uploads carry their
+//!   Content-Type and their SHA-256 (`x-amz-meta-sha256`, for whoever downloads through a
+//!   presigned URL), and send SHA-256 checksums S3 verifies on arrival: the object's for a
+//!   single PUT, each part's for a multipart upload. Objects above a threshold go up in parts
+//!   read from file slices (memory stays bounded whatever the size); a failed multipart upload
+//!   is aborted, and one a crash left behind is listed by [`BlobStore::list_uploads`] for `gc`.
+//!   Streams are spooled in a directory the store owns; a spool file is removed on every path
+//!   out of the put (success, error, cancellation), and one a killed process left is removed
+//!   when the next store opens the directory.
 //! - **Local filesystem** ([`BlobStore::filesystem`]), the embedded default: writes go to a
 //!   hidden temporary sibling, are synced, then linked into place, so a reader never sees half
 //!   an object; keys are validated and resolved paths must stay under the root.
@@ -16,9 +23,10 @@
 mod fs;
 mod key;
 mod s3;
+mod spool;
 mod verify;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use tokio::io::AsyncRead;
@@ -26,7 +34,11 @@ use vega_config::BlobSettings;
 
 pub use key::ObjectKey;
 pub use s3::S3Options;
+pub use vega_config::S3Timeouts;
 pub use verify::VerifiedReader;
+
+/// The longest a presigned URL may live: S3's own limit.
+pub const MAX_PRESIGN_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// What went wrong with an object.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +77,34 @@ pub enum BlobError {
         /// How many bytes were read.
         size: u64,
     },
+    /// An S3 call got no answer within its bound: the endpoint is down, unreachable or
+    /// overloaded, or the bound is too tight for the link.
+    #[error(
+        "S3 {operation} at {endpoint} timed out ({setting}={}, {attempts} attempt(s)): check \
+         that the endpoint answers from here, or raise {setting}",
+        humantime::format_duration(*after)
+    )]
+    Timeout {
+        /// The S3 operation.
+        operation: &'static str,
+        /// Where the call went (`AWS_ENDPOINT_URL`, or the region's AWS endpoint).
+        endpoint: String,
+        /// The setting whose bound ran out (`VEGA_S3_READ_TIMEOUT`, ...).
+        setting: &'static str,
+        /// Its value.
+        after: Duration,
+        /// Attempts allowed per call (`VEGA_S3_MAX_ATTEMPTS`).
+        attempts: u32,
+    },
+    /// A presigned URL's expiry outside (0 s, 7 days].
+    #[error(
+        "a presigned URL must expire after more than 0 s and at most 7 days (S3's limit), not {}",
+        humantime::format_duration(*expires)
+    )]
+    InvalidExpiry {
+        /// The expiry asked for.
+        expires: Duration,
+    },
     /// The backend cannot do this (presigned URLs on the filesystem).
     #[error("{0} is not supported by the {1} blob store")]
     Unsupported(&'static str, &'static str),
@@ -79,6 +119,17 @@ pub enum BlobError {
         /// The SDK's error, with its context.
         message: String,
     },
+}
+
+impl BlobError {
+    /// True when the same call may succeed later: the network, the disk or the server failed
+    /// for a passing reason.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            BlobError::Io(_) | BlobError::S3 { .. } | BlobError::Timeout { .. }
+        )
+    }
 }
 
 /// What a put stored.
@@ -110,6 +161,34 @@ pub struct ListPage {
     pub next: Option<String>,
 }
 
+/// A multipart upload that was started and neither completed nor aborted: what a crash or a
+/// failed abort leaves behind, invisible to object listings but billed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingUpload {
+    /// The key it would create (without the deployment prefix).
+    pub key: String,
+    /// S3's id for it.
+    pub upload_id: String,
+    /// When it was started.
+    pub initiated: Option<SystemTime>,
+}
+
+/// Where [`BlobStore::list_uploads`] resumes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadMarker {
+    key: String,
+    upload_id: String,
+}
+
+/// One page of pending multipart uploads, in key order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UploadPage {
+    /// The uploads.
+    pub uploads: Vec<PendingUpload>,
+    /// Pass to [`BlobStore::list_uploads`] for the next page; `None` at the end.
+    pub next: Option<UploadMarker>,
+}
+
 /// Large-object storage over S3 or a local directory. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct BlobStore {
@@ -128,14 +207,19 @@ impl BlobStore {
     pub async fn from_settings(settings: &BlobSettings) -> Result<Self, BlobError> {
         match settings {
             BlobSettings::Fs { root, .. } => Self::filesystem(root),
-            BlobSettings::S3 { bucket, prefix } => {
+            BlobSettings::S3 {
+                bucket,
+                prefix,
+                timeouts,
+                spool_dir,
+            } => {
                 let client = s3::client_from_environment().await;
-                Ok(Self::s3(
-                    client,
-                    bucket,
-                    prefix.clone(),
-                    S3Options::default(),
-                ))
+                let options = S3Options {
+                    timeouts: *timeouts,
+                    spool_dir: spool_dir.clone(),
+                    ..S3Options::default()
+                };
+                Self::s3(client, bucket, prefix.clone(), options)
             }
         }
     }
@@ -148,16 +232,19 @@ impl BlobStore {
         })
     }
 
-    /// A store in an S3 bucket, with an optional key prefix shared by every object.
+    /// A store in an S3 bucket, with an optional key prefix shared by every object. The
+    /// client's timeouts and retries are replaced by `options.timeouts`, so every call is
+    /// bounded however the client was built. Spool files a killed process left in
+    /// `options.spool_dir` are removed.
     pub fn s3(
         client: aws_sdk_s3::Client,
         bucket: impl Into<String>,
         prefix: Option<String>,
         options: S3Options,
-    ) -> Self {
-        Self {
-            backend: Backend::S3(s3::S3Store::new(client, bucket.into(), prefix, options)),
-        }
+    ) -> Result<Self, BlobError> {
+        Ok(Self {
+            backend: Backend::S3(s3::S3Store::new(client, bucket.into(), prefix, options)?),
+        })
     }
 
     /// Where objects go, for logs: `fs:/path` or `s3://bucket/prefix`.
@@ -168,25 +255,32 @@ impl BlobStore {
         }
     }
 
-    /// Stores a file under `key`, create-only, returning its size and SHA-256.
-    pub async fn put_file(&self, key: &ObjectKey, path: &Path) -> Result<Stored, BlobError> {
+    /// Stores a file under `key`, create-only, returning its size and SHA-256. S3 serves it
+    /// with `content_type`.
+    pub async fn put_file(
+        &self,
+        key: &ObjectKey,
+        path: &Path,
+        content_type: &str,
+    ) -> Result<Stored, BlobError> {
         match &self.backend {
             Backend::Fs(fs) => fs.put_file(key, path).await,
-            Backend::S3(s3) => s3.put_file(key, path).await,
+            Backend::S3(s3) => s3.put_file(key, path, content_type).await,
         }
     }
 
     /// Stores everything `reader` yields under `key`, create-only. For S3 the stream is first
-    /// spooled to a temporary file (S3 needs the length and checksum before the body), so
-    /// memory stays bounded.
+    /// spooled to a file (S3 needs the length and checksums before the body), so memory stays
+    /// bounded; S3 serves the object with `content_type`.
     pub async fn put_reader(
         &self,
         key: &ObjectKey,
         reader: impl AsyncRead + Unpin + Send,
+        content_type: &str,
     ) -> Result<Stored, BlobError> {
         match &self.backend {
             Backend::Fs(fs) => fs.put_reader(key, reader).await,
-            Backend::S3(s3) => s3.put_reader(key, reader).await,
+            Backend::S3(s3) => s3.put_reader(key, reader, content_type).await,
         }
     }
 
@@ -229,12 +323,37 @@ impl BlobStore {
         }
     }
 
-    /// A URL that downloads the object without credentials until it expires (at most 7 days).
+    /// Multipart uploads under `prefix` that were started and never completed or aborted, up
+    /// to 1,000 per page, after `page`. The filesystem has none (its interrupted writes are
+    /// swept when it opens).
+    pub async fn list_uploads(
+        &self,
+        prefix: &str,
+        page: Option<UploadMarker>,
+    ) -> Result<UploadPage, BlobError> {
+        match &self.backend {
+            Backend::Fs(_) => Ok(UploadPage::default()),
+            Backend::S3(s3) => s3.list_uploads(prefix, page).await,
+        }
+    }
+
+    /// Aborts a pending multipart upload, freeing its parts; aborting one that is gone succeeds.
+    pub async fn abort_upload(&self, upload: &PendingUpload) -> Result<(), BlobError> {
+        match &self.backend {
+            Backend::Fs(_) => Ok(()),
+            Backend::S3(s3) => s3.abort_upload(upload).await,
+        }
+    }
+
+    /// A URL that downloads the object without credentials until it expires, which must be
+    /// in (0 s, 7 days]. Where the key ends in a file name, the download is offered under it
+    /// (`Content-Disposition: attachment`).
     pub async fn presign_get(
         &self,
         key: &ObjectKey,
         expires: Duration,
     ) -> Result<String, BlobError> {
+        check_expiry(expires)?;
         match &self.backend {
             Backend::Fs(_) => Err(BlobError::Unsupported("presigned URLs", "fs")),
             Backend::S3(s3) => s3.presign_get(key, expires).await,
@@ -249,6 +368,7 @@ impl BlobStore {
         sha256: [u8; 32],
         expires: Duration,
     ) -> Result<(String, Vec<(String, String)>), BlobError> {
+        check_expiry(expires)?;
         match &self.backend {
             Backend::Fs(_) => Err(BlobError::Unsupported("presigned URLs", "fs")),
             Backend::S3(s3) => s3.presign_put(key, sha256, expires).await,
@@ -256,37 +376,87 @@ impl BlobStore {
     }
 }
 
-/// Size and SHA-256 of the bytes fed to it: the one place stored bytes are hashed.
+/// Presigned URLs live in (0 s, 7 days].
+fn check_expiry(expires: Duration) -> Result<(), BlobError> {
+    if expires.is_zero() || expires > MAX_PRESIGN_EXPIRY {
+        return Err(BlobError::InvalidExpiry { expires });
+    }
+    Ok(())
+}
+
+/// Size and SHA-256 of the bytes fed to it, and the SHA-256 of each `part_size` slice when
+/// that is not zero: the one place stored bytes are hashed, in one pass.
 #[derive(Default)]
-struct Hashing {
+pub(crate) struct Hashing {
     hasher: sha2::Sha256,
     size: u64,
+    part_size: u64,
+    part: sha2::Sha256,
+    parts: Vec<[u8; 32]>,
+}
+
+/// What a hashing pass saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Hashed {
+    pub(crate) stored: Stored,
+    /// The part size the part digests were taken at (0: none were).
+    pub(crate) part_size: u64,
+    pub(crate) parts: Vec<[u8; 32]>,
 }
 
 impl Hashing {
-    fn update(&mut self, bytes: &[u8]) {
-        use sha2::Digest;
-        self.hasher.update(bytes);
-        self.size += bytes.len() as u64;
+    pub(crate) fn with_parts(part_size: u64) -> Self {
+        Self {
+            part_size,
+            ..Self::default()
+        }
     }
 
-    fn finish(self) -> Stored {
+    fn update(&mut self, mut bytes: &[u8]) {
         use sha2::Digest;
-        Stored {
-            size: self.size,
-            sha256: self.hasher.finalize().into(),
+        self.hasher.update(bytes);
+        if self.part_size == 0 {
+            self.size += bytes.len() as u64;
+            return;
+        }
+        while !bytes.is_empty() {
+            let room = self.part_size - self.size % self.part_size;
+            let n = bytes.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+            self.part.update(&bytes[..n]);
+            self.size += n as u64;
+            bytes = &bytes[n..];
+            if self.size.is_multiple_of(self.part_size) {
+                self.parts
+                    .push(std::mem::take(&mut self.part).finalize().into());
+            }
+        }
+    }
+
+    fn finish(mut self) -> Hashed {
+        use sha2::Digest;
+        if self.part_size != 0 && !self.size.is_multiple_of(self.part_size) {
+            self.parts.push(self.part.finalize().into());
+        }
+        Hashed {
+            stored: Stored {
+                size: self.size,
+                sha256: self.hasher.finalize().into(),
+            },
+            part_size: self.part_size,
+            parts: self.parts,
         }
     }
 }
 
-/// The size and SHA-256 of a file, read on the blocking pool with plain `std::fs` reads (a
-/// `tokio::fs` read is a thread hop per buffer).
-pub(crate) async fn hash_file(path: &Path) -> Result<Stored, BlobError> {
+/// The size and SHA-256 of a file (and of its `part_size` slices, when not zero), read on
+/// the blocking pool with plain `std::fs` reads (a `tokio::fs` read is a thread hop per
+/// buffer).
+pub(crate) async fn hash_file(path: &Path, part_size: u64) -> Result<Hashed, BlobError> {
     use std::io::Read;
     let path = path.to_owned();
     tokio::task::spawn_blocking(move || {
         let mut file = std::fs::File::open(&path)?;
-        let mut hashing = Hashing::default();
+        let mut hashing = Hashing::with_parts(part_size);
         let mut buf = vec![0u8; 1024 * 1024];
         loop {
             match file.read(&mut buf)? {
@@ -299,13 +469,13 @@ pub(crate) async fn hash_file(path: &Path) -> Result<Stored, BlobError> {
     .map_err(|e| BlobError::Io(std::io::Error::other(e)))?
 }
 
-/// Copies `reader` into `writer`, returning the size and SHA-256 of what passed.
+/// Copies `reader` into `writer`, hashing what passes with `hashing`.
 pub(crate) async fn copy_hashing(
     reader: &mut (impl AsyncRead + Unpin + ?Sized),
     writer: &mut (impl tokio::io::AsyncWrite + Unpin + ?Sized),
-) -> std::io::Result<Stored> {
+    mut hashing: Hashing,
+) -> std::io::Result<Hashed> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut hashing = Hashing::default();
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = reader.read(&mut buf).await?;
@@ -318,7 +488,31 @@ pub(crate) async fn copy_hashing(
     }
 }
 
-/// A temporary file path in the system temp directory, for spooling.
-pub(crate) fn spool_path() -> PathBuf {
-    std::env::temp_dir().join(format!(".vega-spool-{}", uuid::Uuid::new_v4()))
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::Digest;
+
+    #[test]
+    fn part_digests_follow_part_boundaries_whatever_the_writes() {
+        let data: Vec<u8> = (0..25u32).map(|i| i as u8).collect();
+        let mut hashing = Hashing::with_parts(10);
+        // Writes that straddle, end on and start at part boundaries.
+        for chunk in [&data[..3], &data[3..10], &data[10..23], &data[23..]] {
+            hashing.update(chunk);
+        }
+        let hashed = hashing.finish();
+        let expected: Vec<[u8; 32]> = data
+            .chunks(10)
+            .map(|c| sha2::Sha256::digest(c).into())
+            .collect();
+        assert_eq!(hashed.parts, expected);
+        assert_eq!(hashed.stored.size, 25);
+        assert_eq!(
+            hashed.stored.sha256,
+            <[u8; 32]>::from(sha2::Sha256::digest(&data))
+        );
+        assert!(Hashing::with_parts(10).finish().parts.is_empty());
+        assert_eq!(Hashing::default().finish().parts, Vec::<[u8; 32]>::new());
+    }
 }

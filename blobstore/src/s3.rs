@@ -1,30 +1,42 @@
 //! The S3 backend.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
-use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{
+    ConfigBag, Intercept, RequestChecksumCalculation, ResponseChecksumValidation, RuntimeComponents,
+};
+use aws_sdk_s3::error::{BoxError, DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::{ByteStream, Length};
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use futures::{StreamExt, TryStreamExt};
 use tokio::io::AsyncRead;
+use vega_config::S3Timeouts;
 
-use crate::{BlobError, ListPage, ObjectKey, ObjectMeta, Stored};
+use crate::spool::Spool;
+use crate::verify::hex;
+use crate::{
+    BlobError, Hashed, Hashing, ListPage, ObjectKey, ObjectMeta, PendingUpload, UploadMarker,
+    UploadPage,
+};
 
 const MIB: u64 = 1024 * 1024;
 /// S3's smallest part (except the last) and its largest part count.
 const MIN_PART: u64 = 5 * MIB;
 const MAX_PARTS: u64 = 10_000;
 
-/// How the S3 backend uploads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the S3 backend uploads, and the bound on its calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct S3Options {
     /// Objects at least this large go up in parts (default 64 MiB).
     pub multipart_threshold: u64,
@@ -35,6 +47,10 @@ pub struct S3Options {
     /// memory does not grow with this; one request at a time cannot fill the link, because
     /// every part waits for the server to store and checksum it before the next one starts.
     pub upload_concurrency: usize,
+    /// The bound on every call (see [`S3Timeouts`]).
+    pub timeouts: S3Timeouts,
+    /// Where streams are spooled before upload; the store owns this directory.
+    pub spool_dir: PathBuf,
 }
 
 impl Default for S3Options {
@@ -43,23 +59,18 @@ impl Default for S3Options {
             multipart_threshold: 64 * MIB,
             part_size: 16 * MIB,
             upload_concurrency: 4,
+            timeouts: S3Timeouts::default(),
+            spool_dir: vega_config::default_spool_dir(),
         }
     }
 }
 
-/// A client from aws-config's default chain. Retries and timeouts are set here rather than
-/// left at the SDK's defaults silently: three attempts, a 5 s connect timeout, and stalled-
-/// stream protection (the SDK default) for bodies. A custom endpoint (`AWS_ENDPOINT_URL`,
-/// i.e. not AWS) gets path-style addressing and checksums only where the API requires them,
-/// which S3-compatible servers handle reliably.
+/// A client from aws-config's default chain (its timeouts and retries are set by
+/// [`S3Store::new`]). A custom endpoint (`AWS_ENDPOINT_URL`, i.e. not AWS) gets path-style
+/// addressing and checksums only where the API requires them, which S3-compatible servers
+/// handle reliably; the SHA-256 checksums this store sends itself still go.
 pub(crate) async fn client_from_environment() -> Client {
     let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(3))
-        .timeout_config(
-            aws_config::timeout::TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(5))
-                .build(),
-        )
         .load()
         .await;
     let mut config = aws_sdk_s3::config::Builder::from(&shared);
@@ -78,16 +89,45 @@ pub(crate) struct S3Store {
     bucket: String,
     prefix: Option<String>,
     options: S3Options,
+    spool: Spool,
+    endpoint: Endpoint,
 }
 
-fn s3_error<E, R>(operation: &'static str) -> impl FnOnce(SdkError<E, R>) -> BlobError
-where
-    E: std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
-{
-    move |err| BlobError::S3 {
-        operation,
-        message: DisplayErrorContext(&err).to_string(),
+/// The endpoint requests go to, as the SDK resolved it (the config does not expose it), for
+/// error messages.
+#[derive(Debug, Clone, Default)]
+struct Endpoint(Arc<OnceLock<String>>);
+
+impl Intercept for Endpoint {
+    fn name(&self) -> &'static str {
+        "vega-endpoint"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if self.0.get().is_none() {
+            let uri = context.request().uri();
+            // Scheme and authority only: the path holds keys.
+            let end = uri
+                .find("://")
+                .and_then(|i| uri[i + 3..].find('/').map(|j| i + 3 + j))
+                .unwrap_or(uri.len());
+            let _ = self.0.set(uri[..end].to_owned());
+        }
+        Ok(())
+    }
+}
+
+impl Endpoint {
+    fn describe(&self) -> String {
+        self.0
+            .get()
+            .cloned()
+            .unwrap_or_else(|| "the S3 endpoint (AWS_ENDPOINT_URL or the region's)".to_owned())
     }
 }
 
@@ -97,13 +137,88 @@ impl S3Store {
         bucket: String,
         prefix: Option<String>,
         options: S3Options,
-    ) -> Self {
-        Self {
-            client,
+    ) -> Result<Self, BlobError> {
+        let t = options.timeouts;
+        let endpoint = Endpoint::default();
+        let config = client
+            .config()
+            .to_builder()
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(t.connect)
+                    .read_timeout(t.read)
+                    .operation_attempt_timeout(t.attempt)
+                    .operation_timeout(t.operation)
+                    .build(),
+            )
+            .retry_config(RetryConfig::standard().with_max_attempts(t.max_attempts))
+            .interceptor(endpoint.clone())
+            .build();
+        Ok(Self {
+            client: Client::from_conf(config),
             bucket,
             prefix,
+            spool: Spool::open(&options.spool_dir)?,
             options,
+            endpoint,
+        })
+    }
+
+    /// The error for a failed call: [`BlobError::Timeout`] naming the bound that ran out,
+    /// else [`BlobError::S3`] with the SDK's context.
+    fn failed<E, R>(&self, operation: &'static str) -> impl FnOnce(SdkError<E, R>) -> BlobError
+    where
+        E: std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug + Send + Sync + 'static,
+    {
+        move |err| {
+            let message = DisplayErrorContext(&err).to_string();
+            let t = self.options.timeouts;
+            let bound = match &err {
+                SdkError::TimeoutError(_) if message.contains("attempt timeout") => {
+                    Some(("VEGA_S3_ATTEMPT_TIMEOUT", t.attempt))
+                }
+                SdkError::TimeoutError(_) => Some(("VEGA_S3_OPERATION_TIMEOUT", t.operation)),
+                SdkError::DispatchFailure(e) if e.is_timeout() => {
+                    if message.contains("read timeout") {
+                        Some(("VEGA_S3_READ_TIMEOUT", t.read))
+                    } else {
+                        Some(("VEGA_S3_CONNECT_TIMEOUT", t.connect))
+                    }
+                }
+                _ => None,
+            };
+            match bound {
+                Some((setting, after)) => BlobError::Timeout {
+                    operation,
+                    endpoint: self.endpoint.describe(),
+                    setting,
+                    after,
+                    attempts: t.max_attempts,
+                },
+                None => BlobError::S3 { operation, message },
+            }
         }
+    }
+
+    /// The timeouts of a call that sends a body: the read timeout counts from the first byte
+    /// sent, so an upload gets the attempt's bound (the SDK's stalled-stream protection still
+    /// fails a body that stops moving).
+    fn upload_timeouts(&self) -> aws_sdk_s3::config::Builder {
+        let attempt = self.options.timeouts.attempt;
+        aws_sdk_s3::config::Builder::default().timeout_config(
+            TimeoutConfig::builder()
+                .read_timeout(attempt + Duration::from_secs(1))
+                .build(),
+        )
+    }
+
+    /// The part size an object of `size` bytes goes up in.
+    fn part_size(&self, size: u64) -> u64 {
+        self.options
+            .part_size
+            .max(MIN_PART)
+            .max(size.div_ceil(MAX_PARTS))
     }
 
     pub(crate) fn describe(&self) -> String {
@@ -131,43 +246,72 @@ impl S3Store {
         }
     }
 
+    /// Spools the stream (hashing the whole and each part on the way), then uploads the
+    /// spool file. The guard removes it however this future ends.
     pub(crate) async fn put_reader(
         &self,
         key: &ObjectKey,
         mut reader: impl AsyncRead + Unpin + Send,
-    ) -> Result<Stored, BlobError> {
-        let spool = crate::spool_path();
-        let result = async {
-            let mut file = tokio::fs::File::create(&spool).await?;
-            let stored = crate::copy_hashing(&mut reader, &mut file).await?;
-            drop(file);
-            self.upload(key, &spool, stored).await?;
-            Ok(stored)
+        content_type: &str,
+    ) -> Result<crate::Stored, BlobError> {
+        let spool = self.spool.create()?;
+        let mut file = spool.writer()?;
+        let base = self.part_size(0);
+        let mut hashed =
+            crate::copy_hashing(&mut reader, &mut file, Hashing::with_parts(base)).await?;
+        drop(file);
+        if self.part_size(hashed.stored.size) != base {
+            // Beyond 10,000 parts of the configured size (160 GiB at 16 MiB): hash again in
+            // the larger parts.
+            hashed = crate::hash_file(spool.path(), self.part_size(hashed.stored.size)).await?;
         }
-        .await;
-        let _ = tokio::fs::remove_file(&spool).await;
-        result
+        self.upload(key, spool.path(), &hashed, content_type)
+            .await?;
+        Ok(hashed.stored)
     }
 
-    pub(crate) async fn put_file(&self, key: &ObjectKey, path: &Path) -> Result<Stored, BlobError> {
-        let stored = crate::hash_file(path).await?;
-        self.upload(key, path, stored).await?;
-        Ok(stored)
+    pub(crate) async fn put_file(
+        &self,
+        key: &ObjectKey,
+        path: &Path,
+        content_type: &str,
+    ) -> Result<crate::Stored, BlobError> {
+        let size = tokio::fs::metadata(path).await?.len();
+        let hashed = crate::hash_file(path, self.part_size(size)).await?;
+        if hashed.stored.size != size {
+            return Err(BlobError::Io(std::io::Error::other(format!(
+                "{} changed while it was being stored",
+                path.display()
+            ))));
+        }
+        self.upload(key, path, &hashed, content_type).await?;
+        Ok(hashed.stored)
     }
 
-    async fn upload(&self, key: &ObjectKey, path: &Path, stored: Stored) -> Result<(), BlobError> {
-        if stored.size >= self.options.multipart_threshold {
-            return self.upload_parts(key, path, stored.size).await;
+    async fn upload(
+        &self,
+        key: &ObjectKey,
+        path: &Path,
+        hashed: &Hashed,
+        content_type: &str,
+    ) -> Result<(), BlobError> {
+        let stored = hashed.stored;
+        if stored.size >= self.options.multipart_threshold && stored.size > 0 {
+            return self.upload_parts(key, path, hashed, content_type).await;
         }
         let full = self.full_key(key.as_str());
         // Sending our SHA-256 makes S3 verify the body on arrival, and keeps the SDK from
-        // switching to aws-chunked encoding.
+        // switching to aws-chunked encoding; the algorithm header is what S3-compatible servers
+        // (moto) look for before they record the checksum.
         let result = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(&full)
+            .content_type(content_type)
+            .metadata(SHA256_METADATA, hex(&stored.sha256))
             .content_length(stored.size as i64)
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
             .checksum_sha256(BASE64.encode(stored.sha256))
             .if_none_match("*")
             .body(
@@ -175,6 +319,8 @@ impl S3Store {
                     .await
                     .map_err(|e| BlobError::Io(std::io::Error::other(e)))?,
             )
+            .customize()
+            .config_override(self.upload_timeouts())
             .send()
             .await;
         match result {
@@ -182,11 +328,12 @@ impl S3Store {
             Err(err) if precondition_failed(&err) => Err(BlobError::AlreadyExists {
                 key: key.to_string(),
             }),
-            Err(err) => Err(s3_error("PutObject")(err)),
+            Err(err) => Err(self.failed("PutObject")(err)),
         }
     }
 
-    /// Uploads one slice of the file as part `number`.
+    /// Uploads one slice of the file as part `number`, with its SHA-256 for S3 to check.
+    #[allow(clippy::too_many_arguments)]
     async fn upload_part(
         &self,
         full: &str,
@@ -195,6 +342,7 @@ impl S3Store {
         number: i32,
         offset: u64,
         length: u64,
+        sha256: [u8; 32],
     ) -> Result<CompletedPart, BlobError> {
         let body = ByteStream::read_from()
             .path(path)
@@ -211,44 +359,55 @@ impl S3Store {
             .upload_id(upload_id)
             .part_number(number)
             .content_length(length as i64)
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .checksum_sha256(BASE64.encode(sha256))
             .body(body)
+            .customize()
+            .config_override(self.upload_timeouts())
             .send()
             .await
-            .map_err(s3_error("UploadPart"))?;
+            .map_err(self.failed("UploadPart"))?;
         Ok(CompletedPart::builder()
             .part_number(number)
             .set_e_tag(part.e_tag().map(str::to_owned))
+            .checksum_sha256(BASE64.encode(sha256))
             .build())
     }
 
     /// Uploads in parts read from slices of the file, [`S3Options::upload_concurrency`] in
-    /// flight, so memory does not grow with the object. Any failure aborts the upload so no
-    /// parts linger.
-    async fn upload_parts(&self, key: &ObjectKey, path: &Path, size: u64) -> Result<(), BlobError> {
+    /// flight, so memory does not grow with the object. Any failure aborts the upload; an
+    /// abort that fails too leaves it for `gc`.
+    async fn upload_parts(
+        &self,
+        key: &ObjectKey,
+        path: &Path,
+        hashed: &Hashed,
+        content_type: &str,
+    ) -> Result<(), BlobError> {
         let full = self.full_key(key.as_str());
-        let part_size = self
-            .options
-            .part_size
-            .max(MIN_PART)
-            .max(size.div_ceil(MAX_PARTS));
+        let size = hashed.stored.size;
+        let part_size = hashed.part_size;
         let created = self
             .client
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(&full)
+            .content_type(content_type)
+            .metadata(SHA256_METADATA, hex(&hashed.stored.sha256))
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
             .send()
             .await
-            .map_err(s3_error("CreateMultipartUpload"))?;
+            .map_err(self.failed("CreateMultipartUpload"))?;
         let upload_id = created.upload_id().unwrap_or_default().to_owned();
         let result = async {
-            let slices = (0..size.div_ceil(part_size)).map(|i| {
-                let offset = i * part_size;
+            let slices = hashed.parts.iter().enumerate().map(|(i, sha256)| {
+                let offset = i as u64 * part_size;
                 // Part numbers start at 1; at most MAX_PARTS, so the cast cannot truncate.
-                (i as i32 + 1, offset, part_size.min(size - offset))
+                (i as i32 + 1, offset, part_size.min(size - offset), *sha256)
             });
             let mut parts: Vec<CompletedPart> = futures::stream::iter(slices)
-                .map(|(number, offset, length)| {
-                    self.upload_part(&full, &upload_id, path, number, offset, length)
+                .map(|(number, offset, length, sha256)| {
+                    self.upload_part(&full, &upload_id, path, number, offset, length, sha256)
                 })
                 .buffer_unordered(self.options.upload_concurrency.max(1))
                 .try_collect()
@@ -273,25 +432,91 @@ impl S3Store {
                 Err(err) if precondition_failed(&err) => Err(BlobError::AlreadyExists {
                     key: key.to_string(),
                 }),
-                Err(err) => Err(s3_error("CompleteMultipartUpload")(err)),
+                Err(err) => Err(self.failed("CompleteMultipartUpload")(err)),
             }
         }
         .await;
-        if result.is_err() {
-            let aborted = self
-                .client
-                .abort_multipart_upload()
-                .bucket(&self.bucket)
-                .key(&full)
-                .upload_id(&upload_id)
-                .send()
-                .await;
-            if let Err(err) = aborted {
-                // The bucket's AbortIncompleteMultipartUpload lifecycle rule is the backstop.
-                tracing::warn!(key = %full, upload_id, error = %DisplayErrorContext(&err), "could not abort a failed multipart upload");
-            }
+        if result.is_err()
+            && let Err(err) = self.abort(&full, &upload_id).await
+        {
+            // `gc` lists and aborts it later; the bucket's lifecycle rule is the last resort.
+            tracing::warn!(key = %full, upload_id, error = %err, "could not abort a failed multipart upload; gc will");
         }
         result
+    }
+
+    async fn abort(&self, full: &str, upload_id: &str) -> Result<(), BlobError> {
+        let result = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(full)
+            .upload_id(upload_id)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_no_such_upload()) =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(self.failed("AbortMultipartUpload")(err)),
+        }
+    }
+
+    pub(crate) async fn abort_upload(&self, upload: &PendingUpload) -> Result<(), BlobError> {
+        self.abort(&self.full_key(&upload.key), &upload.upload_id)
+            .await
+    }
+
+    pub(crate) async fn list_uploads(
+        &self,
+        prefix: &str,
+        page: Option<UploadMarker>,
+    ) -> Result<UploadPage, BlobError> {
+        let (key_marker, upload_id_marker) = match page {
+            Some(m) => (Some(m.key), Some(m.upload_id)),
+            None => (None, None),
+        };
+        let out = self
+            .client
+            .list_multipart_uploads()
+            .bucket(&self.bucket)
+            .prefix(self.full_key(prefix))
+            .set_key_marker(key_marker)
+            .set_upload_id_marker(upload_id_marker)
+            .max_uploads(1000)
+            .send()
+            .await
+            .map_err(self.failed("ListMultipartUploads"))?;
+        let uploads = out
+            .uploads()
+            .iter()
+            .filter_map(|u| {
+                Some(PendingUpload {
+                    key: self.strip(u.key()?),
+                    upload_id: u.upload_id()?.to_owned(),
+                    initiated: u
+                        .initiated()
+                        .and_then(|t| std::time::SystemTime::try_from(*t).ok()),
+                })
+            })
+            .collect();
+        let next = match (
+            out.is_truncated(),
+            out.next_key_marker(),
+            out.next_upload_id_marker(),
+        ) {
+            (Some(true), Some(key), upload_id) => Some(UploadMarker {
+                key: key.to_owned(),
+                upload_id: upload_id.unwrap_or_default().to_owned(),
+            }),
+            _ => None,
+        };
+        Ok(UploadPage { uploads, next })
     }
 
     pub(crate) async fn open(
@@ -312,7 +537,7 @@ impl S3Store {
                     key: key.to_string(),
                 })
             }
-            Err(err) => Err(s3_error("GetObject")(err)),
+            Err(err) => Err(self.failed("GetObject")(err)),
         }
     }
 
@@ -333,7 +558,7 @@ impl S3Store {
                     .and_then(|t| std::time::SystemTime::try_from(*t).ok()),
             })),
             Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(None),
-            Err(err) => Err(s3_error("HeadObject")(err)),
+            Err(err) => Err(self.failed("HeadObject")(err)),
         }
     }
 
@@ -344,7 +569,7 @@ impl S3Store {
             .key(self.full_key(key.as_str()))
             .send()
             .await
-            .map_err(s3_error("DeleteObject"))?;
+            .map_err(self.failed("DeleteObject"))?;
         Ok(())
     }
 
@@ -362,7 +587,7 @@ impl S3Store {
             .max_keys(1000)
             .send()
             .await
-            .map_err(s3_error("ListObjectsV2"))?;
+            .map_err(self.failed("ListObjectsV2"))?;
         let objects = out
             .contents()
             .iter()
@@ -395,9 +620,10 @@ impl S3Store {
             .get_object()
             .bucket(&self.bucket)
             .key(self.full_key(key.as_str()))
+            .set_response_content_disposition(attachment(key))
             .presigned(config)
             .await
-            .map_err(s3_error("GetObject (presign)"))?;
+            .map_err(self.failed("GetObject (presign)"))?;
         Ok(request.uri().to_owned())
     }
 
@@ -417,7 +643,7 @@ impl S3Store {
             .if_none_match("*")
             .presigned(config)
             .await
-            .map_err(s3_error("PutObject (presign)"))?;
+            .map_err(self.failed("PutObject (presign)"))?;
         let headers = request
             .headers()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -426,11 +652,21 @@ impl S3Store {
     }
 }
 
+/// The user metadata that carries an object's SHA-256 (hex), for presigned downloads to check.
+pub(crate) const SHA256_METADATA: &str = "sha256";
+
 fn presigning(expires: Duration) -> Result<PresigningConfig, BlobError> {
-    PresigningConfig::expires_in(expires).map_err(|e| BlobError::S3 {
-        operation: "presign",
-        message: format!("expiry {expires:?}: {e} (the most S3 allows is 7 days)"),
-    })
+    PresigningConfig::expires_in(expires).map_err(|_| BlobError::InvalidExpiry { expires })
+}
+
+/// `attachment; filename="…"` when the key ends in a plain file name.
+fn attachment(key: &ObjectKey) -> Option<String> {
+    let name = key.as_str().rsplit('/').next()?;
+    let plain = name.contains('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    plain.then(|| format!("attachment; filename=\"{name}\""))
 }
 
 /// S3's answer to a create-only write whose key exists.

@@ -35,6 +35,16 @@ impl VerifiedReader {
     }
 }
 
+impl std::fmt::Debug for VerifiedReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifiedReader")
+            .field("key", &self.key)
+            .field("read", &self.read)
+            .field("expected_size", &self.expected_size)
+            .finish_non_exhaustive()
+    }
+}
+
 impl AsyncRead for VerifiedReader {
     fn poll_read(
         mut self: Pin<&mut Self>,

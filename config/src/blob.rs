@@ -1,6 +1,7 @@
 use std::path::PathBuf;
+use std::time::Duration;
 
-use crate::{ConfigError, Source};
+use crate::{ConfigError, Source, vars};
 
 /// The default root of the filesystem blob store.
 pub const DEFAULT_BLOB_DIR: &str = ".vega/blobs";
@@ -22,7 +23,67 @@ pub enum BlobSettings {
         bucket: String,
         /// Optional key prefix shared by every object, without a trailing `/`.
         prefix: Option<String>,
+        /// The bound on every S3 call.
+        timeouts: S3Timeouts,
+        /// Where streamed uploads are spooled before they go up (`VEGA_SPOOL_DIR`, default
+        /// `vega-spool` in the system temp directory). The store owns it: files no live
+        /// process holds are removed at start-up.
+        spool_dir: PathBuf,
     },
+}
+
+/// How long S3 calls may take, cleanup calls included. The defaults are sized for a 16 MiB
+/// part on a slow link (about 1.1 Mbit/s) while a silent endpoint still fails within
+/// `max_attempts` × `read`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct S3Timeouts {
+    /// Opening a connection, TLS included (`VEGA_S3_CONNECT_TIMEOUT`, default 5 s).
+    pub connect: Duration,
+    /// Waiting for the response to a request without a large body (`VEGA_S3_READ_TIMEOUT`,
+    /// default 30 s). Uploads are bounded by `attempt` instead, and by the SDK's stalled-stream
+    /// protection while their body moves.
+    pub read: Duration,
+    /// One attempt of a call, an upload's body included (`VEGA_S3_ATTEMPT_TIMEOUT`, default
+    /// 120 s).
+    pub attempt: Duration,
+    /// A whole call: every attempt and the backoff between them (`VEGA_S3_OPERATION_TIMEOUT`,
+    /// default 300 s).
+    pub operation: Duration,
+    /// Attempts per call, the first included (`VEGA_S3_MAX_ATTEMPTS`, default 3).
+    pub max_attempts: u32,
+}
+
+impl Default for S3Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            read: Duration::from_secs(30),
+            attempt: Duration::from_secs(120),
+            operation: Duration::from_secs(300),
+            max_attempts: 3,
+        }
+    }
+}
+
+impl S3Timeouts {
+    fn from_lookup(
+        lookup: &impl Fn(&'static str) -> Result<Option<String>, ConfigError>,
+    ) -> Result<Self, ConfigError> {
+        let d = Self::default();
+        let duration = |var, default| vars::duration(lookup, var, default, vars::DAY);
+        Ok(Self {
+            connect: duration("VEGA_S3_CONNECT_TIMEOUT", d.connect)?,
+            read: duration("VEGA_S3_READ_TIMEOUT", d.read)?,
+            attempt: duration("VEGA_S3_ATTEMPT_TIMEOUT", d.attempt)?,
+            operation: duration("VEGA_S3_OPERATION_TIMEOUT", d.operation)?,
+            max_attempts: vars::number(lookup, "VEGA_S3_MAX_ATTEMPTS", d.max_attempts, 1..=10)?,
+        })
+    }
+}
+
+/// The default spool directory: `vega-spool` in the system temp directory.
+pub fn default_spool_dir() -> PathBuf {
+    std::env::temp_dir().join("vega-spool")
 }
 
 impl BlobSettings {
@@ -43,7 +104,15 @@ impl BlobSettings {
                 let prefix = lookup("VEGA_S3_PREFIX")?
                     .map(|p| validate_prefix(&p))
                     .transpose()?;
-                Ok(BlobSettings::S3 { bucket, prefix })
+                let spool_dir = lookup("VEGA_SPOOL_DIR")?
+                    .map(PathBuf::from)
+                    .unwrap_or_else(default_spool_dir);
+                Ok(BlobSettings::S3 {
+                    bucket,
+                    prefix,
+                    timeouts: S3Timeouts::from_lookup(lookup)?,
+                    spool_dir,
+                })
             }
             Some(_) => Err(ConfigError::UnknownBlobBackend {
                 value: backend.unwrap_or_default(),
@@ -59,10 +128,17 @@ impl BlobSettings {
                 root_source = %root_source,
                 "blob settings"
             ),
-            BlobSettings::S3 { bucket, prefix } => tracing::info!(
+            BlobSettings::S3 {
+                bucket,
+                prefix,
+                timeouts,
+                spool_dir,
+            } => tracing::info!(
                 backend = "s3",
                 bucket = %bucket,
                 prefix = prefix.as_deref().unwrap_or(""),
+                timeouts = ?timeouts,
+                spool_dir = %spool_dir.display(),
                 "blob settings"
             ),
         }
@@ -123,9 +199,42 @@ mod tests {
             ok,
             BlobSettings::S3 {
                 bucket: "vega-dev".into(),
-                prefix: Some("env/dev".into())
+                prefix: Some("env/dev".into()),
+                timeouts: S3Timeouts::default(),
+                spool_dir: default_spool_dir(),
             }
         );
+    }
+
+    #[test]
+    fn s3_timeouts_are_read_and_bounded() {
+        let s3 = [("VEGA_BLOB_BACKEND", "s3"), ("VEGA_S3_BUCKET", "b")];
+        let with = |extra: &[(&'static str, &str)]| blob(&[&s3[..], extra].concat());
+        let Ok(BlobSettings::S3 {
+            timeouts,
+            spool_dir,
+            ..
+        }) = with(&[
+            ("VEGA_S3_READ_TIMEOUT", "2s"),
+            ("VEGA_S3_MAX_ATTEMPTS", "1"),
+            ("VEGA_SPOOL_DIR", "/var/spool/vega"),
+        ])
+        else {
+            panic!("s3 settings expected");
+        };
+        assert_eq!(timeouts.read, Duration::from_secs(2));
+        assert_eq!(timeouts.max_attempts, 1);
+        assert_eq!(timeouts.operation, S3Timeouts::default().operation);
+        assert_eq!(spool_dir, PathBuf::from("/var/spool/vega"));
+        for (var, value) in [
+            ("VEGA_S3_CONNECT_TIMEOUT", "0s"),
+            ("VEGA_S3_ATTEMPT_TIMEOUT", "soon"),
+            ("VEGA_S3_OPERATION_TIMEOUT", "2d"),
+            ("VEGA_S3_MAX_ATTEMPTS", "0"),
+        ] {
+            let err = with(&[(var, value)]).unwrap_err();
+            assert!(err.to_string().contains(var), "{err}");
+        }
     }
 
     #[test]

@@ -114,9 +114,10 @@ pub enum ConfigError {
         value: String,
     },
 
-    /// A `VEGA_DB_*` pool setting that cannot be used.
+    /// A tuning setting (`VEGA_DB_*` pool sizes and timeouts, `VEGA_S3_*` timeouts) that
+    /// cannot be used.
     #[error("{var}={value:?} {reason}")]
-    InvalidPoolSetting {
+    InvalidSetting {
         /// The variable.
         var: &'static str,
         /// What it held.

@@ -10,8 +10,9 @@
 //!   these is an error); the sqlite backend defaults to `sqlite://.vega/vega.sqlite3?mode=rwc`,
 //!   the postgres backend has no default;
 //! - `VEGA_BLOB_BACKEND` is `fs` (default, rooted at `VEGA_BLOB_DIR`, default `.vega/blobs`) or
-//!   `s3` (`VEGA_S3_BUCKET` required, `VEGA_S3_PREFIX` optional; region, endpoint and credentials
-//!   come from the AWS SDK's own variables);
+//!   `s3` (`VEGA_S3_BUCKET` required, `VEGA_S3_PREFIX` optional, every call bounded by
+//!   `VEGA_S3_*_TIMEOUT` and `VEGA_S3_MAX_ATTEMPTS` ([`S3Timeouts`]), streams spooled under
+//!   `VEGA_SPOOL_DIR`; region, endpoint and credentials come from the AWS SDK's own variables);
 //! - the application pool's size and timeouts come from `VEGA_DB_*` ([`PoolOptions`]).
 //!
 //! A wrong setting is a [`ConfigError`] naming the variable and the fix, never a silent fallback:
@@ -25,8 +26,9 @@ mod database;
 mod error;
 mod parts;
 mod pool;
+mod vars;
 
-pub use blob::BlobSettings;
+pub use blob::{BlobSettings, S3Timeouts, default_spool_dir};
 pub use connect::ConnectError;
 pub use database::{Backend, DatabaseSettings, DatabaseUrl};
 pub use error::ConfigError;

@@ -1,12 +1,11 @@
 //! How application connections wait: the pool's size and every bound on a wait.
 //!
 //! Each field has a `VEGA_DB_*` variable; durations are written as `humantime` spans
-//! (`30s`, `1m 30s`, `250ms`). A timeout of zero would mean "no bound" on Postgres, so it is
-//! refused rather than silently unbounded.
+//! (`30s`, `1m 30s`, `250ms`), and a timeout of zero is refused (it would mean "no bound").
 
 use std::time::Duration;
 
-use crate::ConfigError;
+use crate::{ConfigError, vars};
 
 /// Connection-pool settings for application connections (the repository layer's `Store`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,35 +59,13 @@ impl PoolOptions {
         lookup: &impl Fn(&'static str) -> Result<Option<String>, ConfigError>,
     ) -> Result<Self, ConfigError> {
         let d = Self::default();
-        let duration = |var: &'static str, default: Duration| -> Result<Duration, ConfigError> {
-            let Some(value) = lookup(var)? else {
-                return Ok(default);
-            };
-            let invalid = |reason: &str| ConfigError::InvalidPoolSetting {
-                var,
-                value: value.clone(),
-                reason: reason.to_owned(),
-            };
-            match humantime::parse_duration(value.trim()) {
-                Ok(d) if d.is_zero() => Err(invalid("must be longer than zero")),
-                Ok(d) if d > Duration::from_secs(24 * 3600) => Err(invalid("must be at most 24h")),
-                Ok(d) => Ok(d),
-                Err(_) => Err(invalid("is not a duration such as `30s` or `250ms`")),
-            }
-        };
-        let max_connections = match lookup("VEGA_DB_MAX_CONNECTIONS")? {
-            None => d.max_connections,
-            Some(value) => match value.trim().parse::<u32>() {
-                Ok(n) if (1..=1000).contains(&n) => n,
-                _ => {
-                    return Err(ConfigError::InvalidPoolSetting {
-                        var: "VEGA_DB_MAX_CONNECTIONS",
-                        value,
-                        reason: "must be a whole number from 1 to 1000".into(),
-                    });
-                }
-            },
-        };
+        let duration = |var, default| vars::duration(lookup, var, default, vars::DAY);
+        let max_connections = vars::number(
+            lookup,
+            "VEGA_DB_MAX_CONNECTIONS",
+            d.max_connections,
+            1..=1000,
+        )?;
         Ok(Self {
             max_connections,
             acquire_timeout: duration("VEGA_DB_ACQUIRE_TIMEOUT", d.acquire_timeout)?,

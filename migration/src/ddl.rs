@@ -141,3 +141,31 @@ pub async fn drop(manager: &SchemaManager<'_>, tables: &[&'static str]) -> Resul
     }
     Ok(())
 }
+
+/// Adds columns to an existing table, one `ALTER TABLE` each (SQLite takes one per statement).
+pub async fn add_columns(
+    manager: &SchemaManager<'_>,
+    table: &'static str,
+    columns: Vec<ColumnDef>,
+) -> Result<(), DbErr> {
+    for mut column in columns {
+        manager
+            .alter_table(Table::alter().table(table).add_column(&mut column).take())
+            .await?;
+    }
+    Ok(())
+}
+
+/// Drops columns from a table, one `ALTER TABLE` each.
+pub async fn drop_columns(
+    manager: &SchemaManager<'_>,
+    table: &'static str,
+    columns: &[&'static str],
+) -> Result<(), DbErr> {
+    for column in columns {
+        manager
+            .alter_table(Table::alter().table(table).drop_column(*column).take())
+            .await?;
+    }
+    Ok(())
+}

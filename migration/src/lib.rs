@@ -33,6 +33,7 @@ mod m20261123_000004_artifacts;
 mod m20261123_000005_activity;
 mod m20261123_000006_object_deletions;
 mod m20261202_000007_worker_credentials;
+mod m20261202_000008_purge_leases;
 
 pub use sea_orm_migration::MigratorTrait;
 use sea_orm_migration::prelude::*;
@@ -58,6 +59,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000005_activity::Migration),
             Box::new(m20261123_000006_object_deletions::Migration),
             Box::new(m20261202_000007_worker_credentials::Migration),
+            Box::new(m20261202_000008_purge_leases::Migration),
         ]
     }
 }

@@ -90,10 +90,11 @@ impl Error {
     /// True when the same call may succeed if repeated later: the database or the blob store
     /// failed for a passing reason. A caller may retry (with backoff); a handler answers 503.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Error::Unavailable { .. } | Error::Blob(BlobError::Io(_) | BlobError::S3 { .. })
-        )
+        match self {
+            Error::Unavailable { .. } => true,
+            Error::Blob(err) => err.is_retryable(),
+            _ => false,
+        }
     }
 
     pub(crate) fn unavailable(cause: Transient, message: impl ToString) -> Self {

@@ -48,7 +48,9 @@ mod validate;
 mod workers;
 
 pub use api_keys::{ApiKeys, IssuedKey, LAST_USED_THROTTLE, NewApiKey};
-pub use artifacts::{Artifacts, AuditReport, GcOptions, GcReport, ScanObject};
+pub use artifacts::{
+    Artifacts, AuditReport, GcOptions, GcReport, PurgeFailure, PurgeReport, ScanObject,
+};
 pub use audit::Action;
 pub use error::{Error, Result, Transient};
 pub use events::{EventCursor, EventFeed, Events, NewEvent};

@@ -142,10 +142,10 @@ on_both_backends! {
         assert_eq!(object_deletions::Entity::find().all(db.conn()).await.unwrap().len(), 2);
         assert!(prefix.exists(), "objects wait for purge");
 
-        assert_eq!(store.artifacts().purge().await.unwrap(), 2);
+        assert_eq!(store.artifacts().purge().await.unwrap().deleted, 2);
         assert!(!prefix.exists(), "no object and no empty directory is left");
         assert_eq!(count(db, "object_deletions").await, 0);
-        assert_eq!(store.artifacts().purge().await.unwrap(), 0, "safe to run twice");
+        assert_eq!(store.artifacts().purge().await.unwrap().deleted, 0, "safe to run twice");
         assert!(matches!(store.projects().delete(repo.project_id).await, Err(Error::NotFound { .. })));
     }
 
@@ -157,12 +157,12 @@ on_both_backends! {
         store.artifacts().store_scan_object(keep, ScanObject::Report, &b"{}"[..]).await.unwrap();
         store.artifacts().store_scan_object(drop, ScanObject::Report, &b"{}"[..]).await.unwrap();
         store.scans().delete(drop).await.unwrap();
-        assert_eq!(store.artifacts().purge().await.unwrap(), 1);
+        assert_eq!(store.artifacts().purge().await.unwrap().deleted, 1);
         assert_eq!(store.artifacts().list_for_scan(keep).await.unwrap().len(), 1);
         let snapshot_id = snapshot(&store, repo.id).await;
         store.artifacts().store_snapshot_archive(snapshot_id, &b"src"[..], None).await.unwrap();
         store.snapshots().delete(snapshot_id).await.unwrap();
-        assert_eq!(store.artifacts().purge().await.unwrap(), 1);
+        assert_eq!(store.artifacts().purge().await.unwrap().deleted, 1);
         assert!(matches!(store.scans().delete(drop).await, Err(Error::NotFound { .. })));
     }
 
@@ -174,10 +174,10 @@ on_both_backends! {
 
         // The database failed after an upload: an object no row knows.
         let orphan = ObjectKey::debug_bundle(repo.project_id, scan_id, uuid::Uuid::now_v7());
-        store.blobs().put_reader(&orphan, &b"orphaned bytes"[..]).await.unwrap();
+        store.blobs().put_reader(&orphan, &b"orphaned bytes"[..], "application/gzip").await.unwrap();
         // A process died between its pending row and its upload's commit.
         let pending = ObjectKey::scan_event_log(repo.project_id, scan_id);
-        store.blobs().put_reader(&pending, &b"half"[..]).await.unwrap();
+        store.blobs().put_reader(&pending, &b"half"[..], "application/x-ndjson").await.unwrap();
         db.conn()
             .execute_raw(Statement::from_sql_and_values(
                 db.backend(),
@@ -217,6 +217,7 @@ async fn an_upload_that_fails_midway_commits_no_row_and_leaves_no_object() {
         part_size: 5 << 20,
         // One part at a time, so "the server fails after N requests" is the same request.
         upload_concurrency: 1,
+        ..S3Options::default()
     };
     let setup = Store::from_parts(db.conn().clone(), vega_tests::scratch_blob_store())
         .await
@@ -226,7 +227,7 @@ async fn an_upload_that_fails_midway_commits_no_row_and_leaves_no_object() {
 
     // CreateMultipartUpload and one part succeed; then the server is gone.
     let server = S3Server::failing_after(2).await;
-    let store = Store::from_parts(db.conn().clone(), server.blob_store(None, options))
+    let store = Store::from_parts(db.conn().clone(), server.blob_store(None, options.clone()))
         .await
         .unwrap();
     let big = vec![7u8; 12 << 20];
@@ -268,4 +269,82 @@ async fn an_upload_that_fails_midway_commits_no_row_and_leaves_no_object() {
         .await
         .unwrap();
     assert!(url.starts_with(revived.endpoint()), "{url}");
+    for expires in [Duration::ZERO, Duration::from_secs(7 * 24 * 3600 + 1)] {
+        let err = store
+            .artifacts()
+            .download_url(archive.id, expires)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Invalid { field, .. } if field == "expires"),
+            "{err:?}"
+        );
+    }
+}
+
+/// Queues `n` objects for deletion in one project, as deletes of their owners would.
+async fn queue_deletions(db: &TestDb, blobs: &BlobStore, keys: &[String]) {
+    for key in keys {
+        if let Ok(parsed) = ObjectKey::parse(key.as_str()) {
+            blobs
+                .put_reader(&parsed, &b"doomed"[..], "application/json")
+                .await
+                .unwrap();
+        }
+        db.conn()
+            .execute_raw(Statement::from_sql_and_values(
+                db.backend(),
+                "INSERT INTO object_deletions (object_key, requested_at) VALUES ($1, $2)",
+                [
+                    key.as_str().into(),
+                    chrono::Utc::now().fixed_offset().into(),
+                ],
+            ))
+            .await
+            .unwrap();
+    }
+}
+
+on_both_backends! {
+    async fn concurrent_purges_split_the_work_and_count_exactly(db: &TestDb) {
+        let server = S3Server::start().await;
+        let blobs = server.blob_store(None, S3Options::default());
+        let keys: Vec<String> = (0..100).map(|i| format!("projects/p/scans/s{i}/report.json")).collect();
+        queue_deletions(db, &blobs, &keys).await;
+        let store = Store::from_parts(db.conn().clone(), blobs.clone()).await.unwrap();
+        let before = server.requests();
+
+        let (first, second) = (store.artifacts(), store.artifacts());
+        let (a, b) = tokio::join!(first.purge(), second.purge());
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(a.deleted + b.deleted, 100, "{} + {}", a.deleted, b.deleted);
+        assert!(a.failed.is_empty() && b.failed.is_empty());
+        assert_eq!(server.requests() - before, 100, "each object was deleted exactly once");
+        assert_eq!(count(db, "object_deletions").await, 0);
+        assert!(blobs.list("projects/", None).await.unwrap().objects.is_empty());
+    }
+
+    async fn a_failing_deletion_is_reported_retried_later_and_blocks_nothing(db: &TestDb) {
+        let (store, dir) = store_with_dir(db).await;
+        // A key queued by an older build that no longer parses sorts first, ahead of the rest.
+        let mut keys = vec!["projects/../escape".to_owned()];
+        keys.extend((0..3).map(|i| format!("projects/p/scans/s{i}/report.json")));
+        queue_deletions(db, store.blobs(), &keys).await;
+
+        let report = store.artifacts().purge().await.unwrap();
+        assert_eq!(report.deleted, 3, "the entries behind the bad one were purged");
+        assert_eq!(report.failed.len(), 1);
+        let failed = &report.failed[0];
+        assert_eq!((failed.object_key.as_str(), failed.attempts), ("projects/../escape", 1));
+        assert!(failed.error.contains("invalid object key"), "{}", failed.error);
+        assert!(failed.retry_after > chrono::Utc::now());
+        assert!(!dir.join("projects/p").exists());
+
+        let again = store.artifacts().purge().await.unwrap();
+        assert_eq!((again.deleted, again.failed.len()), (0, 0), "it waits out its backoff");
+        let rows = object_deletions::Entity::find().all(db.conn()).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].attempts, rows[0].lease_id), (1, None));
+        assert!(rows[0].last_error.as_deref().is_some_and(|e| e.contains("invalid object key")));
+    }
 }

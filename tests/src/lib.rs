@@ -21,7 +21,9 @@
 //! port for tests that restart, freeze or kill it; the shared server is never touched.
 //!
 //! **S3.** [`s3::S3Server`] serves s3s-fs on a real TCP listener at 127.0.0.1:0 inside the
-//! test process; the real aws-sdk-s3 client talks to it.
+//! test process; [`s3::MotoServer`] runs moto's S3 server, a second and independent
+//! implementation, as a child process; [`s3::SilentEndpoint`] accepts connections and never
+//! answers. The real aws-sdk-s3 client talks to all three.
 
 // A harness reports a broken environment by panicking: that is how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -43,6 +45,14 @@ const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const TEMPLATE: &str = concat!("vega_tpl_", env!("VEGA_MIGRATIONS_DIGEST"));
 
 static TEMPLATE_READY: OnceCell<()> = OnceCell::const_new();
+
+/// A loopback port nothing listens on right now.
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
 
 /// A database that exists for one test.
 pub struct TestDb {

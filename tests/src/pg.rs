@@ -8,7 +8,6 @@
 //! newest first), then on `PATH`. `initdb` refuses to run as root, so as root the server runs
 //! as the `postgres` user (`runuser`), which owns the directory.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -29,7 +28,7 @@ impl PgServer {
         let as_postgres_user = is_root();
         let dir = std::env::temp_dir().join(format!("vega-pg-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("create the cluster directory");
-        let port = free_port();
+        let port = crate::free_port();
         let server = Self {
             dir,
             bin,
@@ -238,13 +237,6 @@ fn is_root() -> bool {
         .arg("-u")
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
 }
 
 /// The newest `/usr/lib/postgresql/<version>/bin` with an `initdb`, else the `PATH`'s.

@@ -9,6 +9,11 @@ pub struct Model {
     #[sea_orm(primary_key, auto_increment = false, column_type = "Text")]
     pub object_key: String,
     pub requested_at: DateTimeWithTimeZone,
+    pub lease_id: Option<Uuid>,
+    pub not_before: Option<DateTimeWithTimeZone>,
+    pub attempts: i32,
+    #[sea_orm(column_type = "Text", nullable)]
+    pub last_error: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -60,9 +60,13 @@ fn status_of(err: &Error) -> StatusCode {
         Error::SchemaOutdated { .. } | Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         Error::Blob(BlobError::NotFound { .. }) => StatusCode::NOT_FOUND,
         Error::Blob(BlobError::AlreadyExists { .. }) => StatusCode::CONFLICT,
-        Error::Blob(BlobError::InvalidKey { .. }) => StatusCode::UNPROCESSABLE_ENTITY,
+        Error::Blob(BlobError::InvalidKey { .. } | BlobError::InvalidExpiry { .. }) => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
         Error::Blob(BlobError::Unsupported(..)) => StatusCode::NOT_IMPLEMENTED,
-        Error::Blob(BlobError::Io(_) | BlobError::S3 { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Blob(BlobError::Io(_) | BlobError::S3 { .. } | BlobError::Timeout { .. }) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

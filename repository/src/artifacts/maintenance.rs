@@ -1,19 +1,54 @@
 //! Object maintenance, for the system only: `purge` (the deletion outbox), `gc` (what failed
-//! writes left behind) and `audit` (committed rows against their objects).
+//! writes and crashes left behind) and `audit` (committed rows against their objects).
 
 use std::time::{Duration, SystemTime};
 
+use futures::StreamExt;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Value,
 };
 use tracing::instrument;
 use uuid::Uuid;
-use vega_blobstore::ObjectKey;
-use vega_entity::{ArtifactState, artifacts, object_deletions};
+use vega_blobstore::{BlobStore, ObjectKey, UploadPage};
+use vega_entity::{ArtifactState, artifacts};
 
 use super::Artifacts;
-use crate::sql::{now, statement};
+use crate::sql::{is_postgres, now, statement};
 use crate::{Error, Result};
+
+/// Outbox entries one purge claims at a time.
+const PURGE_BATCH: i64 = 100;
+/// Deletes in flight at once within a batch.
+const PURGE_CONCURRENCY: usize = 16;
+/// How long a claim holds its entries. A run that takes longer loses them to another run,
+/// which is safe: deletes are idempotent and only the holder of the lease counts an entry.
+const PURGE_LEASE: Duration = Duration::from_secs(600);
+/// Backoff after a failed delete: 1 minute, doubling per attempt, at most 6 hours.
+const RETRY_FIRST: Duration = Duration::from_secs(60);
+const RETRY_MAX: Duration = Duration::from_secs(6 * 3600);
+
+/// What [`Artifacts::purge`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PurgeReport {
+    /// Objects deleted and their outbox entries removed. Each entry is counted by exactly one
+    /// purge, however many run at once.
+    pub deleted: u64,
+    /// Entries whose delete failed in this run; each is retried after its backoff.
+    pub failed: Vec<PurgeFailure>,
+}
+
+/// An outbox entry whose delete failed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PurgeFailure {
+    /// The object key (as queued; it may not even parse).
+    pub object_key: String,
+    /// Failed attempts so far, this one included.
+    pub attempts: i32,
+    /// Why it failed this time.
+    pub error: String,
+    /// When it may be tried again.
+    pub retry_after: chrono::DateTime<chrono::FixedOffset>,
+}
 
 /// Options for [`Artifacts::gc`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +71,9 @@ pub struct GcReport {
     pub orphan_bytes: u64,
     /// Pending rows older than the grace period (uploads that never committed).
     pub stale_pending: u64,
+    /// Multipart uploads started before the grace period and never completed or aborted
+    /// (a crash, or an abort that failed): aborted, which frees their parts.
+    pub incomplete_uploads: u64,
     /// Whether anything was removed.
     pub removed: bool,
 }
@@ -53,6 +91,9 @@ pub struct AuditReport {
     pub sha256_mismatch: Vec<String>,
     /// Keys of pending rows older than the grace period.
     pub stale_pending: Vec<String>,
+    /// Keys of multipart uploads started before the grace period and never finished
+    /// (`gc --apply` aborts them).
+    pub incomplete_uploads: Vec<String>,
 }
 
 impl AuditReport {
@@ -62,51 +103,139 @@ impl AuditReport {
             && self.size_mismatch.is_empty()
             && self.sha256_mismatch.is_empty()
             && self.stale_pending.is_empty()
+            && self.incomplete_uploads.is_empty()
     }
 }
 
 impl Artifacts<'_> {
-    /// Deletes the objects queued for deletion, then their outbox rows; returns how many. Safe
-    /// to run twice or from several processes: deleting a missing object succeeds.
+    /// Deletes the objects queued for deletion, then their outbox entries. Each run claims
+    /// batches of entries under a lease (`FOR UPDATE SKIP LOCKED` on Postgres; SQLite has one
+    /// writer), so concurrent runs split the work and their counts add up. A delete that fails
+    /// is reported, and its entry waits out a backoff while the entries behind it go on.
     #[instrument(name = "artifacts.purge", skip(self))]
-    pub async fn purge(&self) -> Result<u64> {
+    pub async fn purge(&self) -> Result<PurgeReport> {
         self.cx.who.require_system("purge objects")?;
-        let mut purged = 0;
+        let mut report = PurgeReport::default();
         loop {
-            let batch: Vec<String> = object_deletions::Entity::find()
-                .select_only()
-                .column(object_deletions::Column::ObjectKey)
-                .order_by_asc(object_deletions::Column::RequestedAt)
-                .limit(500)
-                .into_tuple()
-                .all(self.cx.db())
-                .await?;
-            if batch.is_empty() {
-                return Ok(purged);
+            let lease = Uuid::now_v7();
+            let claimed = self.claim_deletions(lease).await?;
+            if claimed.is_empty() {
+                return Ok(report);
             }
-            for key in &batch {
-                self.blobs.delete(&ObjectKey::parse(key.as_str())?).await?;
+            let outcomes: Vec<(String, i32, Result<(), String>)> = futures::stream::iter(claimed)
+                .map(|(key, attempts)| async move {
+                    let deleted = delete_object(self.blobs, &key).await;
+                    (key, attempts, deleted)
+                })
+                .buffer_unordered(PURGE_CONCURRENCY)
+                .collect()
+                .await;
+            let mut done = Vec::new();
+            for (key, attempts, outcome) in outcomes {
+                match outcome {
+                    Ok(()) => done.push(key),
+                    Err(error) => {
+                        let failure = self.defer_deletion(lease, key, attempts + 1, error).await?;
+                        tracing::warn!(key = %failure.object_key, attempts = failure.attempts, error = %failure.error, "could not delete a purged object; retrying later");
+                        report.failed.push(failure);
+                    }
+                }
             }
-            let placeholders = (1..=batch.len())
-                .map(|i| format!("${i}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let values: Vec<Value> = batch.iter().map(|k| k.as_str().into()).collect();
-            self.cx
-                .db()
-                .execute_raw(statement(
-                    self.cx.db(),
-                    &format!("DELETE FROM object_deletions WHERE object_key IN ({placeholders})"),
-                    values,
-                ))
-                .await?;
-            purged += batch.len() as u64;
+            report.deleted += self.finish_deletions(lease, &done).await?;
         }
     }
 
-    /// Removes what failed writes left behind: pending rows older than the grace period (and
-    /// their objects), and objects no row knows that are older than the grace period. Dry-run
-    /// by default in the CLI; `progress` is called with the number of objects listed so far.
+    /// Claims up to [`PURGE_BATCH`] due entries for `lease`: their keys and failed attempts.
+    async fn claim_deletions(&self, lease: Uuid) -> Result<Vec<(String, i32)>> {
+        let db = self.cx.db();
+        let now = now();
+        let until = now + chrono::Duration::from_std(PURGE_LEASE).unwrap_or_default();
+        let skip_locked = if is_postgres(db) {
+            " FOR UPDATE SKIP LOCKED"
+        } else {
+            ""
+        };
+        let rows = db
+            .query_all_raw(statement(
+                db,
+                &format!(
+                    "UPDATE object_deletions SET lease_id = $1, not_before = $2 \
+                      WHERE object_key IN (SELECT object_key FROM object_deletions \
+                                            WHERE not_before IS NULL OR not_before <= $3 \
+                                            ORDER BY requested_at, object_key LIMIT $4{skip_locked}) \
+                     RETURNING object_key, attempts"
+                ),
+                [lease.into(), until.into(), now.into(), PURGE_BATCH.into()],
+            ))
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("", "object_key")?, r.try_get("", "attempts")?)))
+            .collect()
+    }
+
+    /// Removes the entries of `keys` this lease still holds; returns how many.
+    async fn finish_deletions(&self, lease: Uuid, keys: &[String]) -> Result<u64> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let db = self.cx.db();
+        let placeholders = (2..keys.len() + 2)
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut values: Vec<Value> = vec![lease.into()];
+        values.extend(keys.iter().map(|k| Value::from(k.as_str())));
+        let removed = db
+            .execute_raw(statement(
+                db,
+                &format!(
+                    "DELETE FROM object_deletions WHERE lease_id = $1 AND object_key IN ({placeholders})"
+                ),
+                values,
+            ))
+            .await?;
+        Ok(removed.rows_affected())
+    }
+
+    /// Releases a failed entry with its error and a backoff.
+    async fn defer_deletion(
+        &self,
+        lease: Uuid,
+        object_key: String,
+        attempts: i32,
+        error: String,
+    ) -> Result<PurgeFailure> {
+        let db = self.cx.db();
+        let exponent = u32::try_from(attempts.saturating_sub(1))
+            .unwrap_or(0)
+            .min(16);
+        let backoff = RETRY_FIRST.saturating_mul(1 << exponent).min(RETRY_MAX);
+        let retry_after = now() + chrono::Duration::from_std(backoff).unwrap_or_default();
+        db.execute_raw(statement(
+            db,
+            "UPDATE object_deletions SET lease_id = NULL, not_before = $1, attempts = $2, last_error = $3 \
+              WHERE object_key = $4 AND lease_id = $5",
+            [
+                retry_after.into(),
+                attempts.into(),
+                error.as_str().into(),
+                object_key.as_str().into(),
+                lease.into(),
+            ],
+        ))
+        .await?;
+        Ok(PurgeFailure {
+            object_key,
+            attempts,
+            error,
+            retry_after,
+        })
+    }
+
+    /// Removes what failed writes and crashes left behind, all older than the grace period:
+    /// pending rows (and their objects), objects no row knows, and multipart uploads never
+    /// completed or aborted. Dry-run by default in the CLI; `progress` is called with the
+    /// number of objects listed so far.
     #[instrument(name = "artifacts.gc", skip(self, progress))]
     pub async fn gc(&self, options: GcOptions, mut progress: impl FnMut(u64)) -> Result<GcReport> {
         self.cx.who.require_system("collect garbage")?;
@@ -151,6 +280,24 @@ impl Artifacts<'_> {
             }
             progress(report.scanned);
             match listed.next {
+                Some(next) => page = Some(next),
+                None => break,
+            }
+        }
+        let mut page = None;
+        loop {
+            let UploadPage { uploads, next } = self.blobs.list_uploads("projects/", page).await?;
+            for upload in uploads
+                .iter()
+                .filter(|u| u.initiated.is_none_or(|t| t < cutoff))
+            {
+                report.incomplete_uploads += 1;
+                if !options.dry_run {
+                    tracing::info!(key = %upload.key, upload_id = %upload.upload_id, "aborting an incomplete multipart upload");
+                    self.blobs.abort_upload(upload).await?;
+                }
+            }
+            match next {
                 Some(next) => page = Some(next),
                 None => return Ok(report),
             }
@@ -206,8 +353,29 @@ impl Artifacts<'_> {
             .into_iter()
             .map(|(_, k)| k)
             .collect();
-        Ok(report)
+        let cutoff = grace_cutoff(grace)?;
+        let mut page = None;
+        loop {
+            let UploadPage { uploads, next } = self.blobs.list_uploads("projects/", page).await?;
+            report.incomplete_uploads.extend(
+                uploads
+                    .into_iter()
+                    .filter(|u| u.initiated.is_none_or(|t| t < cutoff))
+                    .map(|u| u.key),
+            );
+            match next {
+                Some(next) => page = Some(next),
+                None => return Ok(report),
+            }
+        }
     }
+}
+
+/// Deletes a queued object, as text for the report when it fails (a key that no longer
+/// parses fails the same way, every time, without touching the store).
+async fn delete_object(blobs: &BlobStore, key: &str) -> Result<(), String> {
+    let key = ObjectKey::parse(key).map_err(|e| e.to_string())?;
+    blobs.delete(&key).await.map_err(|e| e.to_string())
 }
 
 fn grace_cutoff(grace: Duration) -> Result<SystemTime> {

@@ -29,7 +29,7 @@ use crate::{Error, Result};
 
 mod maintenance;
 
-pub use maintenance::{AuditReport, GcOptions, GcReport};
+pub use maintenance::{AuditReport, GcOptions, GcReport, PurgeFailure, PurgeReport};
 
 /// The kinds of object a scan owns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,12 +185,17 @@ impl Artifacts<'_> {
             ))
             .await?;
         // 2. The object, outside any transaction.
-        let stored = match self.blobs.put_reader(&key, source).await {
+        let stored = match self.blobs.put_reader(&key, source, content_type).await {
             Ok(stored) => stored,
             Err(err) => {
-                // Tidy up now if we can; otherwise gc finds the pending row after the grace
-                // period. An object that was already there is not ours to delete.
-                if !matches!(err, vega_blobstore::BlobError::AlreadyExists { .. }) {
+                // Tidy up now if we can; otherwise gc finds the object after the grace period.
+                // An object that was already there is not ours to delete, and an endpoint that
+                // just timed out would only make the caller wait out a second bound.
+                if !matches!(
+                    err,
+                    vega_blobstore::BlobError::AlreadyExists { .. }
+                        | vega_blobstore::BlobError::Timeout { .. }
+                ) {
                     let _ = self.blobs.delete(&key).await;
                 }
                 let _ = self
@@ -281,9 +286,17 @@ impl Artifacts<'_> {
         Ok(self.blobs.get(&key, sha256, Some(size)).await?)
     }
 
-    /// A URL that downloads the artifact without credentials until it expires (S3 only).
+    /// A URL that downloads the artifact without credentials until it expires, which must be
+    /// in (0 s, 7 days] (S3's limit). S3 only; the download carries the artifact's
+    /// Content-Type and, for whoever wants to check it, its SHA-256 as `x-amz-meta-sha256`.
     #[instrument(name = "artifacts.download_url", skip(self))]
     pub async fn download_url(&self, id: Uuid, expires: Duration) -> Result<String> {
+        if expires.is_zero() || expires > vega_blobstore::MAX_PRESIGN_EXPIRY {
+            return Err(Error::invalid(
+                "expires",
+                "must be longer than 0 s and at most 7 days (S3's limit for presigned URLs)",
+            ));
+        }
         let (key, ..) = self.committed(id).await?;
         Ok(self.blobs.presign_get(&key, expires).await?)
     }

@@ -9,6 +9,11 @@ data "aws_region" "current" {}
 locals {
   container = "migrate"
   log_key   = var.log_kms_key_arn != null ? var.log_kms_key_arn : var.database.kms_key_arn
+  blob_environment = var.blob_bucket == null ? [] : [
+    { name = "VEGA_BLOB_BACKEND", value = "s3" },
+    { name = "VEGA_S3_BUCKET", value = var.blob_bucket.bucket_name },
+    { name = "VEGA_S3_PREFIX", value = var.blob_bucket.prefix },
+  ]
 }
 
 resource "aws_cloudwatch_log_group" "this" {
@@ -59,11 +64,19 @@ resource "aws_iam_role_policy" "secret" {
   policy = data.aws_iam_policy_document.secret.json
 }
 
-# The task role is what vega-migrate itself may do in AWS: nothing; it talks only to Postgres.
+# The task role is what the task's process may do in AWS: vega-migrate talks only to Postgres;
+# with a blob bucket, the same settings and policy as the application, for one-off checks.
 resource "aws_iam_role" "task" {
   name               = "${var.name}-migrate-task"
   assume_role_policy = data.aws_iam_policy_document.ecs_assume.json
   tags               = var.tags
+}
+
+resource "aws_iam_role_policy" "blobs" {
+  count  = var.blob_bucket == null ? 0 : 1
+  name   = "vega-blob-store"
+  role   = aws_iam_role.task.id
+  policy = var.blob_bucket.app_policy_json
 }
 
 resource "aws_ecs_task_definition" "this" {
@@ -83,14 +96,14 @@ resource "aws_ecs_task_definition" "this" {
     readonlyRootFilesystem = true
     privileged             = false
     user                   = "65532:65532"
-    environment = [
+    environment = concat([
       { name = "VEGA_PERSISTENCE_BACKEND", value = "postgres" },
       { name = "VEGA_DATABASE_HOST", value = var.database.writer_endpoint },
       { name = "VEGA_DATABASE_PORT", value = tostring(var.database.port) },
       { name = "VEGA_DATABASE_NAME", value = var.database.database_name },
       { name = "VEGA_DATABASE_SSLMODE", value = "verify-full" },
       { name = "VEGA_MIGRATE_LOCK_TIMEOUT", value = var.lock_timeout },
-    ]
+    ], local.blob_environment)
     # <secret ARN>:<JSON key>:: picks one key of the RDS-managed secret's JSON.
     secrets = [
       { name = "VEGA_DATABASE_USER", valueFrom = "${var.database.master_user_secret_arn}:username::" },

@@ -19,6 +19,16 @@ variable "database" {
   })
 }
 
+variable "blob_bucket" {
+  description = "Outputs of the blob-bucket module (bucket_name, prefix, app_policy_json): the task gets the VEGA_S3_* settings and the bucket policy, so every Vega setting is the same in every task; null leaves blobs unconfigured (vega-migrate itself never touches them)."
+  type = object({
+    bucket_name     = string
+    prefix          = string
+    app_policy_json = string
+  })
+  default = null
+}
+
 variable "log_retention_days" {
   description = "Days to keep the migration task's logs."
   type        = number
