@@ -292,9 +292,12 @@ impl S3 for Extended {
         ));
         let out = self.fs.upload_part(req).await?;
         if let Some(expected) = expected {
-            let stored = std::fs::read(&part).map_err(|e| s3_error!(InternalError, "{e}"))?;
-            let actual =
-                base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&stored));
+            // Streamed, so the server's memory stays small beside the store it is measured with.
+            let mut hasher = sha2::Sha256::new();
+            std::fs::File::open(&part)
+                .and_then(|mut file| std::io::copy(&mut file, &mut hasher))
+                .map_err(|e| s3_error!(InternalError, "{e}"))?;
+            let actual = base64::engine::general_purpose::STANDARD.encode(hasher.finalize());
             if actual != expected {
                 let _ = std::fs::remove_file(&part);
                 return Err(s3_error!(
