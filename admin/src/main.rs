@@ -7,7 +7,8 @@
 //!   delete failed; it is retried by a later run);
 //! - `gc`: find objects no row knows, uploads that never committed and multipart uploads a
 //!   crash left, older than a grace period; dry-run unless `--apply`;
-//! - `audit`: committed rows whose object is missing or differs (exit 3 when any).
+//! - `audit`: committed rows whose object is missing or differs (exit 3 when any);
+//! - `users`, `keys`, `workers`: accounts, API keys and worker credentials (`accounts.rs`).
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+mod accounts;
 mod doctor;
 use vega_repository::{GcOptions, Store};
 
@@ -34,6 +36,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Users: create, list, suspend, activate.
+    Users {
+        #[command(subcommand)]
+        command: accounts::UsersCommand,
+    },
+    /// API keys: issue, list, revoke, rotate.
+    Keys {
+        #[command(subcommand)]
+        command: accounts::KeysCommand,
+    },
+    /// Worker credentials: issue-credential.
+    Workers {
+        #[command(subcommand)]
+        command: accounts::WorkersCommand,
+    },
     /// Check the configuration, the database (reachable, connectable, migrated, foreign keys
     /// indexed) and the blob store (write, read back, delete a probe object). Exit 0 only when
     /// every check passes.
@@ -93,6 +110,11 @@ async fn run(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
     let artifacts = store.artifacts();
     match cli.command {
         Command::Doctor => unreachable!("handled before connecting"),
+        Command::Users { command } => accounts::users(&store, cli.json, command).await.map(|()| 0),
+        Command::Keys { command } => accounts::keys(&store, cli.json, command).await.map(|()| 0),
+        Command::Workers { command } => accounts::workers(&store, cli.json, command)
+            .await
+            .map(|()| 0),
         Command::Purge => {
             let report = artifacts.purge().await?;
             print(cli.json, &report, || {
@@ -166,6 +188,7 @@ async fn run(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
     }
 }
 
+/// Prints the result: `value` as JSON with `--json`, else `text`'s line(s).
 fn print(json: bool, value: &impl serde::Serialize, text: impl FnOnce() -> String) {
     if json {
         println!(

@@ -40,3 +40,234 @@ async fn gc_is_a_dry_run_unless_applied_and_audit_reports_by_exit_code() {
     assert_eq!(admin(&["audit"]).status.code(), Some(0));
     assert_eq!(admin(&["purge"]).status.code(), Some(0));
 }
+
+/// A migrated database a child process can open: the test's Postgres database, or a SQLite
+/// file (an in-memory one dies with its connection).
+async fn database(postgres: bool) -> (String, Option<TestDb>) {
+    if postgres {
+        let db = TestDb::postgres().await;
+        return (db.url().to_owned(), Some(db));
+    }
+    let dir = std::env::temp_dir().join(format!("vega-admin-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}/vega.sqlite3?mode=rwc", dir.display());
+    let conn = sea_orm::Database::connect(&url).await.unwrap();
+    <vega_migration::Migrator as vega_migration::MigratorTrait>::up(&conn, None)
+        .await
+        .unwrap();
+    (url, None)
+}
+
+struct Out {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn admin_at(url: &str, args: &[&str]) -> Out {
+    let out = Command::new(env!("CARGO_BIN_EXE_vega-admin"))
+        .args(args)
+        .env_remove("VEGA_PERSISTENCE_BACKEND")
+        .env_remove("DATABASE_URL")
+        .env("VEGA_DATABASE_URL", url)
+        .env(
+            "VEGA_BLOB_DIR",
+            std::env::temp_dir().join("vega-admin-blobs"),
+        )
+        .env_remove("VEGA_BLOB_BACKEND")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    Out {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+async fn accounts_from_the_command_line(postgres: bool) {
+    let (url, _db) = database(postgres).await;
+    let run = |args: &[&str]| admin_at(&url, args);
+    let ok = |args: &[&str]| {
+        let out = run(args);
+        assert_eq!(out.code, Some(0), "{args:?}: {}", out.stderr);
+        out.stdout
+    };
+    let fails = |args: &[&str], says: &str| {
+        let out = run(args);
+        assert_eq!(out.code, Some(1), "{args:?} should fail: {}", out.stdout);
+        assert!(out.stderr.contains(says), "{args:?}: {}", out.stderr);
+    };
+    let list_keys = || -> serde_json::Value {
+        serde_json::from_str(&ok(&[
+            "--json",
+            "keys",
+            "list",
+            "--user",
+            "ada@example.com",
+        ]))
+        .unwrap()
+    };
+    let settings = vega_config::Settings {
+        database: vega_config::DatabaseSettings::for_url(&url).unwrap(),
+        blob: vega_config::BlobSettings::Fs {
+            root: std::env::temp_dir().join("vega-admin-blobs"),
+            root_source: vega_config::Source::Given,
+        },
+        pool: Default::default(),
+    };
+    let store = vega_repository::Store::connect(&settings).await.unwrap();
+    let authenticates = async |token: &str| store.api_keys().authenticate(token).await.unwrap();
+
+    let created = ok(&[
+        "users",
+        "create",
+        "--email",
+        "Ada@Example.com",
+        "--name",
+        "Ada",
+        "--admin",
+    ]);
+    assert!(
+        created.starts_with("created user ada@example.com ("),
+        "{created}"
+    );
+    fails(
+        &["users", "create", "--email", "ada@example.com"],
+        "already exists",
+    );
+    fails(
+        &["users", "create", "--email", "not an email"],
+        "invalid email",
+    );
+    let users: serde_json::Value = serde_json::from_str(&ok(&["--json", "users", "list"])).unwrap();
+    assert_eq!(users.as_array().unwrap().len(), 1);
+    assert_eq!(
+        (users[0]["email"].as_str(), users[0]["is_admin"].as_bool()),
+        (Some("ada@example.com"), Some(true))
+    );
+
+    let token = ok(&[
+        "keys",
+        "issue",
+        "--user",
+        "ada@example.com",
+        "--name",
+        "ci",
+        "--scope",
+        "projects:read",
+        "--scope",
+        "scans:write",
+        "--expires",
+        "30d",
+    ]);
+    assert_eq!(token.lines().count(), 1, "the token alone: {token}");
+    let token = token.trim().to_owned();
+    assert!(token.starts_with("vgk_"), "{token}");
+    let principal = authenticates(&token)
+        .await
+        .expect("the printed token authenticates");
+    assert!(principal.has_scope("projects:read") && principal.has_scope("scans:write"));
+    fails(
+        &[
+            "keys",
+            "issue",
+            "--user",
+            "ada@example.com",
+            "--name",
+            "x",
+            "--scope",
+            "nope:nope",
+        ],
+        "`nope:nope` is not a scope",
+    );
+    fails(
+        &[
+            "keys",
+            "issue",
+            "--user",
+            "nobody@example.com",
+            "--name",
+            "x",
+            "--scope",
+            "scans:read",
+        ],
+        "no user has the email",
+    );
+    fails(
+        &["keys", "list", "--user", "nobody@example.com"],
+        "no user has the email",
+    );
+
+    let keys = list_keys();
+    assert_eq!(keys.as_array().unwrap().len(), 1);
+    assert_eq!(keys[0]["state"], "live");
+    assert!(
+        keys[0].get("token").is_none() && keys[0].get("token_hash").is_none(),
+        "no secret is listed"
+    );
+    let id = keys[0]["id"].as_str().unwrap().to_owned();
+
+    let rotated = ok(&["keys", "rotate", &id]).trim().to_owned();
+    assert!(rotated.starts_with("vgk_") && rotated != token);
+    assert!(
+        authenticates(&token).await.is_none(),
+        "the rotated key is revoked"
+    );
+    assert!(authenticates(&rotated).await.is_some());
+    fails(&["keys", "rotate", &id], "a revoked key cannot be rotated");
+    let keys = list_keys();
+    let new_id = keys[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        ok(&["keys", "revoke", &new_id]).trim(),
+        format!("key {new_id} is revoked")
+    );
+    assert!(authenticates(&rotated).await.is_none());
+    fails(
+        &["keys", "revoke", &uuid::Uuid::now_v7().to_string()],
+        "not found",
+    );
+
+    assert_eq!(
+        ok(&["users", "suspend", "ada@example.com"]).trim(),
+        "user ada@example.com is suspended"
+    );
+    assert_eq!(
+        ok(&["users", "activate", "ADA@example.com"]).trim(),
+        "user ada@example.com is active"
+    );
+    fails(
+        &["users", "suspend", "nobody@example.com"],
+        "no user has the email",
+    );
+
+    let credential = ok(&["workers", "issue-credential", "scanner-1"])
+        .trim()
+        .to_owned();
+    assert!(credential.starts_with("vgw_"), "{credential}");
+    let worker = authenticates(&credential)
+        .await
+        .expect("the credential authenticates");
+    assert!(matches!(
+        worker.kind(),
+        vega_repository::PrincipalKind::Worker { .. }
+    ));
+    assert_eq!(worker.label(), "scanner-1");
+    fails(
+        &["workers", "issue-credential", "scanner-1"],
+        "already exists",
+    );
+    let issued: serde_json::Value =
+        serde_json::from_str(&ok(&["--json", "workers", "issue-credential", "scanner-2"])).unwrap();
+    assert!(issued["token"].as_str().unwrap().starts_with("vgw_"));
+}
+
+#[tokio::test]
+async fn accounts_from_the_command_line_on_postgres() {
+    accounts_from_the_command_line(true).await;
+}
+
+#[tokio::test]
+async fn accounts_from_the_command_line_on_sqlite() {
+    accounts_from_the_command_line(false).await;
+}

@@ -212,6 +212,7 @@ async fn ingest(
         .create(NewUser {
             email: "bench@example.com".into(),
             display_name: None,
+            is_admin: false,
         })
         .await?;
     let batch = synthetic_findings(args.findings);
@@ -356,6 +357,7 @@ async fn bench_project(store: &Store, name: &str) -> Result<uuid::Uuid> {
         .create(NewUser {
             email: format!("{name}@example.com"),
             display_name: None,
+            is_admin: false,
         })
         .await?;
     let project = store

@@ -34,6 +34,7 @@ pub(crate) async fn run(
         .create(NewUser {
             email: "queue@example.com".into(),
             display_name: None,
+            is_admin: false,
         })
         .await?;
     let project = store

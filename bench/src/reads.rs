@@ -59,6 +59,7 @@ pub(crate) async fn run(
         .create(NewUser {
             email: "reads@example.com".into(),
             display_name: None,
+            is_admin: false,
         })
         .await?;
     let big_project = generate(db, owner.id, sizes).await?;

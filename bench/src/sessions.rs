@@ -81,6 +81,7 @@ pub(crate) async fn transaction(
         .create(NewUser {
             email: "sessions@example.com".into(),
             display_name: None,
+            is_admin: false,
         })
         .await?;
     let principal = user_principal(store, user.id).await?;

@@ -29,6 +29,7 @@ pub(crate) async fn run(
         .create(NewUser {
             email: "usage-repo@example.com".into(),
             display_name: None,
+            is_admin: false,
         })
         .await?;
     let raw_account = store
@@ -36,6 +37,7 @@ pub(crate) async fn run(
         .create(NewUser {
             email: "usage-raw@example.com".into(),
             display_name: None,
+            is_admin: false,
         })
         .await?;
     let start = Utc::now().fixed_offset() - Days::days(30);

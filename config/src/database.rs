@@ -155,8 +155,19 @@ impl DatabaseSettings {
     pub(crate) fn from_lookup(
         lookup: &impl Fn(&'static str) -> Result<Option<String>, ConfigError>,
     ) -> Result<Self, ConfigError> {
+        let mut found = None;
+        for var in URL_VARS {
+            if let Some(url) = lookup(var)? {
+                found = Some((url, var));
+                break;
+            }
+        }
+        let inferred = found.as_ref().and_then(|(url, var)| {
+            let scheme = url.trim().split(':').next().unwrap_or_default();
+            Backend::from_scheme(scheme).map(|backend| (backend, Source::Inferred(var)))
+        });
         let (backend, backend_source) = match lookup(BACKEND_VAR)? {
-            None => (Backend::Sqlite, Source::Default),
+            None => inferred.unwrap_or((Backend::Sqlite, Source::Default)),
             Some(value) => {
                 let backend = match value.trim().to_ascii_lowercase().as_str() {
                     "postgres" | "postgresql" => Backend::Postgres,
@@ -167,13 +178,6 @@ impl DatabaseSettings {
             }
         };
 
-        let mut found = None;
-        for var in URL_VARS {
-            if let Some(url) = lookup(var)? {
-                found = Some((url, var));
-                break;
-            }
-        }
         let part = parts::first_set(lookup)?;
         let (url, url_source) = match (found, part, backend) {
             (Some((_, url_var)), Some(part_var), _) => {
@@ -203,7 +207,7 @@ impl DatabaseSettings {
         let var = match url_source {
             Source::Env(var) => var,
             Source::DatabaseParts => parts::HOST_VAR,
-            Source::Default | Source::Given => "the default database URL",
+            Source::Default | Source::Given | Source::Inferred(_) => "the default database URL",
         };
         settings.validate(var)?;
         Ok(settings)
@@ -497,15 +501,35 @@ mod tests {
             }
         ));
 
-        // The default backend is sqlite, so a lone postgres URL is a mismatch too, and the
-        // message says the backend was defaulted.
-        let err = settings(&[("DATABASE_URL", "postgres://u:secret@h/db")]).unwrap_err();
+        let err = settings(&[
+            ("VEGA_PERSISTENCE_BACKEND", "sqlite"),
+            ("DATABASE_URL", "postgres://u:secret@h/db"),
+        ])
+        .unwrap_err();
         let msg = err.to_string();
         assert!(
-            msg.contains("DATABASE_URL") && msg.contains("default"),
+            msg.contains("DATABASE_URL") && msg.contains("VEGA_PERSISTENCE_BACKEND"),
             "{msg}"
         );
         assert!(!msg.contains("secret"), "{msg}");
+    }
+
+    #[test]
+    fn a_lone_url_chooses_the_backend_by_its_scheme() {
+        let s = settings(&[("DATABASE_URL", "postgres://u:secret@h/db")]).unwrap();
+        assert_eq!(s.backend, Backend::Postgres);
+        assert_eq!(s.backend_source, Source::Inferred("DATABASE_URL"));
+        assert_eq!(
+            s.backend_source.to_string(),
+            "inferred from the scheme of DATABASE_URL"
+        );
+        let s = settings(&[("VEGA_DATABASE_URL", "sqlite://x.db?mode=rwc")]).unwrap();
+        assert_eq!(
+            (s.backend, s.backend_source),
+            (Backend::Sqlite, Source::Inferred("VEGA_DATABASE_URL"))
+        );
+        let err = settings(&[("DATABASE_URL", "mysql://h/db")]).unwrap_err();
+        assert!(err.to_string().contains("DATABASE_URL"), "{err}");
     }
 
     #[test]

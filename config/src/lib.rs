@@ -3,7 +3,9 @@
 //! Every binary and the repository layer build their connections from [`Settings`], so a
 //! setting means the same thing everywhere. The rules:
 //!
-//! - `VEGA_PERSISTENCE_BACKEND` is `postgres` or `sqlite` (default `sqlite`, the embedded mode);
+//! - `VEGA_PERSISTENCE_BACKEND` is `postgres` or `sqlite`; unset, the database URL's scheme
+//!   chooses (so a lone `DATABASE_URL=postgres://…` works), and without a URL it is `sqlite`,
+//!   the embedded mode;
 //! - the database URL comes from `VEGA_DATABASE_URL`, then `DATABASE_URL`; or, for postgres,
 //!   is built from `VEGA_DATABASE_HOST`, `_PORT` (5432), `_NAME`, `_USER`, `_PASSWORD`,
 //!   `_SSLMODE` and `_SSLROOTCERT` (the shape an ECS task gets from the RDS-managed secret; setting both a URL and
@@ -47,6 +49,9 @@ pub enum Source {
     DatabaseParts,
     /// Passed in directly (a command-line flag or a test), not read from the environment.
     Given,
+    /// Not set, and taken from the scheme of the URL in the named variable (a lone
+    /// `DATABASE_URL=postgres://…` selects the postgres backend).
+    Inferred(&'static str),
 }
 
 impl std::fmt::Display for Source {
@@ -56,6 +61,7 @@ impl std::fmt::Display for Source {
             Source::DatabaseParts => f.write_str("from VEGA_DATABASE_HOST/_PORT/_NAME/_USER"),
             Source::Default => f.write_str("default"),
             Source::Given => f.write_str("given explicitly"),
+            Source::Inferred(var) => write!(f, "inferred from the scheme of {var}"),
         }
     }
 }

@@ -20,6 +20,17 @@ use crate::sql::{now, statement};
 use crate::token::{self, ApiToken};
 use crate::{Error, Principal, PrincipalKind, Result, validate};
 
+/// Every scope a key may carry: what each part of the API checks. A key asking for any other
+/// is refused, so a typo cannot issue a key that silently grants nothing.
+pub const SCOPES: &[&str] = &[
+    "projects:read",
+    "projects:write",
+    "scans:read",
+    "scans:write",
+    "findings:read",
+    "findings:write",
+];
+
 /// How often `last_used_at` (and `last_used_ip`) is written for a busy key or credential.
 pub const LAST_USED_THROTTLE: Duration = Duration::from_secs(300);
 
@@ -291,6 +302,12 @@ fn validated(mut input: NewApiKey) -> Result<NewApiKey> {
             return Err(Error::invalid(
                 &format!("scopes[{i}]"),
                 "must look like `scans:write`",
+            ));
+        }
+        if !SCOPES.contains(&scope.as_str()) {
+            return Err(Error::invalid(
+                &format!("scopes[{i}]"),
+                format!("`{scope}` is not a scope; scopes are {}", SCOPES.join(", ")),
             ));
         }
     }

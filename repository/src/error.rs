@@ -40,11 +40,7 @@ pub enum Error {
         scan_id: Uuid,
     },
     /// The database schema is not the one this build expects.
-    #[error(
-        "database schema does not match this build (pending: [{}], unknown: [{}]); run \
-         `vega-migrate up` before starting (or deploy the build that knows the unknown versions)",
-        pending.join(", "), unknown.join(", ")
-    )]
+    #[error("{}", schema_mismatch(pending, unknown))]
     SchemaOutdated {
         /// Migrations this build has that the database has not applied.
         pending: Vec<String>,
@@ -81,6 +77,31 @@ pub enum Error {
     /// The blob store failed.
     #[error(transparent)]
     Blob(#[from] BlobError),
+}
+
+/// The sentence for [`Error::SchemaOutdated`]: what is wrong and the command that fixes it.
+fn schema_mismatch(pending: &[String], unknown: &[String]) -> String {
+    let count = |n: usize| {
+        if n == 1 {
+            "1 migration".to_owned()
+        } else {
+            format!("{n} migrations")
+        }
+    };
+    if unknown.is_empty() {
+        format!(
+            "the database is {} behind this build: run `vega-migrate up` (pending: {})",
+            count(pending.len()),
+            pending.join(", ")
+        )
+    } else {
+        format!(
+            "the database has {} this build does not know ({}): it was migrated by a newer \
+             build; deploy that build, or one that knows them",
+            count(unknown.len()),
+            unknown.join(", ")
+        )
+    }
 }
 
 /// Repository results.

@@ -47,7 +47,7 @@ mod users;
 mod validate;
 mod workers;
 
-pub use api_keys::{ApiKeys, IssuedKey, LAST_USED_THROTTLE, NewApiKey};
+pub use api_keys::{ApiKeys, IssuedKey, LAST_USED_THROTTLE, NewApiKey, SCOPES};
 pub use artifacts::{
     Artifacts, AuditReport, GcOptions, GcReport, PurgeFailure, PurgeReport, ScanObject,
 };

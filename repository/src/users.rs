@@ -17,6 +17,8 @@ pub struct NewUser {
     pub email: String,
     /// Display name, up to 255 characters.
     pub display_name: Option<String>,
+    /// Whether the user administers the deployment.
+    pub is_admin: bool,
 }
 
 /// The `users` table.
@@ -41,7 +43,7 @@ impl Users<'_> {
             email_verified_at: Set(None),
             display_name: Set(display_name),
             password_hash: Set(None),
-            is_admin: Set(false),
+            is_admin: Set(input.is_admin),
             status: Set(UserStatus::Active.as_str().into()),
             last_login_at: Set(None),
             created_at: Set(now),
@@ -118,6 +120,23 @@ impl Users<'_> {
         .await?;
         unit.commit().await?;
         Ok(user)
+    }
+
+    /// Users in the order they were created, `limit` (1 to 500) after the user `after`
+    /// (the system only): the operator's view, for `vega-admin users list`.
+    #[instrument(name = "users.list", skip(self))]
+    pub async fn list(&self, after: Option<Uuid>, limit: u64) -> Result<Vec<users::Model>> {
+        self.cx.who.require_system("list users")?;
+        let limit = crate::page::page_size(limit)?;
+        let after = after.unwrap_or_else(Uuid::nil);
+        self.cx
+            .select::<users::Entity>(
+                Table::Users,
+                "x.id > $1",
+                vec![after.into()],
+                &format!("ORDER BY x.id {}", crate::page::limit_clause(limit)),
+            )
+            .await
     }
 
     async fn find(&self, filter: &str, values: Vec<Value>) -> Result<Option<users::Model>> {

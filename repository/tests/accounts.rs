@@ -21,13 +21,13 @@ on_both_backends! {
     async fn users_are_unique_by_email_in_any_case(db: &TestDb) {
         let store = common::store(db).await;
         let users = store.users();
-        let ada = users.create(NewUser { email: " Ada@Example.COM ".into(), display_name: None }).await.unwrap();
+        let ada = users.create(NewUser { email: " Ada@Example.COM ".into(), display_name: None, is_admin: false }).await.unwrap();
         assert_eq!(ada.email, "ada@example.com");
-        let dup = users.create(NewUser { email: "ADA@example.com".into(), display_name: None }).await;
+        let dup = users.create(NewUser { email: "ADA@example.com".into(), display_name: None, is_admin: false }).await;
         assert!(matches!(dup, Err(Error::Conflict { .. })), "{dup:?}");
         assert_eq!(users.find_by_email("aDa@EXAMPLE.com").await.unwrap().map(|u| u.id), Some(ada.id));
         assert_eq!(users.find_by_email("bob@example.com").await.unwrap(), None);
-        let bad = users.create(NewUser { email: "not an email".into(), display_name: None }).await;
+        let bad = users.create(NewUser { email: "not an email".into(), display_name: None, is_admin: false }).await;
         assert!(matches!(bad, Err(Error::Invalid { field, .. }) if field == "email"));
         let suspended = users.set_status(ada.id, UserStatus::Suspended).await.unwrap();
         assert_eq!(suspended.status, "suspended");

@@ -26,6 +26,7 @@ async fn call(store: &Store) -> Result<(), Error> {
         .create(NewUser {
             email: format!("{}@example.com", uuid::Uuid::new_v4().simple()),
             display_name: None,
+            is_admin: false,
         })
         .await?;
     store.users().get(user.id).await.map(|_| ())

@@ -32,6 +32,7 @@ async fn child_process() {
         .create(NewUser {
             email: "doomed@example.com".into(),
             display_name: None,
+            is_admin: false,
         })
         .await
         .unwrap();

@@ -22,7 +22,11 @@ async fn an_unmigrated_database_is_refused_with_the_pending_versions() {
         }
         other => panic!("expected SchemaOutdated, got {other:?}"),
     }
-    assert!(err.to_string().contains("vega-migrate up"), "{err}");
+    let behind = format!(
+        "the database is {} migrations behind this build: run `vega-migrate up`",
+        known_versions().len()
+    );
+    assert!(err.to_string().starts_with(&behind), "{err}");
     assert!(
         matches!(
             err,

@@ -132,7 +132,7 @@ on_both_backends! {
 
         let user = NewUser {
             email: "a\u{0}@example.com".into(),
-            display_name: None,
+            display_name: None, is_admin: false,
         };
         assert_eq!(invalid_field(store.users().create(user).await), "email");
         assert_eq!(

@@ -1,16 +1,29 @@
 //! Serves the example API: `cargo run -p vega-example-api` (listens on `VEGA_LISTEN`,
 //! default 127.0.0.1:8080; database settings as everywhere, see the README).
 
+use std::process::ExitCode;
+
 use tracing_subscriber::EnvFilter;
 use vega_repository::Store;
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
+    // Each error says what is wrong and how to fix it; a Debug dump would say neither.
+    match serve().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve() -> Result<(), Box<dyn std::error::Error>> {
     let settings = vega_config::Settings::from_env()?;
     let store = Store::connect(&settings).await?;
     let addr = std::env::var("VEGA_LISTEN").unwrap_or_else(|_| "127.0.0.1:8080".into());

@@ -18,6 +18,7 @@ async fn a_project_is_created_scanned_and_listed_with_counts() {
         .create(NewUser {
             email: "ops@example.com".into(),
             display_name: None,
+            is_admin: false,
         })
         .await
         .unwrap();
@@ -33,8 +34,13 @@ async fn a_project_is_created_scanned_and_listed_with_counts() {
         .issue(key(&["projects:read", "projects:write", "scans:write"]))
         .await
         .unwrap();
-    // A user's key with a `worker` scope is still a user's key: workers use credentials.
-    let user_worker = store.api_keys().issue(key(&["worker"])).await.unwrap();
+    // There is no `worker` scope to give a user's key: workers use credentials. A user's key
+    // with any scope is still a user's key.
+    assert!(matches!(
+        store.api_keys().issue(key(&["worker"])).await,
+        Err(vega_repository::Error::Invalid { .. })
+    ));
+    let user_worker = store.api_keys().issue(key(&["scans:read"])).await.unwrap();
     let worker = store.workers().issue_credential("w1").await.unwrap();
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -191,6 +197,7 @@ async fn tenancy_rules_hold_over_http() {
                 .create(NewUser {
                     email,
                     display_name: None,
+                    is_admin: false,
                 })
                 .await
                 .unwrap()

@@ -30,6 +30,7 @@ pub async fn user(store: &Store) -> users::Model {
         .create(NewUser {
             email: format!("{}@Example.com", uuid::Uuid::new_v4().simple()),
             display_name: Some("Ada".into()),
+            is_admin: false,
         })
         .await
         .unwrap()
