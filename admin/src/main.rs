@@ -8,7 +8,8 @@
 //! - `gc`: find objects no row knows, uploads that never committed and multipart uploads a
 //!   crash left, older than a grace period; dry-run unless `--apply`;
 //! - `audit`: committed rows whose object is missing or differs (exit 3 when any);
-//! - `users`, `keys`, `workers`: accounts, API keys and worker credentials (`accounts.rs`).
+//! - `users`, `keys`, `workers`: accounts, API keys and worker credentials (`accounts.rs`);
+//! - `queue`, `scans`: the queue in view, and one scan shown, canceled or rescued (`queue.rs`).
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -19,6 +20,7 @@ use tracing_subscriber::EnvFilter;
 
 mod accounts;
 mod doctor;
+mod queue;
 use vega_repository::{GcOptions, Store};
 
 /// Exit code of `audit` when it finds problems, and of `purge` when a delete failed.
@@ -50,6 +52,14 @@ enum Command {
     Workers {
         #[command(subcommand)]
         command: accounts::WorkersCommand,
+    },
+    /// The queue: depth by status and priority, the oldest due scan's wait, running scans
+    /// per worker, expired leases and recent failures.
+    Queue,
+    /// Scans: show, cancel, rescue.
+    Scans {
+        #[command(subcommand)]
+        command: queue::ScansCommand,
     },
     /// Check the configuration, the database (reachable, connectable, migrated, foreign keys
     /// indexed) and the blob store (write, read back, delete a probe object). Exit 0 only when
@@ -115,6 +125,8 @@ async fn run(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
         Command::Workers { command } => accounts::workers(&store, cli.json, command)
             .await
             .map(|()| 0),
+        Command::Queue => queue::queue(&store, cli.json).await.map(|()| 0),
+        Command::Scans { command } => queue::scans(&store, cli.json, command).await.map(|()| 0),
         Command::Purge => {
             let report = artifacts.purge().await?;
             print(cli.json, &report, || {

@@ -58,6 +58,19 @@ async fn database(postgres: bool) -> (String, Option<TestDb>) {
     (url, None)
 }
 
+/// The store the commands write to, opened beside them to check what they did.
+async fn store_at(url: &str) -> vega_repository::Store {
+    let settings = vega_config::Settings {
+        database: vega_config::DatabaseSettings::for_url(url).unwrap(),
+        blob: vega_config::BlobSettings::Fs {
+            root: std::env::temp_dir().join("vega-admin-blobs"),
+            root_source: vega_config::Source::Given,
+        },
+        pool: Default::default(),
+    };
+    vega_repository::Store::connect(&settings).await.unwrap()
+}
+
 struct Out {
     code: Option<i32>,
     stdout: String,
@@ -108,15 +121,7 @@ async fn accounts_from_the_command_line(postgres: bool) {
         ]))
         .unwrap()
     };
-    let settings = vega_config::Settings {
-        database: vega_config::DatabaseSettings::for_url(&url).unwrap(),
-        blob: vega_config::BlobSettings::Fs {
-            root: std::env::temp_dir().join("vega-admin-blobs"),
-            root_source: vega_config::Source::Given,
-        },
-        pool: Default::default(),
-    };
-    let store = vega_repository::Store::connect(&settings).await.unwrap();
+    let store = store_at(&url).await;
     let authenticates = async |token: &str| store.api_keys().authenticate(token).await.unwrap();
 
     let created = ok(&[
@@ -270,4 +275,137 @@ async fn accounts_from_the_command_line_on_postgres() {
 #[tokio::test]
 async fn accounts_from_the_command_line_on_sqlite() {
     accounts_from_the_command_line(false).await;
+}
+
+async fn the_queue_in_view(postgres: bool) {
+    use vega_entity::{Provider, TriggerKind};
+    use vega_repository::{NewProject, NewRepository, NewScan, NewUser};
+    let (url, _db) = database(postgres).await;
+    let store = store_at(&url).await;
+    let owner = store
+        .users()
+        .create(NewUser {
+            email: "ops@example.com".into(),
+            display_name: None,
+            is_admin: false,
+        })
+        .await
+        .unwrap();
+    let project = store
+        .projects()
+        .create(NewProject {
+            owner_id: owner.id,
+            name: "Web".into(),
+            slug: "web".into(),
+            description: None,
+        })
+        .await
+        .unwrap();
+    let repo = store
+        .repositories()
+        .add(NewRepository {
+            project_id: project.id,
+            provider: Provider::Github,
+            provider_xid: Some("1296269".into()),
+            full_name: Some("acme/web".into()),
+            clone_url: None,
+            default_branch: Some("main".into()),
+        })
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let scan = NewScan::full(repo.id, TriggerKind::Api, Some("main".into()));
+        ids.push(store.scans().enqueue(scan).await.unwrap().id);
+    }
+    // One claim whose worker dies (its lease runs out), one that fails, two still queued.
+    let scans = store.scans();
+    let dying = scans
+        .claim_next("scanner-1", 1, std::time::Duration::from_secs(1))
+        .await
+        .unwrap()
+        .remove(0);
+    let failing = scans
+        .claim_next("scanner-2", 1, std::time::Duration::from_secs(600))
+        .await
+        .unwrap()
+        .remove(0);
+    scans
+        .fail(&failing.lease, "tool_crashed", "semgrep exited 139")
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+
+    let run = |args: &[&str]| {
+        let out = admin_at(&url, args);
+        assert_eq!(out.code, Some(0), "{args:?}: {}", out.stderr);
+        out.stdout
+    };
+    let text = run(&["queue"]);
+    println!("$ vega-admin queue\n{text}");
+    assert!(
+        text.contains("expired leases: 1 (`vega-admin scans rescue` takes them back)"),
+        "{text}"
+    );
+    let queue: serde_json::Value = serde_json::from_str(&run(&["--json", "queue"])).unwrap();
+    let depth = |status: &str| -> i64 {
+        queue["depth"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["status"] == status)
+            .map(|d| d["scans"].as_i64().unwrap())
+            .sum()
+    };
+    assert_eq!((depth("queued"), depth("running")), (2, 1));
+    assert_eq!(queue["expired_leases"], 1);
+    assert_eq!(queue["running"][0]["worker"], "scanner-1");
+    assert!(queue["oldest_due_since"].is_string());
+    let failures = queue["recent_failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{queue}");
+    assert_eq!(failures[0]["id"], failing.scan.id.to_string());
+    assert_eq!(failures[0]["error_code"], "tool_crashed");
+
+    let rescued: serde_json::Value =
+        serde_json::from_str(&run(&["--json", "scans", "rescue", "--backoff", "1s"])).unwrap();
+    assert_eq!(rescued[0]["id"], dying.scan.id.to_string());
+    assert_eq!(rescued[0]["status"], "queued");
+    let queue: serde_json::Value = serde_json::from_str(&run(&["--json", "queue"])).unwrap();
+    assert_eq!(
+        (
+            queue["expired_leases"].as_i64(),
+            queue["scheduled_later"].as_i64()
+        ),
+        (Some(0), Some(1)),
+        "{queue}"
+    );
+
+    let shown = run(&["scans", "show", &dying.scan.id.to_string()]);
+    assert!(shown.contains("status: queued (attempt 1 of"), "{shown}");
+    let queued = ids
+        .iter()
+        .find(|id| **id != dying.scan.id && **id != failing.scan.id)
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        run(&["scans", "cancel", &queued]).trim(),
+        format!("scan {queued} is canceled")
+    );
+    assert_eq!(
+        run(&["scans", "cancel", &queued]).trim(),
+        format!("scan {queued} had already finished: canceled")
+    );
+    let missing = admin_at(&url, &["scans", "show", &uuid::Uuid::now_v7().to_string()]);
+    assert_eq!(missing.code, Some(1));
+    assert!(missing.stderr.contains("not found"), "{}", missing.stderr);
+}
+
+#[tokio::test]
+async fn the_queue_in_view_on_postgres() {
+    the_queue_in_view(true).await;
+}
+
+#[tokio::test]
+async fn the_queue_in_view_on_sqlite() {
+    the_queue_in_view(false).await;
 }

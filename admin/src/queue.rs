@@ -1,0 +1,190 @@
+//! The queue and scans from the command line: `vega-admin queue` (read-only) and
+//! `vega-admin scans show|cancel|rescue`.
+
+use std::time::Duration;
+
+use clap::Subcommand;
+use serde_json::json;
+use uuid::Uuid;
+use vega_repository::{CancelOutcome, QueueSummary, Store};
+
+use crate::print;
+
+/// `vega-admin scans …`.
+#[derive(Subcommand)]
+pub enum ScansCommand {
+    /// One scan: status, lease, attempts, error and counts.
+    Show {
+        /// The scan's id.
+        id: Uuid,
+    },
+    /// Cancel a queued scan, or ask the worker running it to stop.
+    Cancel {
+        /// The scan's id.
+        id: Uuid,
+    },
+    /// Take back running scans whose lease expired (their worker died or stalled):
+    /// re-queued after BACKOFF × attempt, or failed once out of attempts.
+    Rescue {
+        /// The wait before a rescued scan is claimed again, times its attempt.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        backoff: Duration,
+    },
+}
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+pub async fn queue(store: &Store, json: bool) -> Result<()> {
+    let summary = store.scans().queue_summary().await?;
+    print(json, &summary, || describe(&summary));
+    Ok(())
+}
+
+fn describe(q: &QueueSummary) -> String {
+    let now = chrono::Utc::now();
+    let age = |at: chrono::DateTime<chrono::FixedOffset>| {
+        let secs = (now - at.to_utc()).num_seconds().max(0);
+        humantime::format_duration(Duration::from_secs(u64::try_from(secs).unwrap_or(0)))
+            .to_string()
+    };
+    let mut lines = Vec::new();
+    if q.depth.is_empty() {
+        lines.push("no scan is queued or running".to_owned());
+    }
+    for d in &q.depth {
+        lines.push(format!(
+            "{:<8} priority {:>3}: {}",
+            d.status, d.priority, d.scans
+        ));
+    }
+    match q.oldest_due_since {
+        Some(at) => lines.push(format!("oldest due scan waiting {} (since {at})", age(at))),
+        None => lines.push("no queued scan is due".to_owned()),
+    }
+    lines.push(format!(
+        "scheduled later (backing off or not yet due): {}",
+        q.scheduled_later
+    ));
+    if !q.running.is_empty() {
+        lines.push("running per worker:".to_owned());
+        for w in &q.running {
+            let since = w
+                .oldest_claim
+                .map(|at| format!(", oldest claimed {} ago", age(at)));
+            lines.push(format!(
+                "  {}: {}{}",
+                w.worker,
+                w.scans,
+                since.unwrap_or_default()
+            ));
+        }
+    }
+    let fix = if q.expired_leases > 0 {
+        " (`vega-admin scans rescue` takes them back)"
+    } else {
+        ""
+    };
+    lines.push(format!("expired leases: {}{fix}", q.expired_leases));
+    if !q.recent_failures.is_empty() {
+        lines.push("recent failures:".to_owned());
+        for f in &q.recent_failures {
+            lines.push(format!(
+                "  {} (project {}, attempt {}, {}): {} {}",
+                f.id,
+                f.project_id,
+                f.attempt,
+                f.claimed_by.as_deref().unwrap_or("no worker"),
+                f.error_code.as_deref().unwrap_or("error"),
+                f.error_message.as_deref().unwrap_or_default()
+            ));
+        }
+    }
+    lines.join("\n")
+}
+
+pub async fn scans(store: &Store, json: bool, command: ScansCommand) -> Result<()> {
+    let scans = store.scans();
+    match command {
+        ScansCommand::Show { id } => {
+            let scan = scans.get(id).await?;
+            print(json, &scan, || {
+                let mut lines = vec![
+                    format!(
+                        "scan {} ({} of repository {})",
+                        scan.id, scan.kind, scan.repository_id
+                    ),
+                    format!(
+                        "status: {} (attempt {} of {})",
+                        scan.status, scan.attempt, scan.max_attempts
+                    ),
+                    format!(
+                        "priority {}, scheduled at {}",
+                        scan.priority, scan.scheduled_at
+                    ),
+                ];
+                if let Some(worker) = &scan.claimed_by {
+                    let until = scan
+                        .lease_expires_at
+                        .map(|t| t.to_string())
+                        .unwrap_or_default();
+                    lines.push(format!("claimed by {worker}, lease until {until}"));
+                }
+                if let Some(code) = &scan.error_code {
+                    lines.push(format!(
+                        "error: {code}: {}",
+                        scan.error_message.as_deref().unwrap_or_default()
+                    ));
+                }
+                lines.push(format!(
+                    "findings: {} (critical {}, high {}, medium {}, low {}, info {})",
+                    scan.findings_total,
+                    scan.count_critical,
+                    scan.count_high,
+                    scan.count_medium,
+                    scan.count_low,
+                    scan.count_info
+                ));
+                lines.join("\n")
+            });
+        }
+        ScansCommand::Cancel { id } => {
+            let outcome = scans.cancel(id).await?;
+            let (state, text) = match outcome {
+                CancelOutcome::Canceled => {
+                    ("canceled".to_owned(), format!("scan {id} is canceled"))
+                }
+                CancelOutcome::Requested => (
+                    "cancel_requested".to_owned(),
+                    format!(
+                        "scan {id} is running; its worker is asked to stop at its next heartbeat"
+                    ),
+                ),
+                CancelOutcome::AlreadyFinished(status) => (
+                    status.as_str().to_owned(),
+                    format!("scan {id} had already finished: {}", status.as_str()),
+                ),
+            };
+            print(json, &json!({ "id": id, "outcome": state }), || text);
+        }
+        ScansCommand::Rescue { backoff } => {
+            let rescued = scans.rescue_expired(backoff).await?;
+            let values: Vec<_> = rescued
+                .iter()
+                .map(|r| json!({ "id": r.scan_id, "status": r.status.as_str() }))
+                .collect();
+            print(json, &values, || {
+                let mut lines = vec![format!(
+                    "rescued {} scans whose lease had expired",
+                    rescued.len()
+                )];
+                lines.extend(
+                    rescued
+                        .iter()
+                        .map(|r| format!("  {}: {}", r.scan_id, r.status.as_str())),
+                );
+                lines.join("\n")
+            });
+        }
+    }
+    Ok(())
+}
