@@ -9,7 +9,9 @@
 //!   crash left, older than a grace period; dry-run unless `--apply`;
 //! - `audit`: committed rows whose object is missing or differs (exit 3 when any);
 //! - `users`, `keys`, `workers`: accounts, API keys and worker credentials (`accounts.rs`);
-//! - `queue`, `scans`: the queue in view, and one scan shown, canceled or rescued (`queue.rs`).
+//! - `queue`, `scans`: the queue in view, and one scan shown, canceled or rescued (`queue.rs`);
+//! - `maintain`: the periodic jobs (rescue, purge, gc, heartbeat prune) under a leader lease,
+//!   safe as several replicas (`maintain.rs`).
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -20,6 +22,7 @@ use tracing_subscriber::EnvFilter;
 
 mod accounts;
 mod doctor;
+mod maintain;
 mod queue;
 use vega_repository::{GcOptions, Store};
 
@@ -53,6 +56,9 @@ enum Command {
         #[command(subcommand)]
         command: accounts::WorkersCommand,
     },
+    /// Run the periodic jobs (rescue of expired scan leases, purge, gc, heartbeat prune) until
+    /// SIGTERM, as the one leader among any number of replicas.
+    Maintain(maintain::MaintainArgs),
     /// The queue: depth by status and priority, the oldest due scan's wait, running scans
     /// per worker, expired leases and recent failures.
     Queue,
@@ -99,6 +105,8 @@ async fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: in a log collector they are noise.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(Cli::parse()).await {
         Ok(code) => ExitCode::from(code),
@@ -125,6 +133,7 @@ async fn run(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
         Command::Workers { command } => accounts::workers(&store, cli.json, command)
             .await
             .map(|()| 0),
+        Command::Maintain(args) => maintain::run(&store, args).await,
         Command::Queue => queue::queue(&store, cli.json).await.map(|()| 0),
         Command::Scans { command } => queue::scans(&store, cli.json, command).await.map(|()| 0),
         Command::Purge => {

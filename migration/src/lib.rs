@@ -34,6 +34,7 @@ mod m20261123_000005_activity;
 mod m20261123_000006_object_deletions;
 mod m20261202_000007_worker_credentials;
 mod m20261202_000008_purge_leases;
+mod m20261202_000009_leader_leases;
 
 pub use sea_orm_migration::MigratorTrait;
 use sea_orm_migration::prelude::*;
@@ -60,6 +61,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000006_object_deletions::Migration),
             Box::new(m20261202_000007_worker_credentials::Migration),
             Box::new(m20261202_000008_purge_leases::Migration),
+            Box::new(m20261202_000009_leader_leases::Migration),
         ]
     }
 }

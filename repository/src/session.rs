@@ -11,7 +11,7 @@ use crate::db::{Conn, Db, Tx};
 use crate::principal::{Table, and_reach};
 use crate::sql::statement;
 use crate::{
-    ApiKeys, Artifacts, Events, Findings, Principal, Projects, Repositories, Result, Scans,
+    ApiKeys, Artifacts, Events, Findings, Leases, Principal, Projects, Repositories, Result, Scans,
     Snapshots, Usage, Users, Workers,
 };
 
@@ -87,6 +87,11 @@ macro_rules! row_repositories {
         /// Source snapshots.
         pub fn snapshots(&self) -> Snapshots<$lt> {
             Snapshots { cx: self.cx() }
+        }
+
+        /// Leader leases of singleton jobs.
+        pub fn leases(&self) -> Leases<$lt> {
+            Leases { cx: self.cx() }
         }
 
         /// Scans and the scan queue.

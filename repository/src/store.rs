@@ -5,8 +5,8 @@ use vega_migration::status::SchemaStatus;
 
 use crate::db::{Bounds, Db, Health};
 use crate::{
-    ApiKeys, Artifacts, Error, Events, Findings, Principal, Projects, Repositories, Result, Scans,
-    Session, Snapshots, Usage, Users, Workers,
+    ApiKeys, Artifacts, Error, Events, Findings, Leases, Principal, Projects, Repositories, Result,
+    Scans, Session, Snapshots, Usage, Users, Workers,
 };
 
 /// The entry point: a cheap-to-clone handle on the database pool and the blob store.
@@ -107,6 +107,11 @@ impl Store {
     /// Source snapshots.
     pub fn snapshots(&self) -> Snapshots<'_> {
         self.system().snapshots()
+    }
+
+    /// Leader leases of singleton jobs (`vega-admin maintain`).
+    pub fn leases(&self) -> Leases<'_> {
+        self.system().leases()
     }
 
     /// Scans and the scan queue.

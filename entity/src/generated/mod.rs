@@ -7,6 +7,7 @@ pub mod artifacts;
 pub mod events;
 pub mod finding_occurrences;
 pub mod findings;
+pub mod leader_leases;
 pub mod object_deletions;
 pub mod projects;
 pub mod repositories;

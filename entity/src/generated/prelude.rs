@@ -5,6 +5,7 @@ pub use super::artifacts::Entity as Artifacts;
 pub use super::events::Entity as Events;
 pub use super::finding_occurrences::Entity as FindingOccurrences;
 pub use super::findings::Entity as Findings;
+pub use super::leader_leases::Entity as LeaderLeases;
 pub use super::object_deletions::Entity as ObjectDeletions;
 pub use super::projects::Entity as Projects;
 pub use super::repositories::Entity as Repositories;
