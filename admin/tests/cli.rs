@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::process::Command;
 
 use vega_tests::TestDb;
@@ -278,41 +280,11 @@ async fn accounts_from_the_command_line_on_sqlite() {
 }
 
 async fn the_queue_in_view(postgres: bool) {
-    use vega_entity::{Provider, TriggerKind};
-    use vega_repository::{NewProject, NewRepository, NewScan, NewUser};
+    use vega_entity::TriggerKind;
+    use vega_repository::NewScan;
     let (url, _db) = database(postgres).await;
     let store = store_at(&url).await;
-    let owner = store
-        .users()
-        .create(NewUser {
-            email: "ops@example.com".into(),
-            display_name: None,
-            is_admin: false,
-        })
-        .await
-        .unwrap();
-    let project = store
-        .projects()
-        .create(NewProject {
-            owner_id: owner.id,
-            name: "Web".into(),
-            slug: "web".into(),
-            description: None,
-        })
-        .await
-        .unwrap();
-    let repo = store
-        .repositories()
-        .add(NewRepository {
-            project_id: project.id,
-            provider: Provider::Github,
-            provider_xid: Some("1296269".into()),
-            full_name: Some("acme/web".into()),
-            clone_url: None,
-            default_branch: Some("main".into()),
-        })
-        .await
-        .unwrap();
+    let repo = common::repository(&store).await;
     let mut ids = Vec::new();
     for _ in 0..4 {
         let scan = NewScan::full(repo.id, TriggerKind::Api, Some("main".into()));

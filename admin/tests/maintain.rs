@@ -4,11 +4,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vega_entity::{Provider, TriggerKind};
-use vega_repository::{NewProject, NewRepository, NewScan, NewUser, Store};
+use vega_entity::TriggerKind;
+use vega_repository::{NewScan, Store};
 use vega_tests::TestDb;
 
 const LEASE: Duration = Duration::from_secs(2);
@@ -65,37 +67,7 @@ fn pid_of(holder: &str) -> u32 {
 }
 
 async fn scan_whose_worker_died(store: &Store) -> uuid::Uuid {
-    let owner = store
-        .users()
-        .create(NewUser {
-            email: "ops@example.com".into(),
-            display_name: None,
-            is_admin: false,
-        })
-        .await
-        .unwrap();
-    let project = store
-        .projects()
-        .create(NewProject {
-            owner_id: owner.id,
-            name: "Web".into(),
-            slug: "web".into(),
-            description: None,
-        })
-        .await
-        .unwrap();
-    let repo = store
-        .repositories()
-        .add(NewRepository {
-            project_id: project.id,
-            provider: Provider::Github,
-            provider_xid: Some("1296269".into()),
-            full_name: Some("acme/web".into()),
-            clone_url: None,
-            default_branch: Some("main".into()),
-        })
-        .await
-        .unwrap();
+    let repo = common::repository(store).await;
     let scan = store
         .scans()
         .enqueue(NewScan::full(
