@@ -9,7 +9,8 @@
 //!   crash left, older than a grace period; dry-run unless `--apply`;
 //! - `audit`: committed rows whose object is missing or differs (exit 3 when any);
 //! - `users`, `keys`, `workers`: accounts, API keys and worker credentials (`accounts.rs`);
-//! - `queue`, `scans`: the queue in view, and one scan shown, canceled or rescued (`queue.rs`);
+//! - `queue`, `scans`: the queue in view, and one scan shown, canceled, retried or rescued
+//!   (`queue.rs`);
 //! - `maintain`: the periodic jobs (rescue, purge, gc, heartbeat prune) under a leader lease,
 //!   safe as several replicas (`maintain.rs`).
 
@@ -62,7 +63,7 @@ enum Command {
     /// The queue: depth by status and priority, the oldest due scan's wait, running scans
     /// per worker, expired leases and recent failures.
     Queue,
-    /// Scans: show, cancel, rescue.
+    /// Scans: show, cancel, retry, rescue.
     Scans {
         #[command(subcommand)]
         command: queue::ScansCommand,

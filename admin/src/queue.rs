@@ -1,5 +1,5 @@
 //! The queue and scans from the command line: `vega-admin queue` (read-only) and
-//! `vega-admin scans show|cancel|rescue`.
+//! `vega-admin scans show|cancel|retry|rescue`.
 
 use std::time::Duration;
 
@@ -20,6 +20,11 @@ pub enum ScansCommand {
     },
     /// Cancel a queued scan, or ask the worker running it to stop.
     Cancel {
+        /// The scan's id.
+        id: Uuid,
+    },
+    /// Queue a failed or canceled scan again, with more attempts allowed.
+    Retry {
         /// The scan's id.
         id: Uuid,
     },
@@ -165,6 +170,15 @@ pub async fn scans(store: &Store, json: bool, command: ScansCommand) -> Result<(
                 ),
             };
             print(json, &json!({ "id": id, "outcome": state }), || text);
+        }
+        ScansCommand::Retry { id } => {
+            let scan = scans.retry(id).await?;
+            print(json, &scan, || {
+                format!(
+                    "scan {id} is queued again (attempt {} of {} used)",
+                    scan.attempt, scan.max_attempts
+                )
+            });
         }
         ScansCommand::Rescue { backoff } => {
             let rescued = scans.rescue_expired(backoff).await?;

@@ -367,6 +367,20 @@ async fn the_queue_in_view(postgres: bool) {
         run(&["scans", "cancel", &queued]).trim(),
         format!("scan {queued} had already finished: canceled")
     );
+    let failed = failing.scan.id.to_string();
+    assert_eq!(
+        run(&["scans", "retry", &failed]).trim(),
+        format!("scan {failed} is queued again (attempt 1 of 4 used)")
+    );
+    let twice = admin_at(&url, &["scans", "retry", &failed]);
+    assert_eq!(twice.code, Some(1));
+    assert!(
+        twice
+            .stderr
+            .contains("only failed or canceled scans are retried"),
+        "{}",
+        twice.stderr
+    );
     let missing = admin_at(&url, &["scans", "show", &uuid::Uuid::now_v7().to_string()]);
     assert_eq!(missing.code, Some(1));
     assert!(missing.stderr.contains("not found"), "{}", missing.stderr);

@@ -64,6 +64,8 @@ catalog! {
     ScanRescued = "scan.rescued",
     /// `scans.delete`.
     ScanDeleted = "scan.deleted",
+    /// `scans.retry`: `{"attempt", "max_attempts"}`.
+    ScanRetried = "scan.retried",
     /// `findings.dismiss`: `{"reason"}`.
     FindingDismissed = "finding.dismissed",
     /// `findings.reopen`.

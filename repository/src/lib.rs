@@ -65,7 +65,7 @@ pub use principal::{Principal, PrincipalKind};
 pub use projects::{LatestScan, NewProject, ProjectSummary, Projects};
 pub use queue_view::{FailedScan, QueueDepth, QueueSummary, WorkerLoad};
 pub use repositories::{NewRepository, Repositories};
-pub use scans::{CancelOutcome, Claim, Heartbeat, Lease, NewScan, Rescued, Scans};
+pub use scans::{CancelOutcome, Claim, Heartbeat, Lease, NewScan, RETRY_ATTEMPTS, Rescued, Scans};
 pub use session::{Session, Transaction, Work};
 pub use snapshots::{NewSnapshot, Snapshots};
 pub use store::Store;

@@ -21,6 +21,9 @@ use crate::session::Cx;
 use crate::sql::{is_postgres, now, statement};
 use crate::{Error, NewFinding, Principal, Result, ingest, validate};
 
+/// Claims a retried scan is allowed beyond those it has used ([`Scans::retry`]).
+pub const RETRY_ATTEMPTS: i16 = 3;
+
 /// Input for [`Scans::enqueue`].
 #[derive(Debug, Clone)]
 pub struct NewScan {
@@ -586,6 +589,56 @@ impl Scans<'_> {
         .await?;
         unit.commit().await?;
         Ok(outcome)
+    }
+
+    /// Queues a failed or canceled scan in reach again and appends `scan.retried`. Its attempt
+    /// count goes on (it is the lease's fencing token, so a worker from an earlier attempt
+    /// still cannot write) with [`RETRY_ATTEMPTS`] more allowed; its error is cleared. A scan
+    /// that is queued, running or succeeded is [`Error::Conflict`].
+    #[instrument(name = "scans.retry", skip(self))]
+    pub async fn retry(&self, id: Uuid) -> Result<scans::Model> {
+        self.cx.who.refuse_worker("retry scans")?;
+        let now = now();
+        let mut values = vec![now.into(), id.into(), RETRY_ATTEMPTS.into()];
+        let reach = and_reach(self.cx.who, Table::Scans, "scans", &mut values);
+        let unit = self.cx.db().unit().await?;
+        let retried = scans::Entity::find()
+            .from_raw_sql(statement(
+                &unit,
+                &format!(
+                    "UPDATE scans SET status = 'queued', scheduled_at = $1, max_attempts = attempt + $3, \
+                            claimed_by = NULL, claimed_at = NULL, heartbeat_at = NULL, \
+                            lease_expires_at = NULL, cancel_requested_at = NULL, started_at = NULL, \
+                            finished_at = NULL, error_code = NULL, error_message = NULL, updated_at = $1 \
+                      WHERE id = $2 AND status IN ('failed', 'canceled'){reach} RETURNING *"
+                ),
+                values,
+            ))
+            .one(&unit)
+            .await?;
+        let Some(scan) = retried else {
+            unit.commit().await?;
+            let scan = self.get(id).await?;
+            return Err(Error::Conflict {
+                constraint: "scans_status".into(),
+                message: format!(
+                    "the scan is {}; only failed or canceled scans are retried",
+                    scan.status
+                ),
+            });
+        };
+        audit::record(
+            &unit,
+            self.cx.who,
+            vec![
+                Audit::new(Action::ScanRetried, ("scan", id))
+                    .project(scan.project_id)
+                    .data(json!({ "attempt": scan.attempt, "max_attempts": scan.max_attempts })),
+            ],
+        )
+        .await?;
+        unit.commit().await?;
+        Ok(scan)
     }
 
     /// Finds running scans whose lease has expired (their worker died or stalled) and takes

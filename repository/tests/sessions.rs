@@ -374,6 +374,11 @@ on_both_backends! {
         store.scans().enqueue(enqueue()).await.unwrap();
         let claim = scans.scans().claim_next("w", 1, LEASE).await.unwrap().pop().unwrap();
         expect!(Action::ScanFailed, scans.scans().fail(&claim.lease, "boom", "it broke").await.unwrap());
+        let retried = expect!(Action::ScanRetried, store.scans().retry(claim.scan.id).await.unwrap());
+        assert_eq!((retried.status.as_str(), retried.attempt, retried.max_attempts), ("queued", 1, 1 + vega_repository::RETRY_ATTEMPTS));
+        let again = store.scans().retry(claim.scan.id).await;
+        assert!(matches!(again, Err(Error::Conflict { .. })), "a queued scan is not retried: {again:?}");
+        store.scans().cancel(claim.scan.id).await.unwrap();
         // Canceled while queued; cancel requested while running, then acknowledged.
         let queued = store.scans().enqueue(enqueue()).await.unwrap();
         expect!(Action::ScanCanceled, store.scans().cancel(queued.id).await.unwrap());
