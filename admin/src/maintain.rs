@@ -130,8 +130,9 @@ pub async fn run(store: &Store, args: MaintainArgs) -> Result<u8, Box<dyn std::e
     );
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    let jobs = [Job::Rescue, Job::Purge, Job::Gc, Job::Prune];
-    let mut due = [Instant::now(); 4];
+    // Each job and when it is next due: all of them when an instance first leads.
+    let mut schedule =
+        [Job::Rescue, Job::Purge, Job::Gc, Job::Prune].map(|job| (job, Instant::now()));
     let tick = (args.lease / 3).max(Duration::from_millis(100));
     let mut leading = false;
     tracing::info!(%holder, lease = ?args.lease, "maintain started");
@@ -154,7 +155,7 @@ pub async fn run(store: &Store, args: MaintainArgs) -> Result<u8, Box<dyn std::e
             }
         }
         if leading {
-            for (job, at) in jobs.iter().zip(due.iter_mut()) {
+            for (job, at) in &mut schedule {
                 if *at <= Instant::now() {
                     job.run(store, &args).await;
                     *at = Instant::now() + job.every(&args);
@@ -179,7 +180,11 @@ pub async fn run(store: &Store, args: MaintainArgs) -> Result<u8, Box<dyn std::e
             }
             return Ok(0);
         }
-        let next = due.iter().min().copied().unwrap_or_else(Instant::now);
+        let next = schedule
+            .iter()
+            .map(|(_, at)| *at)
+            .min()
+            .unwrap_or_else(Instant::now);
         let wait = tick
             .min(next.saturating_duration_since(Instant::now()))
             .max(Duration::from_millis(50));

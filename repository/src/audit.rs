@@ -141,10 +141,7 @@ pub(crate) fn bind_actor_columns(who: &Principal, values: &mut Vec<Value>) -> St
         actor_api_key_id.into(),
         actor_label.to_owned().into(),
     ]);
-    (first..first + 4)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    crate::sql::placeholders(first, 4)
 }
 
 /// Columns of an appended event, in the order of [`record`]'s rows.

@@ -361,10 +361,7 @@ async fn previous_statuses(
     repository_id: Uuid,
     chunk: &[Prepared],
 ) -> Result<HashMap<[u8; 32], String>> {
-    let placeholders = (2..chunk.len() + 2)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let placeholders = crate::sql::placeholders(2, chunk.len());
     let mut values: Vec<Value> = vec![repository_id.into()];
     values.extend(chunk.iter().map(|p| Value::from(p.fingerprint.to_vec())));
     let sql = format!(

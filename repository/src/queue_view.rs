@@ -1,7 +1,8 @@
 //! The operator's view of the queue (`vega-admin queue`): what waits, what runs where, what
-//! is stuck, and what failed lately. Read-only, the system only. Each figure is one statement
-//! over the partial indexes of queued and running scans, so its cost follows the work in
-//! flight, not the history.
+//! is stuck, and what failed lately. Read-only, the system only. Each figure but the recent
+//! failures is one statement over the partial indexes of queued and running scans, so its cost
+//! follows the work in flight, not the history; the failures are found newest-first through
+//! the audit log.
 
 use chrono::{DateTime, FixedOffset};
 use sea_orm::FromQueryResult;

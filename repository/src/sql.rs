@@ -21,6 +21,14 @@ pub(crate) fn statement(
     Statement::from_sql_and_values(db.get_database_backend(), sql, values)
 }
 
+/// `$first, $first+1, …`: `count` numbered placeholders, for an `IN (…)` list or a row.
+pub(crate) fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// One column of a chunk of rows as a Postgres array parameter, for `unnest`.
 pub(crate) fn array<T, V>(rows: &[T], column: impl Fn(&T) -> V) -> Value
 where

@@ -9,11 +9,11 @@ use sea_orm::{
 };
 use tracing::instrument;
 use uuid::Uuid;
-use vega_blobstore::{BlobStore, ObjectKey, UploadPage};
+use vega_blobstore::{BlobStore, ObjectKey, PendingUpload, UploadPage};
 use vega_entity::{ArtifactState, artifacts};
 
 use super::Artifacts;
-use crate::sql::{is_postgres, now, statement};
+use crate::sql::{is_postgres, now, placeholders, statement};
 use crate::{Error, Result};
 
 /// Outbox entries one purge claims at a time.
@@ -179,10 +179,7 @@ impl Artifacts<'_> {
             return Ok(0);
         }
         let db = self.cx.db();
-        let placeholders = (2..keys.len() + 2)
-            .map(|i| format!("${i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let placeholders = placeholders(2, keys.len());
         let mut values: Vec<Value> = vec![lease.into()];
         values.extend(keys.iter().map(|k| Value::from(k.as_str())));
         let removed = db
@@ -284,24 +281,14 @@ impl Artifacts<'_> {
                 None => break,
             }
         }
-        let mut page = None;
-        loop {
-            let UploadPage { uploads, next } = self.blobs.list_uploads("projects/", page).await?;
-            for upload in uploads
-                .iter()
-                .filter(|u| u.initiated.is_none_or(|t| t < cutoff))
-            {
-                report.incomplete_uploads += 1;
-                if !options.dry_run {
-                    tracing::info!(key = %upload.key, upload_id = %upload.upload_id, "aborting an incomplete multipart upload");
-                    self.blobs.abort_upload(upload).await?;
-                }
-            }
-            match next {
-                Some(next) => page = Some(next),
-                None => return Ok(report),
+        for upload in incomplete_uploads(self.blobs, cutoff).await? {
+            report.incomplete_uploads += 1;
+            if !options.dry_run {
+                tracing::info!(key = %upload.key, upload_id = %upload.upload_id, "aborting an incomplete multipart upload");
+                self.blobs.abort_upload(&upload).await?;
             }
         }
+        Ok(report)
     }
 
     /// Checks every committed artifact's object (existence and size; with `verify_content`,
@@ -353,20 +340,30 @@ impl Artifacts<'_> {
             .into_iter()
             .map(|(_, k)| k)
             .collect();
-        let cutoff = grace_cutoff(grace)?;
-        let mut page = None;
-        loop {
-            let UploadPage { uploads, next } = self.blobs.list_uploads("projects/", page).await?;
-            report.incomplete_uploads.extend(
-                uploads
-                    .into_iter()
-                    .filter(|u| u.initiated.is_none_or(|t| t < cutoff))
-                    .map(|u| u.key),
-            );
-            match next {
-                Some(next) => page = Some(next),
-                None => return Ok(report),
-            }
+        report.incomplete_uploads = incomplete_uploads(self.blobs, grace_cutoff(grace)?)
+            .await?
+            .into_iter()
+            .map(|u| u.key)
+            .collect();
+        Ok(report)
+    }
+}
+
+/// Multipart uploads under the store's projects started before `cutoff` and never finished,
+/// every page of them.
+async fn incomplete_uploads(blobs: &BlobStore, cutoff: SystemTime) -> Result<Vec<PendingUpload>> {
+    let mut found = Vec::new();
+    let mut page = None;
+    loop {
+        let UploadPage { uploads, next } = blobs.list_uploads("projects/", page).await?;
+        found.extend(
+            uploads
+                .into_iter()
+                .filter(|u| u.initiated.is_none_or(|t| t < cutoff)),
+        );
+        match next {
+            Some(next) => page = Some(next),
+            None => return Ok(found),
         }
     }
 }
@@ -408,10 +405,7 @@ async fn known_keys(
         if chunk.is_empty() {
             continue;
         }
-        let placeholders = (1..=chunk.len())
-            .map(|i| format!("${i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let placeholders = placeholders(1, chunk.len());
         let values: Vec<Value> = chunk.iter().map(|k| (*k).into()).collect();
         let rows = db
             .query_all_raw(statement(
