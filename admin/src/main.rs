@@ -11,18 +11,19 @@
 //! - `users`, `keys`, `workers`: accounts, API keys and worker credentials (`accounts.rs`);
 //! - `queue`, `scans`: the queue in view, and one scan shown, canceled, retried or rescued
 //!   (`queue.rs`);
-//! - `maintain`: the periodic jobs (rescue, purge, gc, heartbeat prune) under a leader lease,
-//!   safe as several replicas (`maintain.rs`).
+//! - `maintain`: the periodic jobs (rescue, purge, gc, heartbeat prune, snapshot expiry,
+//!   event retention) under a leader lease, safe as several replicas (`maintain.rs`);
+//! - `events export`: a project's archived and live events as one stream (`events.rs`).
 
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 mod accounts;
 mod doctor;
+mod events;
 mod maintain;
 mod queue;
 use vega_repository::{GcOptions, Store};
@@ -57,12 +58,18 @@ enum Command {
         #[command(subcommand)]
         command: accounts::WorkersCommand,
     },
-    /// Run the periodic jobs (rescue of expired scan leases, purge, gc, heartbeat prune) until
-    /// SIGTERM, as the one leader among any number of replicas.
+    /// Run the periodic jobs (rescue of expired scan leases, purge, gc, heartbeat prune,
+    /// snapshot expiry, event retention) until SIGTERM, as the one leader among any number of
+    /// replicas.
     Maintain(maintain::MaintainArgs),
     /// The queue: depth by status and priority, the oldest due scan's wait, running scans
     /// per worker, expired leases and recent failures.
     Queue,
+    /// Events: export a project's, archived and live.
+    Events {
+        #[command(subcommand)]
+        command: events::EventsCommand,
+    },
     /// Scans: show, cancel, retry, rescue.
     Scans {
         #[command(subcommand)]
@@ -101,14 +108,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour codes only on a terminal: in a log collector they are noise.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    vega_telemetry::init_logging("info,sqlx=warn");
     match run(Cli::parse()).await {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
@@ -136,6 +136,7 @@ async fn run(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
             .map(|()| 0),
         Command::Maintain(args) => maintain::run(&store, args).await,
         Command::Queue => queue::queue(&store, cli.json).await.map(|()| 0),
+        Command::Events { command } => events::events(&store, command).await.map(|()| 0),
         Command::Scans { command } => queue::scans(&store, cli.json, command).await.map(|()| 0),
         Command::Purge => {
             let report = artifacts.purge().await?;

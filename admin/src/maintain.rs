@@ -1,21 +1,28 @@
 //! `vega-admin maintain`: the periodic jobs, in one long-running process that is safe to run
 //! as several replicas. One replica leads, holding the `maintain` leader lease
-//! (`store.leases()`) and renewing it between jobs; the others wait, and one takes over at
-//! most one lease after the leader dies. Every job is also safe to overlap (rescue is fenced
-//! per scan, purge claims its entries, gc and prune are idempotent), so a leader that stalls
-//! past its lease costs duplicated work, never a wrong result.
+//! (`store.leases()`) and renewing it between jobs and batches; the others wait, and one takes
+//! over at most one lease after the leader dies. Every job is also safe to overlap (rescue is
+//! fenced per scan, purge claims its entries, gc, prune and expiry are idempotent, a retention
+//! batch commits or leaves nothing), so a leader that stalls past its lease costs duplicated
+//! work, never a wrong result.
 //!
-//! SIGTERM or Ctrl-C: the job in hand finishes, the lease is released (a standby takes over at
-//! once), and the process exits 0. `--once` runs every job once and exits. Progress and
-//! results are structured logs.
+//! SIGTERM or Ctrl-C: the batch in hand finishes, the lease is released (a standby takes over
+//! at once), and the process exits 0. `--once` runs every job once and exits. Progress and
+//! results are structured logs and, with `--metrics-listen`, Prometheus metrics.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
-use vega_repository::{GcOptions, Store};
+use tokio::sync::Notify;
+use vega_repository::{GcOptions, MAX_ARCHIVE_EVENTS, Store};
 
 const LEASE: &str = "maintain";
+/// Expired snapshots deleted per statement batch.
+const EXPIRE_BATCH: u64 = 100;
 
 /// `vega-admin maintain` options.
 #[derive(Args)]
@@ -47,6 +54,22 @@ pub struct MaintainArgs {
     /// Heartbeats older than this are pruned.
     #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
     prune_after: Duration,
+    /// How often snapshots past their expiry are deleted (archives queued for purge).
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    expire_every: Duration,
+    /// How often events older than --retain-events move to the blob store.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    retention_every: Duration,
+    /// Events older than this are archived to the blob store (gzipped JSON lines per project
+    /// and day) and deleted from the table; `vega-admin events export` reads both.
+    #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
+    retain_events: Duration,
+    /// The most events per archive object (memory is bounded by one batch).
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_ARCHIVE_EVENTS)))]
+    retention_batch: u32,
+    /// Serve Prometheus metrics on this address (`GET /metrics`), e.g. 0.0.0.0:9464.
+    #[arg(long, env = "VEGA_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -55,15 +78,31 @@ enum Job {
     Purge,
     Gc,
     Prune,
+    Expire,
+    Retention,
 }
 
+/// What a run did, as `(item, count)` pairs: the log line's fields and the metrics' labels.
+type Outcome = Vec<(&'static str, u64)>;
+
 impl Job {
+    const ALL: [Job; 6] = [
+        Job::Rescue,
+        Job::Purge,
+        Job::Gc,
+        Job::Prune,
+        Job::Expire,
+        Job::Retention,
+    ];
+
     fn name(self) -> &'static str {
         match self {
             Job::Rescue => "rescue",
             Job::Purge => "purge",
             Job::Gc => "gc",
             Job::Prune => "prune",
+            Job::Expire => "expire",
+            Job::Retention => "retention",
         }
     }
 
@@ -73,51 +112,158 @@ impl Job {
             Job::Purge => args.purge_every,
             Job::Gc => args.gc_every,
             Job::Prune => args.prune_every,
+            Job::Expire => args.expire_every,
+            Job::Retention => args.retention_every,
+        }
+    }
+}
+
+/// The leader's loop and what it shares with its jobs.
+struct Runner<'a> {
+    store: &'a Store,
+    args: &'a MaintainArgs,
+    holder: String,
+    stop: Arc<AtomicBool>,
+}
+
+impl Runner<'_> {
+    /// Renews the lease; false when another instance holds it now.
+    async fn renew(&self) -> bool {
+        match self
+            .store
+            .leases()
+            .hold(LEASE, &self.holder, self.args.lease)
+            .await
+        {
+            Ok(held) => held,
+            Err(err) => {
+                tracing::warn!(error = %err, "could not renew the lease; standing by");
+                false
+            }
         }
     }
 
-    /// Runs the job and logs what it did; a failure is logged and the next run retries.
-    async fn run(self, store: &Store, args: &MaintainArgs) {
+    /// Runs the job, logs and counts what it did; a failure is logged and the next run
+    /// retries. False when the lease was lost during the run.
+    async fn run(&self, job: Job) -> bool {
         let started = Instant::now();
-        let outcome: Result<String, vega_repository::Error> =
-            match self {
-                Job::Rescue => store
-                    .scans()
-                    .rescue_expired(args.rescue_backoff)
-                    .await
-                    .map(|rescued| format!("rescued={}", rescued.len())),
-                Job::Purge => store.artifacts().purge().await.map(|report| {
-                    format!("deleted={} failed={}", report.deleted, report.failed.len())
-                }),
-                Job::Gc => store
-                    .artifacts()
-                    .gc(
-                        GcOptions {
-                            grace: args.gc_grace,
-                            dry_run: false,
-                        },
-                        |_| {},
-                    )
-                    .await
-                    .map(|r| {
-                        format!(
-                            "scanned={} orphans={} stale_pending={} incomplete_uploads={}",
-                            r.scanned, r.orphans, r.stale_pending, r.incomplete_uploads
-                        )
-                    }),
-                Job::Prune => store
-                    .workers()
-                    .prune(args.prune_after)
-                    .await
-                    .map(|pruned| format!("pruned={pruned}")),
-            };
+        let mut still_leading = true;
+        let outcome = self.run_once(job, &mut still_leading).await;
+        let seconds = started.elapsed().as_secs_f64();
         let ms = started.elapsed().as_millis();
+        metrics::histogram!("vega_maintenance_run_seconds", "job" => job.name()).record(seconds);
         match outcome {
-            Ok(result) => tracing::info!(job = self.name(), ms, result, "maintenance run"),
+            Ok(items) => {
+                metrics::counter!("vega_maintenance_runs_total", "job" => job.name(), "outcome" => "ok")
+                    .increment(1);
+                for (item, n) in &items {
+                    metrics::counter!("vega_maintenance_items_total", "job" => job.name(), "item" => *item)
+                        .increment(*n);
+                }
+                let result = items
+                    .iter()
+                    .map(|(item, n)| format!("{item}={n}"))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                tracing::info!(job = job.name(), ms, result, "maintenance run");
+            }
             Err(err) => {
-                tracing::warn!(job = self.name(), ms, error = %err, "maintenance run failed; the next run retries")
+                metrics::counter!("vega_maintenance_runs_total", "job" => job.name(), "outcome" => "failed")
+                    .increment(1);
+                tracing::warn!(job = job.name(), ms, error = %err, kind = err.kind(), "maintenance run failed; the next run retries");
             }
         }
+        still_leading
+    }
+
+    async fn run_once(
+        &self,
+        job: Job,
+        still_leading: &mut bool,
+    ) -> Result<Outcome, vega_repository::Error> {
+        let (store, args) = (self.store, self.args);
+        Ok(match job {
+            Job::Rescue => {
+                let rescued = store.scans().rescue_expired(args.rescue_backoff).await?;
+                vec![("rescued", rescued.len() as u64)]
+            }
+            Job::Purge => {
+                let report = store.artifacts().purge().await?;
+                vec![
+                    ("deleted", report.deleted),
+                    ("failed", report.failed.len() as u64),
+                ]
+            }
+            Job::Gc => {
+                let options = GcOptions {
+                    grace: args.gc_grace,
+                    dry_run: false,
+                };
+                let r = store.artifacts().gc(options, |_| {}).await?;
+                vec![
+                    ("scanned", r.scanned),
+                    ("orphans", r.orphans),
+                    ("stale_pending", r.stale_pending),
+                    ("incomplete_uploads", r.incomplete_uploads),
+                ]
+            }
+            Job::Prune => vec![("pruned", store.workers().prune(args.prune_after).await?)],
+            Job::Expire => {
+                let mut expired = 0;
+                loop {
+                    let n = store.snapshots().expire(EXPIRE_BATCH).await?;
+                    expired += n;
+                    if n < EXPIRE_BATCH || self.stopping() {
+                        break;
+                    }
+                }
+                vec![("expired", expired)]
+            }
+            Job::Retention => self.retention(still_leading).await?,
+        })
+    }
+
+    /// Archives events batch by batch until none is old enough, a stop is asked for (the
+    /// batch in hand commits first) or the lease is lost.
+    async fn retention(&self, still_leading: &mut bool) -> Result<Outcome, vega_repository::Error> {
+        let age =
+            chrono::Duration::from_std(self.args.retain_events).unwrap_or(chrono::Duration::MAX);
+        let before = chrono::Utc::now()
+            .checked_sub_signed(age)
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
+            .fixed_offset();
+        let (mut archives, mut events, mut bytes) = (0, 0, 0);
+        let mut renewed = Instant::now();
+        while let Some(batch) = self
+            .store
+            .event_archives()
+            .archive_batch(before, self.args.retention_batch)
+            .await?
+        {
+            archives += 1;
+            events += batch.events;
+            bytes += batch.size_bytes;
+            tracing::debug!(key = %batch.object_key, events = batch.events, "events archived");
+            if self.stopping() {
+                break;
+            }
+            if renewed.elapsed() >= self.args.lease / 3 {
+                if !self.renew().await {
+                    *still_leading = false;
+                    break;
+                }
+                renewed = Instant::now();
+            }
+        }
+        Ok(vec![
+            ("archives", archives),
+            ("events", events),
+            ("bytes", bytes),
+        ])
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
     }
 }
 
@@ -128,57 +274,64 @@ pub async fn run(store: &Store, args: MaintainArgs) -> Result<u8, Box<dyn std::e
         std::process::id(),
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = Arc::new(Notify::new());
+    watch_signals(stop.clone(), stopped.clone())?;
+    if let Some(addr) = args.metrics_listen {
+        let metrics = vega_telemetry::Metrics::install()?;
+        let shutdown = {
+            let stopped = stopped.clone();
+            async move { stopped.notified().await }
+        };
+        let store = store.clone();
+        tokio::spawn(async move {
+            if let Err(err) = metrics.serve(addr, store, shutdown).await {
+                tracing::error!(error = %err, "the metrics endpoint stopped");
+            }
+        });
+    }
+    let runner = Runner {
+        store,
+        args: &args,
+        holder,
+        stop,
+    };
     // Each job and when it is next due: all of them when an instance first leads.
-    let mut schedule =
-        [Job::Rescue, Job::Purge, Job::Gc, Job::Prune].map(|job| (job, Instant::now()));
+    let mut schedule = Job::ALL.map(|job| (job, Instant::now()));
     let tick = (args.lease / 3).max(Duration::from_millis(100));
     let mut leading = false;
-    tracing::info!(%holder, lease = ?args.lease, "maintain started");
-    loop {
-        match store.leases().hold(LEASE, &holder, args.lease).await {
-            Ok(true) if !leading => {
-                tracing::info!(%holder, "leading: running the maintenance jobs");
+    tracing::info!(holder = %runner.holder, lease = ?args.lease, "maintain started");
+    while !runner.stopping() {
+        match (runner.renew().await, leading) {
+            (true, false) => {
+                tracing::info!(holder = %runner.holder, "leading: running the maintenance jobs");
                 leading = true;
             }
-            Ok(true) => {}
-            Ok(false) => {
-                if leading {
-                    tracing::warn!(%holder, "lost the lease to another instance");
-                }
+            (false, true) => {
+                tracing::warn!(holder = %runner.holder, "lost the lease to another instance");
                 leading = false;
             }
-            Err(err) => {
-                tracing::warn!(error = %err, "could not renew the lease; standing by");
-                leading = false;
-            }
+            _ => {}
         }
         if leading {
             for (job, at) in &mut schedule {
-                if *at <= Instant::now() {
-                    job.run(store, &args).await;
-                    *at = Instant::now() + job.every(&args);
-                    // Renew between jobs, so a long run does not outlive the lease.
-                    if !store
-                        .leases()
-                        .hold(LEASE, &holder, args.lease)
-                        .await
-                        .unwrap_or(false)
-                    {
-                        leading = false;
-                        break;
-                    }
+                if *at > Instant::now() || runner.stopping() {
+                    continue;
+                }
+                leading = runner.run(*job).await;
+                *at = Instant::now() + job.every(&args);
+                // Renew between jobs, so a long run does not outlive the lease.
+                if !leading || !runner.renew().await {
+                    leading = false;
+                    break;
                 }
             }
         }
         if args.once {
-            if leading {
-                let _ = store.leases().release(LEASE, &holder).await;
-            } else {
+            if !leading {
                 tracing::info!("another instance leads; nothing run");
             }
-            return Ok(0);
+            break;
         }
         let next = schedule
             .iter()
@@ -190,13 +343,30 @@ pub async fn run(store: &Store, args: MaintainArgs) -> Result<u8, Box<dyn std::e
             .max(Duration::from_millis(50));
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
+            () = stopped.notified() => {}
         }
     }
     if leading {
-        store.leases().release(LEASE, &holder).await?;
+        store.leases().release(LEASE, &runner.holder).await?;
     }
-    tracing::info!(%holder, "maintain stopped");
+    tracing::info!(holder = %runner.holder, "maintain stopped");
     Ok(0)
+}
+
+/// SIGTERM and Ctrl-C set `stop` (checked between jobs and batches) and wake the loop.
+fn watch_signals(stop: Arc<AtomicBool>, stopped: Arc<Notify>) -> std::io::Result<()> {
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+        tracing::info!("stopping: finishing the batch in hand");
+        stop.store(true, Ordering::Relaxed);
+        stopped.notify_waiters();
+        // A loop not yet waiting still sees the flag; the permit wakes one that is about to.
+        stopped.notify_one();
+    });
+    Ok(())
 }

@@ -395,3 +395,82 @@ async fn the_queue_in_view_on_postgres() {
 async fn the_queue_in_view_on_sqlite() {
     the_queue_in_view(false).await;
 }
+
+/// The project's events as `vega-admin events export` prints them.
+fn exported(url: &str, project: uuid::Uuid) -> Vec<serde_json::Value> {
+    let out = admin_at(
+        url,
+        &["events", "export", "--project", &project.to_string()],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let lines: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        out.stderr
+            .contains(&format!("exported {} events", lines.len())),
+        "{}",
+        out.stderr
+    );
+    lines
+}
+
+async fn events_archived_and_exported(postgres: bool) {
+    let (url, _db) = database(postgres).await;
+    let store = store_at(&url).await;
+    let project = common::repository(&store).await.project_id;
+    let before = exported(&url, project);
+    assert!(before.len() >= 2, "{before:?}");
+
+    let out = admin_at(
+        &url,
+        &[
+            "maintain",
+            "--once",
+            "--retain-events",
+            "1ms",
+            "--retention-batch",
+            "1",
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let live = store
+        .events()
+        .page(vega_repository::EventFeed::Project(project), None, 10)
+        .await
+        .unwrap();
+    assert!(live.items.is_empty(), "{:?}", live.items);
+    assert_eq!(exported(&url, project), before);
+
+    let out = admin_at(
+        &url,
+        &[
+            "events",
+            "export",
+            "--project",
+            &project.to_string(),
+            "--since",
+            "last tuesday",
+        ],
+    );
+    assert_eq!(out.code, Some(2));
+    assert!(
+        out.stderr.contains("neither an RFC 3339 time nor a date"),
+        "{}",
+        out.stderr
+    );
+    let out = admin_at(&url, &["maintain", "--once", "--retention-batch", "0"]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn events_archived_and_exported_on_postgres() {
+    events_archived_and_exported(true).await;
+}
+
+#[tokio::test]
+async fn events_archived_and_exported_on_sqlite() {
+    events_archived_and_exported(false).await;
+}

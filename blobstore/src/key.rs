@@ -75,6 +75,24 @@ impl ObjectKey {
         ))
     }
 
+    /// A batch of archived events: one project's (or, for events of no project, `global`)
+    /// events of one UTC day. Archives live outside `projects/`, because the audit log
+    /// outlives the projects it mentions.
+    pub fn event_archive(
+        project_id: Option<Uuid>,
+        (year, month, day): (i32, u32, u32),
+        archive_id: Uuid,
+    ) -> Self {
+        let owner = project_id.map_or_else(|| "global".to_owned(), |p| p.to_string());
+        Self(format!(
+            "{}{owner}/{year:04}-{month:02}-{day:02}/{archive_id}.jsonl.gz",
+            Self::EVENTS_PREFIX
+        ))
+    }
+
+    /// The prefix of every event archive.
+    pub const EVENTS_PREFIX: &str = "events/";
+
     /// The prefix all of a project's objects share.
     pub fn project_prefix(project_id: Uuid) -> String {
         format!("projects/{project_id}/")
@@ -121,6 +139,12 @@ mod tests {
         ] {
             assert_eq!(ObjectKey::parse(key.as_str()).unwrap(), key);
             assert!(key.as_str().starts_with(&ObjectKey::project_prefix(p)));
+        }
+        for project in [Some(p), None] {
+            let key = ObjectKey::event_archive(project, (2026, 3, 7), s);
+            assert_eq!(ObjectKey::parse(key.as_str()).unwrap(), key);
+            assert!(key.as_str().starts_with(ObjectKey::EVENTS_PREFIX));
+            assert!(key.as_str().contains("/2026-03-07/"));
         }
     }
 }

@@ -35,6 +35,7 @@ mod m20261123_000006_object_deletions;
 mod m20261202_000007_worker_credentials;
 mod m20261202_000008_purge_leases;
 mod m20261202_000009_leader_leases;
+mod m20261202_000010_event_archives;
 
 pub use sea_orm_migration::MigratorTrait;
 use sea_orm_migration::prelude::*;
@@ -62,6 +63,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000007_worker_credentials::Migration),
             Box::new(m20261202_000008_purge_leases::Migration),
             Box::new(m20261202_000009_leader_leases::Migration),
+            Box::new(m20261202_000010_event_archives::Migration),
         ]
     }
 }

@@ -24,6 +24,7 @@ use sea_orm::{
     TransactionTrait, sqlx,
 };
 
+use crate::metrics::{self, Claim, Demand};
 use crate::{Error, Result};
 
 /// Transactions that lose a deadlock or serialization check are run at most this many times.
@@ -36,6 +37,8 @@ pub(crate) struct Health {
     opened: Instant,
     /// Nanoseconds after `opened` of the last condemning failure; 0 for none.
     condemned_at: AtomicU64,
+    /// Who wants a connection, for the pool's waiters gauge.
+    pub(crate) demand: Demand,
 }
 
 impl Health {
@@ -43,6 +46,7 @@ impl Health {
         Arc::new(Self {
             opened: Instant::now(),
             condemned_at: AtomicU64::new(0),
+            demand: Demand::default(),
         })
     }
 
@@ -108,13 +112,51 @@ impl Db {
             sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
             ..TransactionOptions::default()
         };
-        let txn = bounded(
-            &self.health,
-            self.call_bound(),
-            self.conn.begin_with_options(options),
-        )
-        .await?;
-        Ok(Tx::new(txn, self.bounds, self.health.clone()))
+        let started = Instant::now();
+        let txn = {
+            let _wanting = self.health.demand.call();
+            bounded(
+                &self.health,
+                self.call_bound(),
+                self.conn.begin_with_options(options),
+            )
+            .await?
+        };
+        metrics::acquire(started.elapsed());
+        Ok(Tx::new(txn, self.bounds, self.health.clone(), true))
+    }
+
+    /// The pool's connections now: (open, idle, maximum).
+    pub(crate) fn pool_state(&self) -> (u32, u32, u32) {
+        match self.conn.get_database_backend() {
+            DbBackend::Postgres => {
+                let pool = self.conn.get_postgres_connection_pool();
+                (
+                    pool.size(),
+                    to_u32(pool.num_idle()),
+                    pool.options().get_max_connections(),
+                )
+            }
+            DbBackend::Sqlite => {
+                let pool = self.conn.get_sqlite_connection_pool();
+                (
+                    pool.size(),
+                    to_u32(pool.num_idle()),
+                    pool.options().get_max_connections(),
+                )
+            }
+            _ => (0, 0, 0),
+        }
+    }
+
+    /// Connections wanted beyond those in use: the callers waiting for one.
+    pub(crate) fn waiters(&self, in_use: u32) -> i64 {
+        self.health.demand.waiters(in_use)
+    }
+
+    /// A pool call wants a connection until it returns.
+    fn claim(&self) -> Option<Claim<'_>> {
+        Some(self.health.demand.call())
     }
 }
 
@@ -130,6 +172,18 @@ pub(crate) struct Tx {
     bounds: Bounds,
     health: Arc<Health>,
     aborted: AtomicBool,
+    /// For a transaction opened on the pool (not a savepoint): its connection, counted as
+    /// wanted until it is dropped.
+    _holding: Option<Holding>,
+}
+
+/// An open transaction's hold on a pooled connection, for the waiters gauge.
+struct Holding(Arc<Health>);
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        self.0.demand.transaction_closed();
+    }
 }
 
 impl std::fmt::Debug for Tx {
@@ -141,13 +195,22 @@ impl std::fmt::Debug for Tx {
 }
 
 impl Tx {
-    fn new(txn: DatabaseTransaction, bounds: Bounds, health: Arc<Health>) -> Self {
+    fn new(txn: DatabaseTransaction, bounds: Bounds, health: Arc<Health>, top: bool) -> Self {
         Self {
             txn,
             bounds,
+            _holding: top.then(|| {
+                health.demand.transaction_opened();
+                Holding(health.clone())
+            }),
             health,
             aborted: AtomicBool::new(false),
         }
+    }
+
+    /// A transaction already holds its connection.
+    fn claim(&self) -> Option<Claim<'_>> {
+        None
     }
 
     fn statement_bound(&self) -> Duration {
@@ -173,7 +236,7 @@ impl Tx {
     pub(crate) async fn savepoint(&self) -> Result<Tx> {
         let result = bounded(&self.health, self.bounds.statement, self.txn.begin()).await;
         self.note(&result);
-        Ok(Tx::new(result?, self.bounds, self.health.clone()))
+        Ok(Tx::new(result?, self.bounds, self.health.clone(), false))
     }
 
     /// Rolls back, within one statement's bound.
@@ -261,6 +324,10 @@ impl Unit<'_> {
     }
 }
 
+fn to_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
 /// Runs `call` within `limit`, recording a condemning failure in `health`. A call cut off by
 /// the deadline fails like a socket read that timed out, which [`Error`] classifies as
 /// [`crate::Transient::Timeout`].
@@ -269,6 +336,7 @@ async fn bounded<T>(
     limit: Duration,
     call: impl Future<Output = Result<T, DbErr>>,
 ) -> Result<T, DbErr> {
+    let started = Instant::now();
     let result = match tokio::time::timeout(limit, call).await {
         Ok(result) => result,
         Err(_) => Err(DbErr::Query(RuntimeErr::SqlxError(Arc::new(
@@ -281,6 +349,7 @@ async fn bounded<T>(
             )),
         )))),
     };
+    metrics::statement(started.elapsed(), &result);
     if let Err(err) = &result
         && let Error::Unavailable { cause, .. } = Error::from(err.clone())
         && cause.condemns_connections()
@@ -291,7 +360,7 @@ async fn bounded<T>(
 }
 
 macro_rules! bounded_connection {
-    ($ty:ty, $inner:ident, $limit:expr, $note:expr) => {
+    ($ty:ty, $inner:ident, $limit:expr, $note:expr, $claim:expr) => {
         #[async_trait::async_trait]
         impl ConnectionTrait for $ty {
             fn get_database_backend(&self) -> DbBackend {
@@ -299,6 +368,7 @@ macro_rules! bounded_connection {
             }
 
             async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
+                let _wanting = $claim(self);
                 let result =
                     bounded(&self.health, $limit(self), self.$inner.execute_raw(stmt)).await;
                 $note(self, &result);
@@ -306,6 +376,7 @@ macro_rules! bounded_connection {
             }
 
             async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+                let _wanting = $claim(self);
                 let result = bounded(
                     &self.health,
                     $limit(self),
@@ -317,6 +388,7 @@ macro_rules! bounded_connection {
             }
 
             async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
+                let _wanting = $claim(self);
                 let result =
                     bounded(&self.health, $limit(self), self.$inner.query_one_raw(stmt)).await;
                 $note(self, &result);
@@ -324,6 +396,7 @@ macro_rules! bounded_connection {
             }
 
             async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+                let _wanting = $claim(self);
                 let result =
                     bounded(&self.health, $limit(self), self.$inner.query_all_raw(stmt)).await;
                 $note(self, &result);
@@ -333,8 +406,8 @@ macro_rules! bounded_connection {
     };
 }
 
-bounded_connection!(Db, conn, Db::call_bound, Db::note);
-bounded_connection!(Tx, txn, Tx::statement_bound, Tx::note);
+bounded_connection!(Db, conn, Db::call_bound, Db::note, Db::claim);
+bounded_connection!(Tx, txn, Tx::statement_bound, Tx::note, Tx::claim);
 
 #[async_trait::async_trait]
 impl ConnectionTrait for Unit<'_> {

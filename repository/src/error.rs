@@ -118,6 +118,24 @@ impl Error {
         }
     }
 
+    /// A short, stable name for the kind of failure (`not_found`, `conflict`, `timeout`,
+    /// `connection_lost`, `blob`, ...): a metrics label, and what a handler logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::NotFound { .. } => "not_found",
+            Error::Conflict { .. } => "conflict",
+            Error::Invalid { .. } => "invalid",
+            Error::LeaseLost { .. } => "lease_lost",
+            Error::SchemaOutdated { .. } => "schema_outdated",
+            Error::Unavailable { cause, .. } => cause.kind(),
+            Error::Forbidden { .. } => "forbidden",
+            Error::Aborted => "aborted",
+            Error::Database(_) => "database",
+            Error::Blob(BlobError::Timeout { .. }) => "blob_timeout",
+            Error::Blob(_) => "blob",
+        }
+    }
+
     pub(crate) fn unavailable(cause: Transient, message: impl ToString) -> Self {
         Error::Unavailable {
             cause,
@@ -219,6 +237,19 @@ impl Transient {
             _ if code.starts_with("08") => Transient::ConnectionLost,
             _ => return None,
         })
+    }
+
+    /// The cause as a metrics label.
+    fn kind(self) -> &'static str {
+        match self {
+            Transient::Unreachable => "unreachable",
+            Transient::ConnectionLost => "connection_lost",
+            Transient::ReadOnly => "read_only",
+            Transient::Timeout => "timeout",
+            Transient::Deadlock => "deadlock",
+            Transient::Serialization => "serialization",
+            Transient::Busy => "busy",
+        }
     }
 
     /// True when connections opened before this failure must not be handed out again: they

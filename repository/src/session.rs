@@ -11,8 +11,8 @@ use crate::db::{Conn, Db, Tx};
 use crate::principal::{Table, and_reach};
 use crate::sql::statement;
 use crate::{
-    ApiKeys, Artifacts, Events, Findings, Leases, Principal, Projects, Repositories, Result, Scans,
-    Snapshots, Usage, Users, Workers,
+    ApiKeys, Artifacts, EventArchives, Events, Findings, Leases, Principal, Projects, Repositories,
+    Result, Scans, Snapshots, Usage, Users, Workers,
 };
 
 /// The work of [`Session::transaction`]: a boxed, `Send` future borrowing the transaction.
@@ -172,6 +172,15 @@ impl<'s> Session<'s> {
     /// rows and objects.
     pub fn artifacts(&self) -> Artifacts<'s> {
         Artifacts {
+            cx: self.cx(),
+            blobs: self.blobs,
+        }
+    }
+
+    /// Event retention and export (the system only): archives in the blob store, so not
+    /// offered inside a [`Transaction`] either.
+    pub fn event_archives(&self) -> EventArchives<'s> {
+        EventArchives {
             cx: self.cx(),
             blobs: self.blobs,
         }

@@ -1,4 +1,5 @@
-use sea_orm::{EntityTrait, Value};
+use chrono::{DateTime, FixedOffset};
+use sea_orm::{ConnectionTrait, EntityTrait, Value};
 use serde_json::json;
 use tracing::instrument;
 use uuid::Uuid;
@@ -21,6 +22,9 @@ pub struct NewSnapshot {
     pub commit_sha: Option<String>,
     /// Branch or tag.
     pub ref_name: Option<String>,
+    /// When the snapshot may be deleted (`maintain` expires it, archive included, unless a
+    /// queued or running scan still reads it). `None`: kept until deleted.
+    pub expires_at: Option<DateTime<FixedOffset>>,
 }
 
 /// The `snapshots` table: source trees fetched for scanning.
@@ -41,6 +45,13 @@ impl Snapshots<'_> {
             .map(|sha| validate::commit_sha("commit_sha", sha))
             .transpose()?;
         let ref_name = validate::optional_text("ref_name", input.ref_name.as_deref(), 255)?;
+        let expires_at = input
+            .expires_at
+            .map(|at| validate::timestamp("expires_at", at))
+            .transpose()?;
+        if expires_at.is_some_and(|at| at <= now()) {
+            return Err(Error::invalid("expires_at", "must be in the future"));
+        }
         // The project comes from the repository in the same statement: no round trip, and a
         // missing repository inserts nothing.
         let mut values: Vec<Value> = vec![
@@ -50,6 +61,7 @@ impl Snapshots<'_> {
             SnapshotStatus::Pending.as_str().into(),
             now().into(),
             input.repository_id.into(),
+            expires_at.into(),
         ];
         let reach = and_reach(self.cx.who, Table::Repositories, "r", &mut values);
         let unit = self.cx.db().unit().await?;
@@ -58,8 +70,8 @@ impl Snapshots<'_> {
                 &unit,
                 &format!(
                     "INSERT INTO snapshots (id, project_id, repository_id, commit_sha, ref_name, \
-                                            status, created_at) \
-                     SELECT $1, r.project_id, r.id, $2, $3, $4, $5 FROM repositories r \
+                                            status, created_at, expires_at) \
+                     SELECT $1, r.project_id, r.id, $2, $3, $4, $5, $7 FROM repositories r \
                       WHERE r.id = $6{reach} \
                      RETURNING *"
                 ),
@@ -110,6 +122,42 @@ impl Snapshots<'_> {
         } else {
             Err(Error::not_found("snapshot", id))
         }
+    }
+
+    /// Deletes up to `limit` ready snapshots whose expiry has passed, as
+    /// [`Snapshots::delete`] does (archives queued for purge), skipping any that a queued or
+    /// running scan still reads. Returns how many were deleted (the system only).
+    #[instrument(name = "snapshots.expire", skip(self))]
+    pub async fn expire(&self, limit: u64) -> Result<u64> {
+        self.cx.who.require_system("expire snapshots")?;
+        let db = self.cx.db();
+        let due: Vec<Uuid> = db
+            .query_all_raw(statement(
+                db,
+                &format!(
+                    "SELECT x.id FROM snapshots x \
+                      WHERE x.status = 'ready' AND x.expires_at < $1 \
+                        AND NOT EXISTS (SELECT 1 FROM scans s WHERE s.snapshot_id = x.id \
+                                          AND s.status IN ('queued', 'running')) \
+                      ORDER BY x.expires_at {}",
+                    limit_clause(limit)
+                ),
+                [now().into()],
+            ))
+            .await?
+            .iter()
+            .map(|row| row.try_get("", "id"))
+            .collect::<Result<_, sea_orm::DbErr>>()?;
+        let mut expired = 0;
+        for id in due {
+            match self.delete(id).await {
+                Ok(()) => expired += 1,
+                // Deleted meanwhile by someone else.
+                Err(Error::NotFound { .. }) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(expired)
     }
 
     /// The repository's newest ready snapshot.

@@ -5,8 +5,8 @@ use vega_migration::status::SchemaStatus;
 
 use crate::db::{Bounds, Db, Health};
 use crate::{
-    ApiKeys, Artifacts, Error, Events, Findings, Leases, Principal, Projects, Repositories, Result,
-    Scans, Session, Snapshots, Usage, Users, Workers,
+    ApiKeys, Artifacts, Error, EventArchives, Events, Findings, Leases, Principal, Projects,
+    Repositories, Result, Scans, Session, Snapshots, Usage, Users, Workers,
 };
 
 /// The entry point: a cheap-to-clone handle on the database pool and the blob store.
@@ -72,6 +72,23 @@ impl Store {
         self.session(&self.system)
     }
 
+    /// Samples the gauges of the pool and the queue into the installed metrics recorder (see
+    /// the crate's metrics docs); a binary calls it before each scrape. Statement timings and
+    /// error counts are recorded as they happen.
+    pub async fn record_gauges(&self) -> Result<()> {
+        let (open, idle, max) = self.db.pool_state();
+        crate::metrics::pool(open, idle, max, self.db.waiters(open.saturating_sub(idle)));
+        let summary = self.scans().queue_summary().await?;
+        let oldest = summary.oldest_due_since.map_or(0.0, |since| {
+            (chrono::Utc::now() - since.to_utc())
+                .num_milliseconds()
+                .max(0) as f64
+                / 1000.0
+        });
+        crate::metrics::queue(&summary, oldest);
+        Ok(())
+    }
+
     /// The underlying connection, for the tests' own queries.
     #[cfg(feature = "test-support")]
     pub fn connection(&self) -> &DatabaseConnection {
@@ -87,6 +104,11 @@ impl Store {
     /// Stored objects: source archives, reports, event logs, debug bundles.
     pub fn artifacts(&self) -> Artifacts<'_> {
         self.system().artifacts()
+    }
+
+    /// Event retention and export.
+    pub fn event_archives(&self) -> EventArchives<'_> {
+        self.system().event_archives()
     }
 
     /// Users.

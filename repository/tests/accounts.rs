@@ -81,7 +81,7 @@ on_both_backends! {
     async fn snapshots_become_ready_with_their_archive(db: &TestDb) {
         let store = common::store(db).await;
         let repo = common::repository(&store).await;
-        let snap = store.snapshots().create(NewSnapshot { repository_id: repo.id, commit_sha: Some(SHA.to_uppercase()), ref_name: Some("main".into()) }).await.unwrap();
+        let snap = store.snapshots().create(NewSnapshot { repository_id: repo.id, commit_sha: Some(SHA.to_uppercase()), ref_name: Some("main".into()), expires_at: None }).await.unwrap();
         assert_eq!((snap.status.as_str(), snap.commit_sha.as_deref()), ("pending", Some(SHA)));
         assert_eq!(store.snapshots().latest_for_repository(repo.id).await.unwrap(), None);
         // The archive enters only through the artifact protocol, which marks the snapshot ready.
@@ -92,9 +92,9 @@ on_both_backends! {
         assert!(matches!(again, Err(Error::Conflict { .. })), "{again:?}");
         assert_eq!(store.snapshots().latest_for_repository(repo.id).await.unwrap().map(|s| s.id), Some(snap.id));
         assert_eq!(store.snapshots().find_by_commit(repo.id, SHA).await.unwrap().map(|s| s.id), Some(snap.id));
-        let bad = store.snapshots().create(NewSnapshot { repository_id: repo.id, commit_sha: Some("abc".into()), ref_name: None }).await;
+        let bad = store.snapshots().create(NewSnapshot { repository_id: repo.id, commit_sha: Some("abc".into()), ref_name: None, expires_at: None }).await;
         assert!(matches!(bad, Err(Error::Invalid { field, .. }) if field == "commit_sha"));
-        let orphan = store.snapshots().create(NewSnapshot { repository_id: uuid::Uuid::now_v7(), commit_sha: None, ref_name: None }).await;
+        let orphan = store.snapshots().create(NewSnapshot { repository_id: uuid::Uuid::now_v7(), commit_sha: None, ref_name: None, expires_at: None }).await;
         assert!(matches!(orphan, Err(Error::NotFound { .. })));
         let negative = store.artifacts().store_snapshot_archive(snap.id, &b""[..], Some(-1)).await;
         assert!(matches!(negative, Err(Error::Invalid { .. })));

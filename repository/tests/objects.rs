@@ -41,6 +41,7 @@ async fn snapshot(store: &Store, repository_id: uuid::Uuid) -> uuid::Uuid {
         repository_id,
         commit_sha: None,
         ref_name: Some("main".into()),
+        expires_at: None,
     };
     store.snapshots().create(new).await.unwrap().id
 }
@@ -147,6 +148,37 @@ on_both_backends! {
         assert_eq!(count(db, "object_deletions").await, 0);
         assert_eq!(store.artifacts().purge().await.unwrap().deleted, 0, "safe to run twice");
         assert!(matches!(store.projects().delete(repo.project_id).await, Err(Error::NotFound { .. })));
+    }
+
+    async fn expired_snapshots_go_with_their_archives_unless_a_scan_still_reads_them(db: &TestDb) {
+        let store = common::store(db).await;
+        let repo = common::repository(&store).await;
+        let soon = (chrono::Utc::now() + chrono::TimeDelta::milliseconds(300)).fixed_offset();
+        let new = |expires_at| NewSnapshot { repository_id: repo.id, commit_sha: None, ref_name: None, expires_at };
+        let mut ids = Vec::new();
+        for expires_at in [Some(soon), Some(soon), None] {
+            let id = store.snapshots().create(new(expires_at)).await.unwrap().id;
+            store.artifacts().store_snapshot_archive(id, &b"tar"[..], None).await.unwrap();
+            ids.push(id);
+        }
+        let mut queued = NewScan::full(repo.id, TriggerKind::Api, Some("main".into()));
+        queued.snapshot_id = Some(ids[1]);
+        store.scans().enqueue(queued).await.unwrap();
+        assert_eq!(store.snapshots().expire(100).await.unwrap(), 0, "not yet due");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(store.snapshots().expire(100).await.unwrap(), 1);
+        assert!(matches!(store.snapshots().get(ids[0]).await, Err(Error::NotFound { .. })));
+        assert!(store.snapshots().get(ids[1]).await.is_ok(), "a queued scan reads it");
+        assert!(store.snapshots().get(ids[2]).await.is_ok(), "no expiry");
+        assert_eq!(count(db, "object_deletions").await, 1, "its archive is queued for purge");
+
+        let past = (chrono::Utc::now() - chrono::TimeDelta::seconds(1)).fixed_offset();
+        let err = store.snapshots().create(new(Some(past))).await.unwrap_err();
+        assert!(matches!(&err, Error::Invalid { field, .. } if field == "expires_at"), "{err:?}");
+        let user = common::user(&store).await;
+        let principal = store.users().principal(user.id).await.unwrap();
+        let err = store.session(&principal).snapshots().expire(10).await.unwrap_err();
+        assert!(matches!(err, Error::Forbidden { .. }), "{err:?}");
     }
 
     async fn deleting_a_scan_or_snapshot_queues_only_its_objects(db: &TestDb) {

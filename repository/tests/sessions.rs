@@ -121,7 +121,7 @@ on_both_backends! {
         let bob_scan = if claim.scan.id == bob_scan.id { done } else { bob_scan };
         let bob_finding = store.findings().list_open(bob_web.id, None, 1).await.unwrap().items.pop().unwrap();
         let report = store.artifacts().store_scan_object(claim.scan.id, ScanObject::Report, &b"{}"[..]).await.unwrap();
-        let bob_snapshot = store.snapshots().create(NewSnapshot { repository_id: bob_repo.id, commit_sha: None, ref_name: None }).await.unwrap();
+        let bob_snapshot = store.snapshots().create(NewSnapshot { repository_id: bob_repo.id, commit_sha: None, ref_name: None, expires_at: None }).await.unwrap();
 
         let (user, _) = principal(&store, ada.id, None).await;
         let (web_key, _) = principal(&store, ada.id, Some(ada_web.id)).await;
@@ -140,7 +140,7 @@ on_both_backends! {
             assert!(session.projects().list_for_owner(bob.id, None, 10).await.unwrap().items.is_empty());
             assert!(session.events().page(EventFeed::Project(bob_web.id), None, 10).await.unwrap().items.is_empty());
             assert!(session.repositories().list_for_project(bob_web.id).await.unwrap().is_empty());
-            not_found(session.snapshots().create(NewSnapshot { repository_id: bob_repo.id, commit_sha: None, ref_name: None }).await);
+            not_found(session.snapshots().create(NewSnapshot { repository_id: bob_repo.id, commit_sha: None, ref_name: None, expires_at: None }).await);
             not_found(session.api_keys().get(bob_key_id).await);
             not_found(session.users().get(bob.id).await);
             not_found(session.projects().get_by_slug(bob.id, "web").await);
@@ -355,7 +355,7 @@ on_both_backends! {
         expect!(Action::ApiKeyRevoked, store.api_keys().revoke(key.key.id, RevokeReason::User).await.unwrap());
         let credential = expect!(Action::WorkerCredentialIssued, store.workers().issue_credential("w").await.unwrap());
         let w = store.api_keys().authenticate(credential.token.expose()).await.unwrap().unwrap();
-        let snapshot = expect!(Action::SnapshotCreated, store.snapshots().create(NewSnapshot { repository_id: repo.id, commit_sha: None, ref_name: None }).await.unwrap());
+        let snapshot = expect!(Action::SnapshotCreated, store.snapshots().create(NewSnapshot { repository_id: repo.id, commit_sha: None, ref_name: None, expires_at: None }).await.unwrap());
         expect!(Action::ArtifactStored, store.artifacts().store_snapshot_archive(snapshot.id, &b"tar"[..], Some(1)).await.unwrap());
         expect!(Action::SnapshotDeleted, store.snapshots().delete(snapshot.id).await.unwrap());
         let enqueue = || NewScan::full(repo.id, TriggerKind::Api, Some("main".into()));

@@ -30,6 +30,7 @@
 
 pub mod pg;
 pub mod s3;
+pub mod scrape;
 
 use std::time::Duration;
 
@@ -47,7 +48,7 @@ const TEMPLATE: &str = concat!("vega_tpl_", env!("VEGA_MIGRATIONS_DIGEST"));
 static TEMPLATE_READY: OnceCell<()> = OnceCell::const_new();
 
 /// A loopback port nothing listens on right now.
-pub(crate) fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free loopback port")

@@ -4,6 +4,7 @@ pub mod prelude;
 
 pub mod api_keys;
 pub mod artifacts;
+pub mod event_archives;
 pub mod events;
 pub mod finding_occurrences;
 pub mod findings;

@@ -2,6 +2,7 @@
 
 pub use super::api_keys::Entity as ApiKeys;
 pub use super::artifacts::Entity as Artifacts;
+pub use super::event_archives::Entity as EventArchives;
 pub use super::events::Entity as Events;
 pub use super::finding_occurrences::Entity as FindingOccurrences;
 pub use super::findings::Entity as Findings;

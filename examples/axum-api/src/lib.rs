@@ -31,6 +31,11 @@ pub fn router(store: Store) -> Router {
         .with_state(store)
 }
 
+/// The API's routes and `GET /metrics` (the Prometheus text format, see `vega-telemetry`).
+pub fn with_metrics(store: Store, metrics: vega_telemetry::Metrics) -> Router {
+    router(store.clone()).merge(metrics.routes(store))
+}
+
 /// An error response: a status and `{"error": "..."}`.
 #[derive(Debug)]
 pub enum ApiError {

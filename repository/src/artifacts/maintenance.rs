@@ -16,6 +16,8 @@ use super::Artifacts;
 use crate::sql::{is_postgres, now, placeholders, statement};
 use crate::{Error, Result};
 
+/// Where Vega's objects live: projects' objects, and event archives (which outlive them).
+const OBJECT_PREFIXES: [&str; 2] = ["projects/", ObjectKey::EVENTS_PREFIX];
 /// Outbox entries one purge claims at a time.
 const PURGE_BATCH: i64 = 100;
 /// Deletes in flight at once within a batch.
@@ -244,21 +246,52 @@ impl Artifacts<'_> {
         let stale = stale_pending(self.cx.db(), options.grace).await?;
         report.stale_pending = stale.len() as u64;
         if !options.dry_run {
-            for (id, key) in &stale {
-                self.blobs.delete(&ObjectKey::parse(key.as_str())?).await?;
+            for pending in &stale {
+                self.blobs
+                    .delete(&ObjectKey::parse(pending.key.as_str())?)
+                    .await?;
                 self.cx
                     .db()
                     .execute_raw(statement(
                         self.cx.db(),
-                        "DELETE FROM artifacts WHERE id = $1 AND state = 'pending'",
-                        [(*id).into()],
+                        &format!(
+                            "DELETE FROM {} WHERE id = $1 AND state = 'pending'",
+                            pending.table
+                        ),
+                        [pending.id.into()],
                     ))
                     .await?;
             }
         }
+        for prefix in OBJECT_PREFIXES {
+            self.collect_orphans(prefix, cutoff, options, &mut report, &mut progress)
+                .await?;
+        }
+        for upload in incomplete_uploads(self.blobs, cutoff).await? {
+            report.incomplete_uploads += 1;
+            if !options.dry_run {
+                tracing::info!(key = %upload.key, upload_id = %upload.upload_id, "aborting an incomplete multipart upload");
+                self.blobs.abort_upload(&upload).await?;
+            }
+        }
+        Ok(report)
+    }
+
+    /// The orphans under one prefix: objects older than `cutoff` that no row knows.
+    async fn collect_orphans(
+        &self,
+        prefix: &str,
+        cutoff: SystemTime,
+        options: GcOptions,
+        report: &mut GcReport,
+        progress: &mut impl FnMut(u64),
+    ) -> Result<()> {
         let mut page = None;
         loop {
-            let listed = self.blobs.list("projects/", page).await?;
+            let listed = self.blobs.list(prefix, page).await?;
+            if listed.objects.is_empty() && listed.next.is_none() {
+                return Ok(());
+            }
             report.scanned += listed.objects.len() as u64;
             let keys: Vec<&str> = listed.objects.iter().map(|o| o.key.as_str()).collect();
             let known = known_keys(self.cx.db(), &keys).await?;
@@ -278,17 +311,9 @@ impl Artifacts<'_> {
             progress(report.scanned);
             match listed.next {
                 Some(next) => page = Some(next),
-                None => break,
+                None => return Ok(()),
             }
         }
-        for upload in incomplete_uploads(self.blobs, cutoff).await? {
-            report.incomplete_uploads += 1;
-            if !options.dry_run {
-                tracing::info!(key = %upload.key, upload_id = %upload.upload_id, "aborting an incomplete multipart upload");
-                self.blobs.abort_upload(&upload).await?;
-            }
-        }
-        Ok(report)
     }
 
     /// Checks every committed artifact's object (existence and size; with `verify_content`,
@@ -338,7 +363,7 @@ impl Artifacts<'_> {
         report.stale_pending = stale_pending(self.cx.db(), grace)
             .await?
             .into_iter()
-            .map(|(_, k)| k)
+            .map(|p| p.key)
             .collect();
         report.incomplete_uploads = incomplete_uploads(self.blobs, grace_cutoff(grace)?)
             .await?
@@ -353,19 +378,22 @@ impl Artifacts<'_> {
 /// every page of them.
 async fn incomplete_uploads(blobs: &BlobStore, cutoff: SystemTime) -> Result<Vec<PendingUpload>> {
     let mut found = Vec::new();
-    let mut page = None;
-    loop {
-        let UploadPage { uploads, next } = blobs.list_uploads("projects/", page).await?;
-        found.extend(
-            uploads
-                .into_iter()
-                .filter(|u| u.initiated.is_none_or(|t| t < cutoff)),
-        );
-        match next {
-            Some(next) => page = Some(next),
-            None => return Ok(found),
+    for prefix in OBJECT_PREFIXES {
+        let mut page = None;
+        loop {
+            let UploadPage { uploads, next } = blobs.list_uploads(prefix, page).await?;
+            found.extend(
+                uploads
+                    .into_iter()
+                    .filter(|u| u.initiated.is_none_or(|t| t < cutoff)),
+            );
+            match next {
+                Some(next) => page = Some(next),
+                None => break,
+            }
         }
     }
+    Ok(found)
 }
 
 /// Deletes a queued object, as text for the report when it fails (a key that no longer
@@ -381,18 +409,36 @@ fn grace_cutoff(grace: Duration) -> Result<SystemTime> {
         .ok_or_else(|| Error::invalid("grace", "is too long"))
 }
 
-async fn stale_pending(db: &impl ConnectionTrait, grace: Duration) -> Result<Vec<(Uuid, String)>> {
+/// A pending row of `artifacts` or `event_archives`: an upload that never committed.
+struct StalePending {
+    table: &'static str,
+    id: Uuid,
+    key: String,
+}
+
+async fn stale_pending(db: &impl ConnectionTrait, grace: Duration) -> Result<Vec<StalePending>> {
     let cutoff = now()
         - chrono::Duration::from_std(grace).map_err(|_| Error::invalid("grace", "is too long"))?;
-    Ok(artifacts::Entity::find()
-        .select_only()
-        .column(artifacts::Column::Id)
-        .column(artifacts::Column::ObjectKey)
-        .filter(artifacts::Column::State.eq(ArtifactState::Pending.as_str()))
-        .filter(artifacts::Column::CreatedAt.lt(cutoff))
-        .into_tuple()
-        .all(db)
-        .await?)
+    let mut found = Vec::new();
+    for table in ["artifacts", "event_archives"] {
+        let rows: Vec<(Uuid, String)> = db
+            .query_all_raw(statement(
+                db,
+                &format!(
+                    "SELECT id, object_key FROM {table} WHERE state = 'pending' AND created_at < $1"
+                ),
+                [cutoff.into()],
+            ))
+            .await?
+            .into_iter()
+            .map(|row| Ok((row.try_get("", "id")?, row.try_get("", "object_key")?)))
+            .collect::<Result<_, sea_orm::DbErr>>()?;
+        found.extend(
+            rows.into_iter()
+                .map(|(id, key)| StalePending { table, id, key }),
+        );
+    }
+    Ok(found)
 }
 
 /// Which of `keys` a row (any state) or the deletion outbox knows.
@@ -412,6 +458,7 @@ async fn known_keys(
                 db,
                 &format!(
                     "SELECT object_key FROM artifacts WHERE object_key IN ({placeholders}) \
+                     UNION SELECT object_key FROM event_archives WHERE object_key IN ({placeholders}) \
                      UNION SELECT object_key FROM object_deletions WHERE object_key IN ({placeholders})"
                 ),
                 values,
