@@ -199,7 +199,7 @@ async fn measure(dir: &Path, mib: u64, runs: usize, rows: &mut Vec<Row>) -> Resu
         raw_put,
         raw_get,
     ]);
-    if let Some(kib) = peak_rss_kib() {
+    if let Some(kib) = crate::peak_rss::peak_kib() {
         println!(
             "peak RSS after the blob scenarios ({mib} MiB objects, s3s-fs in process): {} MiB",
             kib / 1024
@@ -303,11 +303,4 @@ async fn write_source(path: &Path, mib: u64) -> Result<()> {
     }
     file.sync_all().await?;
     Ok(())
-}
-
-/// VmHWM: the most resident memory this process has used.
-fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }

@@ -16,6 +16,7 @@ mod concurrency;
 mod copy;
 mod queue;
 mod reads;
+mod retention;
 mod sessions;
 mod usage;
 
@@ -58,6 +59,9 @@ struct Args {
     /// Usage records written in the usage scenario.
     #[arg(long, default_value_t = 1_000_000)]
     usage_records: usize,
+    /// Old events in the retention scenario (and as many in its raw twin).
+    #[arg(long, default_value_t = 1_000_000)]
+    retention_events: u64,
     /// Calls per latency measurement.
     #[arg(long, default_value_t = 500)]
     iterations: usize,
@@ -97,6 +101,7 @@ async fn main() -> Result<()> {
         args.open_findings = 50_000;
         args.queue_scans = 50;
         args.usage_records = 2_000;
+        args.retention_events = 5_000;
         args.iterations = 5;
     }
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
@@ -135,6 +140,17 @@ async fn main() -> Result<()> {
     }
     if wanted("usage") {
         usage::run(&store, &url, args.usage_records, args.iterations, &mut rows).await?;
+    }
+    if wanted("retention") {
+        retention::run(
+            &store,
+            &db,
+            &url,
+            args.retention_events,
+            args.iterations,
+            &mut rows,
+        )
+        .await?;
     }
     if wanted("queue") {
         queue::run(&store, &db, &url, args.queue_scans, args.runs, &mut rows).await?;
@@ -401,7 +417,7 @@ async fn baseline_target(
 /// Checkpoints before a timed bulk write, so each starts with no WAL owed. With the default
 /// `max_wal_size` (1 GB) a checkpoint starts every ~530 MB of WAL; in the 2026-12-01 full run
 /// that was every 14–20 s of ingest, landing on whichever write happened to be running.
-async fn settle(db: &DatabaseConnection) -> Result<()> {
+pub(crate) async fn settle(db: &DatabaseConnection) -> Result<()> {
     db.execute_unprepared("CHECKPOINT").await?;
     Ok(())
 }
@@ -450,5 +466,30 @@ fn print(rows: &[Row]) {
                 .map(|x| format!("{x:.2}x"))
                 .unwrap_or_else(|| "base".into())
         );
+    }
+}
+
+/// The process's resident memory, from `/proc/self/status` (Linux; `None` elsewhere).
+pub(crate) mod peak_rss {
+    fn field_kib(name: &str) -> Option<u64> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    /// VmHWM: the most resident memory this process has used (since the last [`reset`]).
+    pub(crate) fn peak_kib() -> Option<u64> {
+        field_kib("VmHWM:")
+    }
+
+    /// VmRSS: resident memory now.
+    pub(crate) fn current_kib() -> Option<u64> {
+        field_kib("VmRSS:")
+    }
+
+    /// Starts a new peak from the current resident size (`clear_refs` mode 5, Linux 4.0+), so
+    /// one scenario's peak is not an earlier one's.
+    pub(crate) fn reset() {
+        std::fs::write("/proc/self/clear_refs", "5").ok();
     }
 }
