@@ -56,10 +56,13 @@ impl MigrationTrait for Migration {
                     .take(),
             ],
             vec![
-                // Retention walks the log oldest first.
+                // Retention walks the log oldest first. IF NOT EXISTS: on a large `events`
+                // table an operator builds it CONCURRENTLY first (README, Migrations), since
+                // building it here blocks event appends until it is done.
                 index("events", "created")
                     .col("created_at")
                     .col("id")
+                    .if_not_exists()
                     .take(),
                 // Export: a project's archives in time order.
                 index(T, "project")
@@ -77,6 +80,15 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_index(
+                Index::drop()
+                    .name("events_created_idx")
+                    .table("events")
+                    .if_exists()
+                    .to_owned(),
+            )
+            .await?;
         drop(manager, &["event_archives"]).await
     }
 
