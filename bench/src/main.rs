@@ -18,6 +18,7 @@ mod queue;
 mod reads;
 mod retention;
 mod sessions;
+mod sustained;
 mod usage;
 
 use std::time::{Duration, Instant};
@@ -62,6 +63,16 @@ struct Args {
     /// Old events in the retention scenario (and as many in its raw twin).
     #[arg(long, default_value_t = 1_000_000)]
     retention_events: u64,
+    /// Finished scans in the history of the queue-at-scale scenario (`sustained`).
+    #[arg(long, default_value_t = 10_000_000)]
+    history_scans: u64,
+    /// Each window of the queue-at-scale scenario: empty history, full history, and the
+    /// first and last of the sustained run.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    window: Duration,
+    /// The sustained worker loop of the queue-at-scale scenario.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    sustained: Duration,
     /// Calls per latency measurement.
     #[arg(long, default_value_t = 500)]
     iterations: usize,
@@ -102,6 +113,9 @@ async fn main() -> Result<()> {
         args.queue_scans = 50;
         args.usage_records = 2_000;
         args.retention_events = 5_000;
+        args.history_scans = 20_000;
+        args.window = Duration::from_secs(2);
+        args.sustained = Duration::from_secs(4);
         args.iterations = 5;
     }
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
@@ -158,6 +172,15 @@ async fn main() -> Result<()> {
     // After the queue: the scans it enqueues would otherwise join the worker loop's queue.
     if wanted("sessions") {
         sessions::transaction(&store, &url, args.iterations, &mut rows).await?;
+    }
+    // Last, on a server of its own: the other rows ran on the shared one.
+    if wanted("sustained") {
+        let sizes = sustained::Sizes {
+            history: args.history_scans,
+            window: args.window,
+            sustained: args.sustained,
+        };
+        sustained::run(&sizes, &mut rows).await?;
     }
     print(&rows);
     if let Some(path) = args.json {
