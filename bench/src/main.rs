@@ -73,6 +73,10 @@ struct Args {
     /// The sustained worker loop of the queue-at-scale scenario.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     sustained: Duration,
+    /// Storage options set on `scans` before the queue-at-scale scenario (a candidate under
+    /// measurement), e.g. `fillfactor = 90, autovacuum_vacuum_scale_factor = 0`.
+    #[arg(long)]
+    scans_storage: Option<String>,
     /// Calls per latency measurement.
     #[arg(long, default_value_t = 500)]
     iterations: usize,
@@ -179,6 +183,8 @@ async fn main() -> Result<()> {
             history: args.history_scans,
             window: args.window,
             sustained: args.sustained,
+            iterations: args.iterations,
+            scans_storage: args.scans_storage.clone(),
         };
         sustained::run(&sizes, &mut rows).await?;
     }

@@ -28,14 +28,26 @@ pub(crate) struct Sizes {
     pub(crate) window: Duration,
     /// The sustained run (its first and last `window` are compared).
     pub(crate) sustained: Duration,
+    /// Calls per page latency measurement.
+    pub(crate) iterations: usize,
+    /// Storage settings applied to `scans` before the run, beside those the migrations set
+    /// (`ALTER TABLE scans SET (…)` options), to measure a candidate before it becomes one.
+    pub(crate) scans_storage: Option<String>,
 }
 
 pub(crate) async fn run(sizes: &Sizes, rows: &mut Vec<Row>) -> Result<()> {
     let server = tokio::task::spawn_blocking(|| PgServer::start(&[])).await?;
     let url = server.migrated_database("vega_sustained").await;
     let db = Database::connect(&url).await?;
+    if let Some(options) = &sizes.scans_storage {
+        db.execute_unprepared(&format!("ALTER TABLE scans SET ({options})"))
+            .await?;
+    }
     let server_line = server_settings(&db).await?;
-    println!("queue-at-scale rows ran on {server_line}");
+    println!(
+        "queue-at-scale rows ran on {server_line}; scans storage: {}",
+        scans_options(&db).await?
+    );
     let settings = vega_config::Settings {
         database: vega_config::DatabaseSettings::for_url(&url)?,
         blob: vega_config::BlobSettings::Fs {
@@ -55,10 +67,26 @@ pub(crate) async fn run(sizes: &Sizes, rows: &mut Vec<Row>) -> Result<()> {
     queue.top_up(40_000).await?;
     db.execute_unprepared("VACUUM ANALYZE scans").await?;
 
+    let owner = store.projects().get(project).await?.owner_id;
+    let pages_empty = pages(&store, owner, project, sizes.iterations).await?;
     let empty = loop_for(&store, &queue, sizes.window).await?;
     queue.add_history(sizes.history).await?;
+    let pages_full = pages(&store, owner, project, sizes.iterations).await?;
     let full = loop_for(&store, &queue, sizes.window).await?;
     let history = format!("{} finished scans", sizes.history);
+    for (i, page) in ["project list page", "scan history page"]
+        .iter()
+        .enumerate()
+    {
+        let base = summary(&format!("{page}, empty history"), 50, &pages_empty[i], None);
+        rows.push(summary(
+            &format!("{page}, {history}"),
+            50,
+            &pages_full[i],
+            Some(&base),
+        ));
+        rows.push(base);
+    }
     let base = empty.rate_row("worker loop x8, empty history");
     rows.push(full.rate_row_against(&format!("worker loop x8, {history}"), &base));
     rows.push(base);
@@ -89,6 +117,21 @@ pub(crate) async fn run(sizes: &Sizes, rows: &mut Vec<Row>) -> Result<()> {
     drop(store);
     drop(server);
     Ok(())
+}
+
+/// The owner's project list and the project's scan history, first pages, `n` calls each
+/// (alternating), with the time of each call.
+async fn pages(store: &Store, owner: Uuid, project: Uuid, n: usize) -> Result<[Vec<Duration>; 2]> {
+    let (mut list, mut history) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for _ in 0..n {
+        let started = Instant::now();
+        store.projects().list_for_owner(owner, None, 50).await?;
+        list.push(started.elapsed());
+        let started = Instant::now();
+        store.scans().history(project, None, 50).await?;
+        history.push(started.elapsed());
+    }
+    Ok([list, history])
 }
 
 /// What one window of the worker loop did.
@@ -172,7 +215,7 @@ impl Queue<'_> {
                 "INSERT INTO scans (id, project_id, repository_id, kind, trigger_kind, \
                                     tracks_default_branch, status, priority, scheduled_at, attempt, \
                                     max_attempts, finished_at, created_at, updated_at) \
-                 SELECT gen_random_uuid(), '{}', '{}', 'full', 'api', true, '{status}', 2, \
+                 SELECT {UUID_V7}, '{}', '{}', 'full', 'api', true, '{status}', 2, \
                         now() - interval '{age}', {attempt}, 3, {finished}, now() - interval '{age}', \
                         now() - interval '{age}' \
                  FROM generate_series(1, {n})",
@@ -182,6 +225,12 @@ impl Queue<'_> {
         Ok(())
     }
 }
+
+/// A time-ordered id as the application makes them (UUIDv7: 48 bits of Unix milliseconds,
+/// then random bits), so history is inserted at the end of the primary key as it would have
+/// been, not at random places in it.
+const UUID_V7: &str = "(lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1000)::bigint), 12, '0') \
+                        || '7' || substr(md5(random()::text), 1, 19))::uuid";
 
 async fn repository_of(store: &Store, project: Uuid) -> Result<Uuid> {
     let repo = store
@@ -196,6 +245,18 @@ async fn repository_of(store: &Store, project: Uuid) -> Result<Uuid> {
         })
         .await?;
     Ok(repo.id)
+}
+
+async fn scans_options(db: &DatabaseConnection) -> Result<String> {
+    let row = db
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT coalesce(array_to_string(reloptions, ', '), 'defaults') AS o \
+               FROM pg_class WHERE relname = 'scans'",
+        ))
+        .await?
+        .ok_or("no scans table")?;
+    Ok(row.try_get("", "o")?)
 }
 
 async fn server_settings(db: &DatabaseConnection) -> Result<String> {

@@ -7,6 +7,7 @@
 //! from either database points straight at the rule that fired.
 
 use sea_orm_migration::prelude::*;
+use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend};
 
 /// The UUIDv7 primary key every API-visible table uses; the value is generated in Rust so an
 /// object key can be built before the row exists.
@@ -168,4 +169,39 @@ pub async fn drop_columns(
             .await?;
     }
     Ok(())
+}
+
+/// Sets Postgres storage options on `table` (`ALTER TABLE … SET (…)`): fillfactor and
+/// per-table autovacuum settings. SQLite has no such options; there it does nothing.
+pub async fn set_storage(
+    manager: &SchemaManager<'_>,
+    table: &str,
+    options: &[(&str, &str)],
+) -> Result<(), DbErr> {
+    if manager.get_database_backend() != DbBackend::Postgres || options.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = options.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+    manager
+        .get_connection()
+        .execute_unprepared(&format!("ALTER TABLE {table} SET ({})", list.join(", ")))
+        .await
+        .map(|_| ())
+}
+
+/// Resets the options [`set_storage`] set to the server's defaults (Postgres only).
+pub async fn reset_storage(
+    manager: &SchemaManager<'_>,
+    table: &str,
+    options: &[(&str, &str)],
+) -> Result<(), DbErr> {
+    if manager.get_database_backend() != DbBackend::Postgres || options.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = options.iter().map(|(k, _)| *k).collect();
+    manager
+        .get_connection()
+        .execute_unprepared(&format!("ALTER TABLE {table} RESET ({})", names.join(", ")))
+        .await
+        .map(|_| ())
 }

@@ -36,6 +36,7 @@ mod m20261202_000007_worker_credentials;
 mod m20261202_000008_purge_leases;
 mod m20261202_000009_leader_leases;
 mod m20261202_000010_event_archives;
+mod m20261202_000011_hot_table_storage;
 
 pub use sea_orm_migration::MigratorTrait;
 use sea_orm_migration::prelude::*;
@@ -64,6 +65,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000008_purge_leases::Migration),
             Box::new(m20261202_000009_leader_leases::Migration),
             Box::new(m20261202_000010_event_archives::Migration),
+            Box::new(m20261202_000011_hot_table_storage::Migration),
         ]
     }
 }

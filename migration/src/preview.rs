@@ -195,7 +195,8 @@ mod tests {
     async fn renders_only_the_versions_asked_for() {
         let versions = known_versions();
         let last = versions[versions.len() - 1..].to_vec();
-        let script = render(DbBackend::Sqlite, &last, Vec::new()).await.unwrap();
+        // Postgres: the newest migration may be one that does nothing on SQLite.
+        let script = render(DbBackend::Postgres, &last, Vec::new()).await.unwrap();
         assert_eq!(script.migrations.len(), 1);
         assert_eq!(script.migrations[0].version, last[0]);
         assert!(!script.migrations[0].statements.is_empty());

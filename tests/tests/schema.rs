@@ -224,3 +224,44 @@ on_both_backends! {
         }
     }
 }
+
+/// The hot tables carry the storage settings migration 000011 gives them (Postgres only:
+/// SQLite has none), so vacuum keeps pace with the queue whatever the history holds.
+#[tokio::test]
+async fn hot_tables_vacuum_after_a_fixed_amount_of_work() {
+    use sea_orm::{ConnectionTrait, Statement};
+    let db = TestDb::postgres().await;
+    let options = |table: &'static str| {
+        let db = db.conn().clone();
+        async move {
+            let row = db
+                .query_one_raw(Statement::from_sql_and_values(
+                    sea_orm::DbBackend::Postgres,
+                    "SELECT coalesce(reloptions, '{}') AS o FROM pg_class WHERE relname = $1",
+                    [table.into()],
+                ))
+                .await
+                .unwrap()
+                .unwrap();
+            row.try_get::<Vec<String>>("", "o").unwrap()
+        }
+    };
+    for table in ["scans", "worker_heartbeats", "api_keys", "projects"] {
+        let set = options(table).await;
+        for option in [
+            "autovacuum_vacuum_scale_factor=0",
+            "fillfactor=",
+            "autovacuum_vacuum_threshold=",
+        ] {
+            assert!(
+                set.iter().any(|o| o.starts_with(option)),
+                "{table}: {option} missing from {set:?}"
+            );
+        }
+    }
+    let scans = options("scans").await;
+    assert!(
+        scans.contains(&"autovacuum_vacuum_insert_scale_factor=0".to_owned()),
+        "{scans:?}"
+    );
+}
