@@ -196,7 +196,9 @@ mod tests {
         let versions = known_versions();
         let last = versions[versions.len() - 1..].to_vec();
         // Postgres: the newest migration may be one that does nothing on SQLite.
-        let script = render(DbBackend::Postgres, &last, Vec::new()).await.unwrap();
+        let script = render(DbBackend::Postgres, &last, Vec::new())
+            .await
+            .unwrap();
         assert_eq!(script.migrations.len(), 1);
         assert_eq!(script.migrations[0].version, last[0]);
         assert!(!script.migrations[0].statements.is_empty());
