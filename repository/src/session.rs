@@ -188,6 +188,7 @@ impl<'s> Session<'s> {
 
     /// Opens a transaction: the row repositories, scoped like this session, whose work commits
     /// together at [`Transaction::commit`] or not at all (dropped, it rolls back).
+    #[tracing::instrument(name = "transaction.begin", skip_all)]
     pub async fn begin(&self) -> Result<Transaction<'s>> {
         Ok(Transaction {
             tx: self.db.begin().await?,
@@ -241,6 +242,7 @@ impl<'s> Transaction<'s> {
 
     /// A nested transaction (a `SAVEPOINT`): committing it keeps its work in this one; dropping
     /// it, or its failure, rolls back to the savepoint only.
+    #[tracing::instrument(name = "transaction.savepoint", skip_all)]
     pub async fn savepoint(&self) -> Result<Transaction<'s>> {
         Ok(Transaction {
             tx: self.tx.savepoint().await?,
@@ -260,11 +262,13 @@ impl<'s> Transaction<'s> {
     }
 
     /// Commits (a savepoint: releases it into its parent).
+    #[tracing::instrument(name = "transaction.commit", skip_all)]
     pub async fn commit(self) -> Result<()> {
         self.tx.commit().await
     }
 
     /// Rolls back now rather than on drop.
+    #[tracing::instrument(name = "transaction.rollback", skip_all)]
     pub async fn rollback(self) -> Result<()> {
         self.tx.rollback().await
     }
