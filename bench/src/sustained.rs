@@ -87,8 +87,8 @@ pub(crate) async fn run(sizes: &Sizes, rows: &mut Vec<Row>) -> Result<()> {
         ));
         rows.push(base);
     }
-    let base = empty.rate_row("worker loop x8, empty history");
-    rows.push(full.rate_row_against(&format!("worker loop x8, {history}"), &base));
+    let base = empty.rate_row("worker loop x8, empty history", None);
+    rows.push(full.rate_row(&format!("worker loop x8, {history}"), Some(&base)));
     rows.push(base);
     let base = summary("claim_next latency, empty history", 1, &empty.claims, None);
     rows.push(summary(
@@ -102,11 +102,11 @@ pub(crate) async fn run(sizes: &Sizes, rows: &mut Vec<Row>) -> Result<()> {
     let sustained = sustain(&store, &queue, sizes.sustained, sizes.window).await?;
     let base = sustained
         .first
-        .rate_row("worker loop x8 sustained: first window");
+        .rate_row("worker loop x8 sustained: first window", None);
     rows.push(
         sustained
             .last
-            .rate_row_against("worker loop x8 sustained: last window", &base),
+            .rate_row("worker loop x8 sustained: last window", Some(&base)),
     );
     rows.push(base);
     println!(
@@ -148,12 +148,8 @@ impl Window {
         self.elapsed.mul_f64(1000.0 / self.completed.max(1) as f64)
     }
 
-    fn rate_row(&self, scenario: &str) -> Row {
-        summary(scenario, 1000, &[self.per_thousand()], None)
-    }
-
-    fn rate_row_against(&self, scenario: &str, base: &Row) -> Row {
-        summary(scenario, 1000, &[self.per_thousand()], Some(base))
+    fn rate_row(&self, scenario: &str, base: Option<&Row>) -> Row {
+        summary(scenario, 1000, &[self.per_thousand()], base)
     }
 }
 
