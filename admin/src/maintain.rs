@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use vega_repository::{GcOptions, MAX_ARCHIVE_EVENTS, Store};
 
 const LEASE: &str = "maintain";
-/// Expired snapshots deleted per statement batch.
+/// Expired snapshots deleted, or lapsed dismissals reopened, per batch.
 const EXPIRE_BATCH: u64 = 100;
 
 /// `vega-admin maintain` options.
@@ -57,6 +57,9 @@ pub struct MaintainArgs {
     /// How often snapshots past their expiry are deleted (archives queued for purge).
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     expire_every: Duration,
+    /// How often dismissals past their expiry lapse (the findings reopen).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    dismissals_every: Duration,
     /// How often events older than --retain-events move to the blob store.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     retention_every: Duration,
@@ -79,6 +82,7 @@ enum Job {
     Gc,
     Prune,
     Expire,
+    Dismissals,
     Retention,
 }
 
@@ -86,12 +90,13 @@ enum Job {
 type Outcome = Vec<(&'static str, u64)>;
 
 impl Job {
-    const ALL: [Job; 6] = [
+    const ALL: [Job; 7] = [
         Job::Rescue,
         Job::Purge,
         Job::Gc,
         Job::Prune,
         Job::Expire,
+        Job::Dismissals,
         Job::Retention,
     ];
 
@@ -102,6 +107,7 @@ impl Job {
             Job::Gc => "gc",
             Job::Prune => "prune",
             Job::Expire => "expire",
+            Job::Dismissals => "dismissals",
             Job::Retention => "retention",
         }
     }
@@ -113,6 +119,7 @@ impl Job {
             Job::Gc => args.gc_every,
             Job::Prune => args.prune_every,
             Job::Expire => args.expire_every,
+            Job::Dismissals => args.dismissals_every,
             Job::Retention => args.retention_every,
         }
     }
@@ -208,19 +215,34 @@ impl Runner<'_> {
                 ]
             }
             Job::Prune => vec![("pruned", store.workers().prune(args.prune_after).await?)],
-            Job::Expire => {
-                let mut expired = 0;
-                loop {
-                    let n = store.snapshots().expire(EXPIRE_BATCH).await?;
-                    expired += n;
-                    if n < EXPIRE_BATCH || self.stopping() {
-                        break;
-                    }
-                }
-                vec![("expired", expired)]
-            }
+            Job::Expire => vec![(
+                "expired",
+                self.drain(|| async { store.snapshots().expire(EXPIRE_BATCH).await })
+                    .await?,
+            )],
+            Job::Dismissals => vec![(
+                "reopened",
+                self.drain(|| async { store.findings().expire_dismissals(EXPIRE_BATCH).await })
+                    .await?,
+            )],
             Job::Retention => self.retention(still_leading).await?,
         })
+    }
+
+    /// Runs a batch of [`EXPIRE_BATCH`] until one comes back short or a stop is asked for;
+    /// the total.
+    async fn drain<F>(&self, mut batch: impl FnMut() -> F) -> Result<u64, vega_repository::Error>
+    where
+        F: std::future::Future<Output = Result<u64, vega_repository::Error>>,
+    {
+        let mut total = 0;
+        loop {
+            let n = batch().await?;
+            total += n;
+            if n < EXPIRE_BATCH || self.stopping() {
+                return Ok(total);
+            }
+        }
     }
 
     /// Archives events batch by batch until none is old enough, a stop is asked for (the

@@ -184,7 +184,15 @@ async fn once_runs_every_job_and_exits() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
-    for job in ["rescue", "purge", "gc", "prune", "expire", "retention"] {
+    for job in [
+        "rescue",
+        "purge",
+        "gc",
+        "prune",
+        "expire",
+        "dismissals",
+        "retention",
+    ] {
         assert!(
             stderr.contains(&format!("job=\"{job}\"")),
             "{job}: {stderr}"

@@ -134,9 +134,10 @@ pub(crate) async fn run(
     .await?;
 
     // Open findings, worst first: page 1 and page 1,000 (50 per page) by keyset.
-    let deep: (i16, Uuid) = sqlx::query_as(
-        "SELECT severity, id FROM findings WHERE project_id = $1 AND status = 'open' \
-          ORDER BY severity DESC, id DESC OFFSET 49949 LIMIT 1",
+    let deep: (i16, chrono::DateTime<chrono::Utc>, Uuid) = sqlx::query_as(
+        "SELECT severity, first_seen_at, id FROM findings \
+          WHERE project_id = $1 AND status = 'open' AND on_default_branch \
+          ORDER BY severity DESC, first_seen_at, id OFFSET 49949 LIMIT 1",
     )
     .bind(big_project)
     .fetch_one(&raw)
@@ -147,7 +148,8 @@ pub(crate) async fn run(
             "page 1,000",
             Some(FindingCursor {
                 severity: deep.0,
-                id: deep.1,
+                first_seen_at: deep.1.fixed_offset(),
+                id: deep.2,
             }),
         ),
     ] {

@@ -171,9 +171,10 @@ text_enum! {
 text_enum! {
     /// `findings.status`.
     FindingStatus {
-        /// Present in the latest scan that could see it.
+        /// Present in the latest scan of the default branch that could see it (or, never seen
+        /// there, on the branch that saw it). A confirmed finding is open with `confirmed_at`.
         Open = "open",
-        /// Absent from a full scan of the tracked branch.
+        /// Absent from a full scan of the default branch.
         Fixed = "fixed",
         /// Dismissed by a person; stays dismissed when seen again.
         Dismissed = "dismissed",
@@ -191,6 +192,8 @@ text_enum! {
         NotApplicable = "not_applicable",
         /// Only in test code.
         UsedInTests = "used_in_tests",
+        /// Real, and will not be fixed.
+        WontFix = "wont_fix",
     }
 }
 
@@ -309,6 +312,18 @@ impl Severity {
     /// The stored ordinal.
     pub fn as_i16(self) -> i16 {
         self as i16
+    }
+
+    /// The name, as serialized (`critical`, `high`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Unknown => "unknown",
+            Severity::Info => "info",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
     }
 
     /// The severity of a stored ordinal; `None` outside 0..=5.

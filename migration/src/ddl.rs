@@ -7,7 +7,7 @@
 //! from either database points straight at the rule that fired.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend};
+use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend, Statement};
 
 /// The UUIDv7 primary key every API-visible table uses; the value is generated in Rust so an
 /// object key can be built before the row exists.
@@ -204,4 +204,67 @@ pub async fn reset_storage(
         .execute_unprepared(&format!("ALTER TABLE {table} RESET ({})", names.join(", ")))
         .await
         .map(|_| ())
+}
+
+/// Replaces the CHECK constraint `name` on `table`, whose expression is `old`, with `new`: for
+/// a constraint that a new migration widens (another allowed value), so rows that met `old`
+/// meet `new`.
+///
+/// Postgres drops the constraint and adds the new one `NOT VALID`: every stored row met the
+/// narrower rule, so there is nothing to validate, and the table is not scanned under the
+/// migration's lock (validating in the same transaction would hold that lock for the scan). SQLite cannot alter a constraint; its documented
+/// procedure for a change that leaves every stored row valid is to edit the table's schema
+/// text (`writable_schema`) and bump the schema version so that other connections reload it.
+/// The edit must change exactly one place, or nothing is changed.
+pub async fn widen_check(
+    manager: &SchemaManager<'_>,
+    table: &str,
+    name: &str,
+    old: &str,
+    new: &str,
+) -> Result<(), DbErr> {
+    let db = manager.get_connection();
+    if manager.get_database_backend() == DbBackend::Postgres {
+        for sql in [
+            format!("ALTER TABLE {table} DROP CONSTRAINT {name}"),
+            format!("ALTER TABLE {table} ADD CONSTRAINT {name} CHECK ({new}) NOT VALID"),
+        ] {
+            db.execute_unprepared(&sql).await?;
+        }
+        return Ok(());
+    }
+    let quote = |s: &str| s.replace('\'', "''");
+    let row = db
+        .query_one_raw(Statement::from_string(
+            DbBackend::Sqlite,
+            format!(
+                "SELECT sql, (SELECT schema_version FROM pragma_schema_version) AS version \
+                   FROM sqlite_schema WHERE type = 'table' AND name = '{}'",
+                quote(table)
+            ),
+        ))
+        .await?
+        .ok_or_else(|| DbErr::Custom(format!("no table {table}")))?;
+    let sql: String = row.try_get("", "sql")?;
+    let version: i64 = row.try_get("", "version")?;
+    let old_clause = format!("CONSTRAINT \"{name}\" CHECK ({old})");
+    if sql.matches(&old_clause).count() != 1 {
+        return Err(DbErr::Custom(format!(
+            "{table}: expected one `{old_clause}` in its schema"
+        )));
+    }
+    let edited = sql.replace(&old_clause, &format!("CONSTRAINT \"{name}\" CHECK ({new})"));
+    for statement in [
+        "PRAGMA writable_schema = ON".to_owned(),
+        format!(
+            "UPDATE sqlite_schema SET sql = '{}' WHERE type = 'table' AND name = '{}'",
+            quote(&edited),
+            quote(table)
+        ),
+        format!("PRAGMA schema_version = {}", version + 1),
+        "PRAGMA writable_schema = OFF".to_owned(),
+    ] {
+        db.execute_unprepared(&statement).await?;
+    }
+    Ok(())
 }

@@ -37,6 +37,7 @@ mod m20261202_000008_purge_leases;
 mod m20261202_000009_leader_leases;
 mod m20261202_000010_event_archives;
 mod m20261202_000011_hot_table_storage;
+mod m20261203_000012_findings_per_default_branch;
 
 pub use sea_orm_migration::MigratorTrait;
 use sea_orm_migration::prelude::*;
@@ -66,6 +67,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000009_leader_leases::Migration),
             Box::new(m20261202_000010_event_archives::Migration),
             Box::new(m20261202_000011_hot_table_storage::Migration),
+            Box::new(m20261203_000012_findings_per_default_branch::Migration),
         ]
     }
 }

@@ -42,6 +42,8 @@ catalog! {
     ProjectArchived = "project.archived",
     /// `projects.delete`.
     ProjectDeleted = "project.deleted",
+    /// `projects.set_sla`: the project's own SLA days per severity (`null`: the default).
+    ProjectSlaChanged = "project.sla_changed",
     /// `repositories.add`: `{"provider", "full_name"}`.
     RepositoryAdded = "repository.added",
     /// `snapshots.create`: `{"repository_id", "commit_sha"}`.
@@ -66,10 +68,19 @@ catalog! {
     ScanDeleted = "scan.deleted",
     /// `scans.retry`: `{"attempt", "max_attempts"}`.
     ScanRetried = "scan.retried",
-    /// `findings.dismiss`: `{"reason"}`.
+    /// `findings.dismiss`: `{"from", "reason", "comment", "until"}`.
     FindingDismissed = "finding.dismissed",
-    /// `findings.reopen`.
+    /// `findings.reopen`: `{"from"}`.
     FindingReopened = "finding.reopened",
+    /// `findings.confirm`: `{"from"}`.
+    FindingConfirmed = "finding.confirmed",
+    /// `findings.override_severity`: `{"from", "to", "reason"}`.
+    FindingSeverityOverridden = "finding.severity_overridden",
+    /// `findings.clear_severity_override`: `{"from", "to"}` (back to the tool's).
+    FindingSeverityRestored = "finding.severity_restored",
+    /// `findings.expire_dismissals`, by the system: the dismissal's expiry passed and the
+    /// finding reopened. `{"reason", "until"}`.
+    FindingDismissalExpired = "finding.dismissal_expired",
     /// `api_keys.issue` and the new key of `api_keys.rotate`: `{"name", "scopes", "project_id"}`.
     ApiKeyIssued = "api_key.issued",
     /// `api_keys.revoke` and the old key of `api_keys.rotate`: `{"reason"}`.

@@ -40,6 +40,31 @@ pub struct EventCursor {
     pub id: i64,
 }
 
+impl EventCursor {
+    pub(crate) fn of(e: &events::Model) -> Self {
+        Self {
+            created_at: e.created_at,
+            id: e.id,
+        }
+    }
+
+    /// ` AND (e.created_at, e.id) <op> (…)` past this cursor (`<` newest first, `>` oldest
+    /// first), binding its values; nothing without one.
+    pub(crate) fn condition(
+        after: Option<Self>,
+        op: &str,
+        values: &mut Vec<Value>,
+    ) -> Result<String> {
+        let Some(c) = after else {
+            return Ok(String::new());
+        };
+        values.push(validate::timestamp("cursor.created_at", c.created_at)?.into());
+        values.push(c.id.into());
+        let n = values.len();
+        Ok(format!(" AND (e.created_at, e.id) {op} (${}, ${n})", n - 1))
+    }
+}
+
 /// Which events a page lists.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventFeed {
@@ -137,15 +162,7 @@ impl Events<'_> {
                 vec![validate::no_nul("subject", &kind)?.into(), id.into()],
             ),
         };
-        let cursor = match before {
-            Some(c) => {
-                values.push(validate::timestamp("before.created_at", c.created_at)?.into());
-                values.push(c.id.into());
-                let n = values.len();
-                format!("AND (e.created_at, e.id) < (${}, ${n})", n - 1)
-            }
-            None => String::new(),
-        };
+        let cursor = EventCursor::condition(before, "<", &mut values)?;
         let reach = and_reach(self.cx.who, Table::Events, "e", &mut values);
         let sql = format!(
             "SELECT e.* FROM events e WHERE {filter} {cursor}{reach} \
@@ -156,11 +173,6 @@ impl Events<'_> {
             .from_raw_sql(statement(self.cx.db(), &sql, values))
             .all(self.cx.db())
             .await?;
-        Ok(Page::from_rows(rows, limit, |e: &events::Model| {
-            EventCursor {
-                created_at: e.created_at,
-                id: e.id,
-            }
-        }))
+        Ok(Page::from_rows(rows, limit, EventCursor::of))
     }
 }

@@ -1,18 +1,30 @@
-//! The read side of findings (the findings pages) and the triage transitions; ingestion is
-//! `ingest.rs`.
+//! The read side of findings (the open list, counts, a scan's findings, the pull-request
+//! comparison, the overdue list, a finding's history) and the triage transitions; ingestion
+//! is `ingest.rs`.
+//!
+//! A finding's status is its status on its repository's default branch (see `ingest::Role`):
+//! `open` (a person may have *confirmed* it, `confirmed_at`), `dismissed` (with a reason,
+//! comment and optional expiry) or `fixed`. The reads of "open findings" are those of the
+//! default branch: open, and seen there (`on_default_branch`).
 
+use chrono::{DateTime, FixedOffset};
 use sea_orm::{ConnectionTrait, EntityTrait, FromQueryResult, Value};
 use serde_json::json;
 use tracing::instrument;
 use uuid::Uuid;
-use vega_entity::{DismissReason, Severity, finding_occurrences, findings};
+use vega_entity::{DismissReason, FindingStatus, ScanKind, ScanStatus, Severity, events};
+use vega_entity::{finding_occurrences, findings, projects, scans};
 
 use crate::audit::{self, Action, Audit};
+use crate::events::EventCursor;
 use crate::page::{Page, limit_clause, page_size};
 use crate::principal::{Table, and_project_reach, and_reach};
 use crate::session::Cx;
 use crate::sql::{now, statement};
-use crate::{Error, Result};
+use crate::{Error, Result, validate};
+
+/// The default-branch, open-findings predicate of the partial indexes behind these reads.
+const OPEN_ON_DEFAULT: &str = "status = 'open' AND on_default_branch";
 
 /// Findings counted by severity.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -50,13 +62,177 @@ impl SeverityCounts {
     }
 }
 
-/// The keyset cursor of the open-findings list (worst first).
+/// The keyset cursor of the open and overdue lists: worst first (severity descending), then
+/// oldest first (`first_seen_at`, then id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FindingCursor {
     /// The last row's severity ordinal.
     pub severity: i16,
+    /// The last row's first sighting.
+    pub first_seen_at: DateTime<FixedOffset>,
     /// The last row's id.
     pub id: Uuid,
+}
+
+impl FindingCursor {
+    fn of(f: &findings::Model) -> Self {
+        Self {
+            severity: f.severity,
+            first_seen_at: f.first_seen_at,
+            id: f.id,
+        }
+    }
+
+    /// `AND <after this cursor>` in the (severity DESC, first_seen_at, id) order, binding
+    /// its values.
+    fn condition(after: Option<Self>, values: &mut Vec<Value>) -> Result<String> {
+        let Some(c) = after else {
+            return Ok(String::new());
+        };
+        values.push(c.severity.into());
+        values.push(validate::timestamp("after.first_seen_at", c.first_seen_at)?.into());
+        values.push(c.id.into());
+        let n = values.len();
+        Ok(format!(
+            " AND (severity < ${s} OR (severity = ${s} AND (first_seen_at, id) > (${t}, ${n})))",
+            s = n - 2,
+            t = n - 1
+        ))
+    }
+}
+
+/// A finding's triage state, as people see it: the stored status, with a confirmed open
+/// finding told apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TriageState {
+    /// Open on the default branch, not yet triaged.
+    Open,
+    /// Open, and a person confirmed it is real.
+    Confirmed,
+    /// Dismissed by a person (or by the tool's suppression).
+    Dismissed,
+    /// No longer seen by a full scan of the default branch.
+    Fixed,
+}
+
+impl TriageState {
+    /// The state of a stored finding.
+    pub fn of(finding: &findings::Model) -> Self {
+        match finding.status.as_str() {
+            s if s == FindingStatus::Dismissed.as_str() => TriageState::Dismissed,
+            s if s == FindingStatus::Fixed.as_str() => TriageState::Fixed,
+            _ if finding.confirmed_at.is_some() => TriageState::Confirmed,
+            _ => TriageState::Open,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            TriageState::Open => "open",
+            TriageState::Confirmed => "confirmed",
+            TriageState::Dismissed => "dismissed",
+            TriageState::Fixed => "fixed",
+        }
+    }
+}
+
+/// Input for [`Findings::dismiss`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dismissal {
+    /// Why.
+    pub reason: DismissReason,
+    /// What the person said, up to 4,000 characters.
+    pub comment: Option<String>,
+    /// When the dismissal lapses and the finding reopens by itself (see
+    /// [`Findings::expire_dismissals`]); must be in the future.
+    pub until: Option<DateTime<FixedOffset>>,
+}
+
+impl Dismissal {
+    /// A dismissal with this reason, no comment and no expiry.
+    pub fn because(reason: DismissReason) -> Self {
+        Self {
+            reason,
+            comment: None,
+            until: None,
+        }
+    }
+}
+
+/// Which part of a comparison [`Findings::compare`] lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delta {
+    /// Seen by the scan and not known on the default branch (never seen there, or fixed
+    /// there): what the pull request introduces.
+    Introduced,
+    /// Open on the default branch and not seen by the scan (a full scan only): what the
+    /// pull request no longer has.
+    Absent,
+    /// Seen by the scan and known on the default branch (open or dismissed there).
+    Unchanged,
+}
+
+/// Days to fix a finding, per severity, counted from its first sighting; `None` is no
+/// deadline. Projects override the global defaults per severity
+/// ([`crate::Projects::set_sla`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SlaPolicy {
+    /// Critical.
+    pub critical: Option<i32>,
+    /// High.
+    pub high: Option<i32>,
+    /// Medium.
+    pub medium: Option<i32>,
+    /// Low.
+    pub low: Option<i32>,
+}
+
+impl SlaPolicy {
+    /// The global defaults: 7, 30, 90 and 180 days; informational findings have none.
+    pub const DEFAULT: SlaPolicy = SlaPolicy {
+        critical: Some(7),
+        high: Some(30),
+        medium: Some(90),
+        low: Some(180),
+    };
+
+    /// The days allowed for `severity`.
+    pub fn days(&self, severity: Severity) -> Option<i32> {
+        match severity {
+            Severity::Critical => self.critical,
+            Severity::High => self.high,
+            Severity::Medium => self.medium,
+            Severity::Low => self.low,
+            Severity::Info | Severity::Unknown => None,
+        }
+    }
+
+    /// This policy with a project's own settings over it.
+    pub fn with_project(self, project: &projects::Model) -> Self {
+        Self {
+            critical: project.sla_critical_days.or(self.critical),
+            high: project.sla_high_days.or(self.high),
+            medium: project.sla_medium_days.or(self.medium),
+            low: project.sla_low_days.or(self.low),
+        }
+    }
+}
+
+impl Default for SlaPolicy {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// An open finding past its SLA, from [`Findings::overdue`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overdue {
+    /// The finding.
+    pub finding: findings::Model,
+    /// When it was due: its first sighting plus its severity's days.
+    pub due_at: DateTime<FixedOffset>,
 }
 
 /// A finding as seen by one scan.
@@ -84,8 +260,8 @@ impl Findings<'_> {
             .ok_or_else(|| Error::not_found("finding", id))
     }
 
-    /// The project's open findings counted by severity (an index-only scan of the open-findings
-    /// index).
+    /// The project's open findings on its repositories' default branches, counted by
+    /// severity (confirmed ones included; an index-only scan of the open-findings index).
     #[instrument(name = "findings.open_counts", skip(self))]
     pub async fn open_counts(&self, project_id: Uuid) -> Result<SeverityCounts> {
         let mut values = vec![project_id.into()];
@@ -97,28 +273,22 @@ impl Findings<'_> {
                 self.cx.db(),
                 &format!(
                     "SELECT severity, COUNT(*) AS n FROM findings \
-                      WHERE project_id = $1 AND status = 'open'{reach} GROUP BY severity"
+                      WHERE project_id = $1 AND {OPEN_ON_DEFAULT}{reach} GROUP BY severity"
                 ),
                 values,
             ))
             .await?;
-        let rows = rows
-            .iter()
-            .map(|row| {
-                Ok((
-                    row.try_get::<i16>("", "severity")?,
-                    row.try_get::<i64>("", "n")?,
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
         let mut counts = SeverityCounts::default();
-        for (severity, n) in rows {
+        for row in &rows {
+            let severity: i16 = row.try_get("", "severity")?;
+            let n: i64 = row.try_get("", "n")?;
             counts.add(Severity::from_i16(severity).unwrap_or(Severity::Unknown), n);
         }
         Ok(counts)
     }
 
-    /// The project's open findings, worst first (severity, then newest), keyset-paginated.
+    /// The project's open findings on its default branches, worst first, then oldest first,
+    /// keyset-paginated.
     #[instrument(name = "findings.list_open", skip(self))]
     pub async fn list_open(
         &self,
@@ -127,32 +297,87 @@ impl Findings<'_> {
         limit: u64,
     ) -> Result<Page<findings::Model, FindingCursor>> {
         let limit = page_size(limit)?;
-        let (cursor, mut values): (&str, Vec<Value>) = match after {
-            Some(c) => (
-                "AND (severity, id) < ($2, $3)",
-                vec![c.severity.into(), c.id.into()],
-            ),
-            None => ("", vec![]),
-        };
-        values.insert(0, project_id.into());
+        let mut values = vec![project_id.into()];
+        let cursor = FindingCursor::condition(after, &mut values)?;
         let reach = and_project_reach(self.cx.who, Table::Findings, "$1", &mut values);
         let rows = findings::Entity::find()
             .from_raw_sql(statement(
                 self.cx.db(),
                 &format!(
-                    "SELECT * FROM findings WHERE project_id = $1 AND status = 'open' {cursor}{reach} \
-                      ORDER BY severity DESC, id DESC {}",
+                    "SELECT * FROM findings WHERE project_id = $1 AND {OPEN_ON_DEFAULT}{cursor}{reach} \
+                      ORDER BY severity DESC, first_seen_at, id {}",
                     limit_clause(limit + 1)
                 ),
                 values,
             ))
             .all(self.cx.db())
             .await?;
-        Ok(Page::from_rows(rows, limit, |f: &findings::Model| {
-            FindingCursor {
-                severity: f.severity,
-                id: f.id,
+        Ok(Page::from_rows(rows, limit, FindingCursor::of))
+    }
+
+    /// The project's open findings past their SLA (`policy` under the project's own
+    /// settings), worst first, then most overdue first, keyset-paginated.
+    #[instrument(name = "findings.overdue", skip(self))]
+    pub async fn overdue(
+        &self,
+        project_id: Uuid,
+        policy: SlaPolicy,
+        after: Option<FindingCursor>,
+        limit: u64,
+    ) -> Result<Page<Overdue, FindingCursor>> {
+        let limit = page_size(limit)?;
+        let project = self
+            .cx
+            .select_one::<projects::Entity>(Table::Projects, "x.id = $1", vec![project_id.into()])
+            .await?
+            .ok_or_else(|| Error::not_found("project", project_id))?;
+        let policy = policy.with_project(&project);
+        let now = now();
+        let mut values: Vec<Value> = vec![project_id.into()];
+        // One cutoff per severity that has a deadline, bound in Rust: the same SQL on both
+        // engines, and each arm a range of the open-findings index.
+        let mut arms = Vec::new();
+        for severity in Severity::ALL {
+            if let Some(days) = policy.days(severity) {
+                values.push(severity.as_i16().into());
+                values.push((now - chrono::Duration::days(days.into())).into());
+                let n = values.len();
+                arms.push(format!("(severity = ${} AND first_seen_at < ${n})", n - 1));
             }
+        }
+        if arms.is_empty() {
+            return Ok(Page::from_rows(Vec::new(), limit, |o: &Overdue| {
+                FindingCursor::of(&o.finding)
+            }));
+        }
+        let cursor = FindingCursor::condition(after, &mut values)?;
+        let reach = and_project_reach(self.cx.who, Table::Findings, "$1", &mut values);
+        let rows = findings::Entity::find()
+            .from_raw_sql(statement(
+                self.cx.db(),
+                &format!(
+                    "SELECT * FROM findings WHERE project_id = $1 AND {OPEN_ON_DEFAULT} \
+                        AND ({}){cursor}{reach} \
+                      ORDER BY severity DESC, first_seen_at, id {}",
+                    arms.join(" OR "),
+                    limit_clause(limit + 1)
+                ),
+                values,
+            ))
+            .all(self.cx.db())
+            .await?;
+        let rows = rows
+            .into_iter()
+            .filter_map(|finding| {
+                let days = policy.days(Severity::from_i16(finding.severity)?)?;
+                Some(Overdue {
+                    due_at: finding.first_seen_at + chrono::Duration::days(days.into()),
+                    finding,
+                })
+            })
+            .collect();
+        Ok(Page::from_rows(rows, limit, |o: &Overdue| {
+            FindingCursor::of(&o.finding)
         }))
     }
 
@@ -210,52 +435,296 @@ impl Findings<'_> {
         Ok(Page::from_rows(rows, limit, |f: &ScanFinding| f.finding.id))
     }
 
-    /// Dismisses an open finding in reach and appends `finding.dismissed`. Later scans that see
-    /// it leave it dismissed.
-    #[instrument(name = "findings.dismiss", skip(self))]
-    pub async fn dismiss(
+    /// One part of the comparison of a scan (typically of a pull request's branch) with its
+    /// repository's default branch, by finding id, keyset-paginated. [`Delta::Absent`] needs
+    /// a full scan (a partial one does not see everything); the scan must have succeeded.
+    #[instrument(name = "findings.compare", skip(self))]
+    pub async fn compare(
+        &self,
+        scan_id: Uuid,
+        delta: Delta,
+        after: Option<Uuid>,
+        limit: u64,
+    ) -> Result<Page<findings::Model, Uuid>> {
+        let limit = page_size(limit)?;
+        let scan = self
+            .cx
+            .select_one::<scans::Entity>(Table::Scans, "x.id = $1", vec![scan_id.into()])
+            .await?
+            .ok_or_else(|| Error::not_found("scan", scan_id))?;
+        if scan.status != ScanStatus::Succeeded.as_str() {
+            return Err(Error::Conflict {
+                constraint: "scans_status".into(),
+                message: format!(
+                    "the scan is {}; only a succeeded scan compares",
+                    scan.status
+                ),
+            });
+        }
+        if delta == Delta::Absent && scan.kind != ScanKind::Full.as_str() {
+            return Err(Error::invalid(
+                "delta",
+                format!("absent needs a full scan; this one is {}", scan.kind),
+            ));
+        }
+        let known = "f.on_default_branch AND f.status <> 'fixed'";
+        let mut values: Vec<Value> = vec![scan.id.into(), scan.repository_id.into()];
+        let (from, filter, key) = match delta {
+            Delta::Introduced | Delta::Unchanged => (
+                "finding_occurrences o JOIN findings f ON f.id = o.finding_id",
+                if delta == Delta::Introduced {
+                    format!("o.scan_id = $1 AND NOT ({known})")
+                } else {
+                    format!("o.scan_id = $1 AND {known}")
+                },
+                "o.finding_id",
+            ),
+            Delta::Absent => (
+                "findings f",
+                "f.repository_id = $2 AND f.status = 'open' AND f.on_default_branch \
+                 AND NOT EXISTS (SELECT 1 FROM finding_occurrences o \
+                                  WHERE o.scan_id = $1 AND o.finding_id = f.id)"
+                    .to_owned(),
+                "f.id",
+            ),
+        };
+        let cursor = match after {
+            Some(after) => {
+                values.push(after.into());
+                format!(" AND {key} > ${}", values.len())
+            }
+            None => String::new(),
+        };
+        let reach = and_reach(self.cx.who, Table::Findings, "f", &mut values);
+        // $2 is used by the absent arm only; the others reference it harmlessly.
+        let sql = format!(
+            "SELECT f.* FROM {from} WHERE {filter} AND f.repository_id = $2{cursor}{reach} \
+              ORDER BY {key} {}",
+            limit_clause(limit + 1)
+        );
+        let rows = findings::Entity::find()
+            .from_raw_sql(statement(self.cx.db(), &sql, values))
+            .all(self.cx.db())
+            .await?;
+        Ok(Page::from_rows(rows, limit, |f: &findings::Model| f.id))
+    }
+
+    /// A finding's history, oldest first: every triage transition and severity change with
+    /// its actor, keyset-paginated.
+    #[instrument(name = "findings.history", skip(self))]
+    pub async fn history(
         &self,
         id: Uuid,
-        reason: DismissReason,
-        by_user_id: Option<Uuid>,
-    ) -> Result<findings::Model> {
+        after: Option<EventCursor>,
+        limit: u64,
+    ) -> Result<Page<events::Model, EventCursor>> {
+        let limit = page_size(limit)?;
+        self.get(id).await?;
+        let mut values: Vec<Value> = vec![id.into()];
+        let cursor = EventCursor::condition(after, ">", &mut values)?;
+        let reach = and_reach(self.cx.who, Table::Events, "e", &mut values);
+        let rows = events::Entity::find()
+            .from_raw_sql(statement(
+                self.cx.db(),
+                &format!(
+                    "SELECT e.* FROM events e \
+                      WHERE e.subject_type = 'finding' AND e.subject_id = $1{cursor}{reach} \
+                      ORDER BY e.created_at, e.id {}",
+                    limit_clause(limit + 1)
+                ),
+                values,
+            ))
+            .all(self.cx.db())
+            .await?;
+        Ok(Page::from_rows(rows, limit, EventCursor::of))
+    }
+
+    /// Dismisses an open (or confirmed) finding in reach, by the session's user, and appends
+    /// `finding.dismissed`. Later scans that see it leave it dismissed until a person reopens
+    /// it or its expiry passes.
+    #[instrument(name = "findings.dismiss", skip(self, dismissal), fields(reason = %dismissal.reason))]
+    pub async fn dismiss(&self, id: Uuid, dismissal: Dismissal) -> Result<findings::Model> {
+        let comment = validate::optional_text("comment", dismissal.comment.as_deref(), 4000)?;
         let now = now();
+        let until = match dismissal.until {
+            Some(until) => {
+                let until = validate::timestamp("until", until)?;
+                if until <= now {
+                    return Err(Error::invalid("until", "must be in the future"));
+                }
+                Some(until)
+            }
+            None => None,
+        };
+        let data = json!({
+            "reason": dismissal.reason.as_str(),
+            "comment": comment,
+            "until": until,
+        });
         self.transition(
             id,
             "UPDATE findings SET status = 'dismissed', dismissed_at = $1, dismissed_reason = $2, \
-                    dismissed_by_user_id = $3, updated_at = $1 \
-              WHERE id = $4 AND status = 'open'",
+                    dismissed_by_user_id = $3, dismissed_comment = $4, dismissed_until = $5, \
+                    confirmed_at = NULL, updated_at = $1 \
+              WHERE id = $6 AND status = 'open'",
             vec![
                 now.into(),
-                reason.as_str().into(),
-                by_user_id.into(),
+                dismissal.reason.as_str().into(),
+                self.cx.who.user_id().into(),
+                comment.into(),
+                until.into(),
                 id.into(),
             ],
             "only an open finding can be dismissed",
             Action::FindingDismissed,
-            json!({ "reason": reason.as_str() }),
+            data,
         )
         .await
     }
 
-    /// Reopens a dismissed finding in reach and appends `finding.reopened`.
+    /// Confirms an open finding in reach (a person checked it is real) and appends
+    /// `finding.confirmed`.
+    #[instrument(name = "findings.confirm", skip(self))]
+    pub async fn confirm(&self, id: Uuid) -> Result<findings::Model> {
+        self.transition(
+            id,
+            "UPDATE findings SET confirmed_at = $1, updated_at = $1 \
+              WHERE id = $2 AND status = 'open' AND confirmed_at IS NULL",
+            vec![now().into(), id.into()],
+            "only an open, unconfirmed finding can be confirmed",
+            Action::FindingConfirmed,
+            json!({}),
+        )
+        .await
+    }
+
+    /// Reopens a dismissed finding, or takes back a confirmation, and appends
+    /// `finding.reopened`.
     #[instrument(name = "findings.reopen", skip(self))]
     pub async fn reopen(&self, id: Uuid) -> Result<findings::Model> {
         self.transition(
             id,
             "UPDATE findings SET status = 'open', dismissed_at = NULL, dismissed_reason = NULL, \
-                    dismissed_by_user_id = NULL, updated_at = $1 \
-              WHERE id = $2 AND status = 'dismissed'",
+                    dismissed_by_user_id = NULL, dismissed_comment = NULL, \
+                    dismissed_until = NULL, confirmed_at = NULL, updated_at = $1 \
+              WHERE id = $2 AND (status = 'dismissed' OR (status = 'open' AND confirmed_at IS NOT NULL))",
             vec![now().into(), id.into()],
-            "only a dismissed finding can be reopened",
+            "only a dismissed or confirmed finding can be reopened",
             Action::FindingReopened,
             json!({}),
         )
         .await
     }
 
-    /// A status change fenced on the current status, with its event; the statement's own
-    /// `WHERE` carries the reach.
+    /// Sets a finding's severity, whatever the tool says in later scans, with the person's
+    /// reason, and appends `finding.severity_overridden`.
+    #[instrument(name = "findings.override_severity", skip(self, reason))]
+    pub async fn override_severity(
+        &self,
+        id: Uuid,
+        severity: Severity,
+        reason: &str,
+    ) -> Result<findings::Model> {
+        let reason = validate::text("reason", reason, 1, 4000)?;
+        let current = self.get(id).await?;
+        self.transition(
+            id,
+            "UPDATE findings SET severity = $1, severity_overridden = true, severity_reason = $2, \
+                    updated_at = $3 \
+              WHERE id = $4 AND severity = $5",
+            vec![
+                severity.as_i16().into(),
+                reason.clone().into(),
+                now().into(),
+                id.into(),
+                current.severity.into(),
+            ],
+            "its severity changed meanwhile; read it again",
+            Action::FindingSeverityOverridden,
+            json!({ "from": severity_name(current.severity), "to": severity.as_str(), "reason": reason }),
+        )
+        .await
+    }
+
+    /// Gives an overridden finding back the tool's severity and appends
+    /// `finding.severity_restored`.
+    #[instrument(name = "findings.clear_severity_override", skip(self))]
+    pub async fn clear_severity_override(&self, id: Uuid) -> Result<findings::Model> {
+        let current = self.get(id).await?;
+        self.transition(
+            id,
+            "UPDATE findings SET severity = scanner_severity, severity_overridden = false, \
+                    severity_reason = NULL, updated_at = $1 \
+              WHERE id = $2 AND severity_overridden",
+            vec![now().into(), id.into()],
+            "its severity is not overridden",
+            Action::FindingSeverityRestored,
+            json!({
+                "from": severity_name(current.severity),
+                "to": severity_name(current.scanner_severity),
+            }),
+        )
+        .await
+    }
+
+    /// Reopens up to `limit` dismissed findings whose expiry has passed, each with
+    /// `finding.dismissal_expired` (the system only; `vega-admin maintain` runs it). Returns
+    /// how many reopened; call again while it returns `limit`.
+    #[instrument(name = "findings.expire_dismissals", skip(self))]
+    pub async fn expire_dismissals(&self, limit: u64) -> Result<u64> {
+        self.cx.who.require_system("expire dismissals")?;
+        let limit = page_size(limit)?;
+        let now = now();
+        let unit = self.cx.db().unit().await?;
+        let due = findings::Entity::find()
+            .from_raw_sql(statement(
+                &unit,
+                &format!(
+                    "SELECT * FROM findings \
+                      WHERE status = 'dismissed' AND dismissed_until IS NOT NULL \
+                        AND dismissed_until <= $1 ORDER BY dismissed_until, id {}",
+                    limit_clause(limit)
+                ),
+                [now.into()],
+            ))
+            .all(&unit)
+            .await?;
+        let mut events = Vec::with_capacity(due.len());
+        for finding in &due {
+            // Fenced on the expiry read, so a person's change since then wins.
+            let reopened = unit
+                .execute_raw(statement(
+                    &unit,
+                    "UPDATE findings SET status = 'open', dismissed_at = NULL, \
+                            dismissed_reason = NULL, dismissed_by_user_id = NULL, \
+                            dismissed_comment = NULL, dismissed_until = NULL, updated_at = $1 \
+                      WHERE id = $2 AND status = 'dismissed' AND dismissed_until = $3",
+                    [
+                        now.into(),
+                        finding.id.into(),
+                        finding.dismissed_until.into(),
+                    ],
+                ))
+                .await?;
+            if reopened.rows_affected() == 1 {
+                events.push(
+                    Audit::new(Action::FindingDismissalExpired, ("finding", finding.id))
+                        .project(finding.project_id)
+                        .data(json!({
+                            "reason": finding.dismissed_reason,
+                            "until": finding.dismissed_until,
+                        })),
+                );
+            }
+        }
+        let reopened = events.len() as u64;
+        audit::record(&unit, self.cx.who, events).await?;
+        unit.commit().await?;
+        Ok(reopened)
+    }
+
+    /// A change fenced on the current state, with its event (its data gains the state it
+    /// left, `from`); the statement's own `WHERE` carries the reach.
     #[allow(clippy::too_many_arguments)]
     async fn transition(
         &self,
@@ -264,9 +733,10 @@ impl Findings<'_> {
         mut values: Vec<Value>,
         refused: &str,
         action: Action,
-        data: serde_json::Value,
+        mut data: serde_json::Value,
     ) -> Result<findings::Model> {
         self.cx.who.refuse_worker("triage findings")?;
+        let before = self.get(id).await?;
         let reach = and_reach(self.cx.who, Table::Findings, "findings", &mut values);
         let unit = self.cx.db().unit().await?;
         let changed = findings::Entity::find()
@@ -282,9 +752,13 @@ impl Findings<'_> {
             let current = self.get(id).await?;
             return Err(Error::Conflict {
                 constraint: "findings_status".into(),
-                message: format!("{refused} (it is {})", current.status),
+                message: format!("{refused} (it is {})", TriageState::of(&current).as_str()),
             });
         };
+        if let Some(map) = data.as_object_mut() {
+            map.entry("from")
+                .or_insert_with(|| TriageState::of(&before).as_str().into());
+        }
         audit::record(
             &unit,
             self.cx.who,
@@ -298,4 +772,10 @@ impl Findings<'_> {
         unit.commit().await?;
         Ok(finding)
     }
+}
+
+fn severity_name(ordinal: i16) -> &'static str {
+    Severity::from_i16(ordinal)
+        .unwrap_or(Severity::Unknown)
+        .as_str()
 }

@@ -59,7 +59,10 @@ pub use audit::Action;
 pub use error::{Error, Result, Transient};
 pub use event_archives::{ArchivedBatch, EventArchives, MAX_ARCHIVE_EVENTS};
 pub use events::{EventCursor, EventFeed, Events, NewEvent};
-pub use findings::{FindingCursor, Findings, ScanFinding, SeverityCounts};
+pub use findings::{
+    Delta, Dismissal, FindingCursor, Findings, Overdue, ScanFinding, SeverityCounts, SlaPolicy,
+    TriageState,
+};
 pub use fingerprint::{FINGERPRINT_VERSION, fingerprint};
 pub use ingest::NewFinding;
 pub use leases::Leases;

@@ -39,7 +39,8 @@ pub struct ProjectSummary {
     pub latest_scan: Option<LatestScan>,
 }
 
-/// The part of [`ProjectSummary`] that comes from the project's latest scan.
+/// The part of [`ProjectSummary`] that comes from the project's latest scan: the latest full
+/// scan of a repository's default branch (scans of other refs never replace it).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct LatestScan {
     /// The scan's id.
@@ -48,8 +49,11 @@ pub struct LatestScan {
     pub status: String,
     /// When it finished.
     pub finished_at: Option<DateTime<FixedOffset>>,
-    /// Its findings by severity, written when it completed.
+    /// Its open findings by severity (confirmed ones included, dismissed ones not), as of
+    /// its completion.
     pub counts: SeverityCounts,
+    /// The findings it saw that a person (or the tool's suppression) had dismissed.
+    pub dismissed: i64,
 }
 
 #[derive(FromQueryResult)]
@@ -66,6 +70,7 @@ struct SummaryRow {
     count_low: Option<i32>,
     count_info: Option<i32>,
     count_unknown: Option<i32>,
+    count_dismissed: Option<i32>,
 }
 
 impl From<SummaryRow> for ProjectSummary {
@@ -83,6 +88,7 @@ impl From<SummaryRow> for ProjectSummary {
                     info: r.count_info.unwrap_or_default().into(),
                     unknown: r.count_unknown.unwrap_or_default().into(),
                 },
+                dismissed: r.count_dismissed.unwrap_or_default().into(),
             }),
             _ => None,
         };
@@ -215,6 +221,58 @@ impl Projects<'_> {
         Ok(archived)
     }
 
+    /// Sets the project's own SLA days per severity, each from 1 to 3,650 (`None`: the global
+    /// default, [`crate::SlaPolicy::DEFAULT`]), and appends `project.sla_changed`.
+    #[instrument(name = "projects.set_sla", skip(self))]
+    pub async fn set_sla(&self, id: Uuid, sla: crate::SlaPolicy) -> Result<projects::Model> {
+        for (field, days) in [
+            ("sla.critical", sla.critical),
+            ("sla.high", sla.high),
+            ("sla.medium", sla.medium),
+            ("sla.low", sla.low),
+        ] {
+            if days.is_some_and(|d| !(1..=3650).contains(&d)) {
+                return Err(Error::invalid(field, "must be between 1 and 3650 days"));
+            }
+        }
+        self.cx.who.refuse_worker("change projects")?;
+        let mut values: Vec<Value> = vec![
+            now().into(),
+            sla.critical.into(),
+            sla.high.into(),
+            sla.medium.into(),
+            sla.low.into(),
+            id.into(),
+        ];
+        let reach = and_reach(self.cx.who, Table::Projects, "p", &mut values);
+        let unit = self.cx.db().unit().await?;
+        let project = projects::Entity::find()
+            .from_raw_sql(statement(
+                &unit,
+                &format!(
+                    "UPDATE projects AS p SET sla_critical_days = $2, sla_high_days = $3, \
+                            sla_medium_days = $4, sla_low_days = $5, updated_at = $1 \
+                      WHERE p.id = $6{reach} RETURNING *"
+                ),
+                values,
+            ))
+            .one(&unit)
+            .await?
+            .ok_or_else(|| Error::not_found("project", id))?;
+        audit::record(
+            &unit,
+            self.cx.who,
+            vec![
+                Audit::new(Action::ProjectSlaChanged, ("project", id))
+                    .project(id)
+                    .data(json!(sla)),
+            ],
+        )
+        .await?;
+        unit.commit().await?;
+        Ok(project)
+    }
+
     /// Deletes the project with everything it owns (repositories, snapshots, scans, findings,
     /// keys) and appends `project.deleted`; its objects are queued for `purge` in the same
     /// transaction.
@@ -261,7 +319,7 @@ impl Projects<'_> {
         let sql = format!(
             "SELECT p.id, p.name, p.slug, s.id AS scan_id, s.status AS scan_status, \
                     s.finished_at, s.count_critical, s.count_high, s.count_medium, \
-                    s.count_low, s.count_info, s.count_unknown \
+                    s.count_low, s.count_info, s.count_unknown, s.count_dismissed \
                FROM projects p LEFT JOIN scans s ON s.id = p.latest_scan_id \
               WHERE p.owner_id = $1 AND p.archived_at IS NULL {cursor}{reach} \
               ORDER BY p.id DESC {}",

@@ -35,7 +35,8 @@ pub struct NewScan {
     pub trigger: TriggerKind,
     /// The snapshot to scan, when it already exists.
     pub snapshot_id: Option<Uuid>,
-    /// Branch or tag. A full scan of the repository's default branch may mark findings fixed.
+    /// Branch or tag; `None` is the default branch. Only a full scan of the repository's
+    /// default branch marks findings fixed, reopens them and becomes the project's latest.
     pub ref_name: Option<String>,
     /// Commit, 40 or 64 hex digits.
     pub commit_sha: Option<String>,
@@ -146,7 +147,8 @@ pub struct Scans<'a> {
 impl Scans<'_> {
     /// Queues a scan of a repository in reach and appends `scan.enqueued`.
     /// `tracks_default_branch` is derived, not trusted: true when `ref_name` is the
-    /// repository's default branch.
+    /// repository's default branch, or is not given (a scan of no named ref is of the
+    /// repository's main line, as an uploaded snapshot is).
     #[instrument(name = "scans.enqueue", skip_all, fields(repository_id = %input.repository_id))]
     pub async fn enqueue(&self, input: NewScan) -> Result<scans::Model> {
         if !(1..=4).contains(&input.priority) {
@@ -168,7 +170,7 @@ impl Scans<'_> {
                                       commit_sha, tracks_default_branch, status, priority, \
                                       scheduled_at, attempt, max_attempts, created_at, updated_at) \
                    SELECT $1, r.project_id, r.id, $2, $3, $4, $5, $6, $7, $8, \
-                          COALESCE($7 = r.default_branch, false), 'queued', $9, $10, 0, $11, $10, $10 \
+                          ($7 IS NULL OR COALESCE($7 = r.default_branch, false)), 'queued', $9, $10, 0, $11, $10, $10 \
                      FROM repositories r WHERE r.id = $12";
         let mut values: Vec<Value> = vec![
             Uuid::now_v7().into(),
@@ -379,7 +381,24 @@ impl Scans<'_> {
         let txn = self.cx.db().unit().await?;
         ingest::lock_repository_of(&txn, lease.scan_id).await?;
         let scan = fence(&txn, lease).await?;
-        let summary = ingest::ingest(&txn, &scan, prepared).await?;
+        let mut ingest = ingest::Ingest::new(&txn, &scan);
+        ingest.write(prepared).await?;
+        let summary = ingest.finish().await?;
+        let completed = self.succeed(&txn, lease, &scan, &summary).await?;
+        txn.commit().await?;
+        Ok(completed)
+    }
+
+    /// Succeeds a fenced scan with its ingest's summary, points its project at it when it is
+    /// a full scan of the default branch (the project list shows that branch), and appends
+    /// `scan.completed`.
+    async fn succeed(
+        &self,
+        txn: &crate::db::Unit<'_>,
+        lease: &Lease,
+        scan: &scans::Model,
+        summary: &ingest::IngestSummary,
+    ) -> Result<scans::Model> {
         let now = now();
         let mut values: Vec<Value> = vec![
             now.into(),
@@ -392,19 +411,21 @@ impl Scans<'_> {
             summary.total.into(),
             summary.new.into(),
             summary.fixed.into(),
+            summary.dismissed.into(),
             scan.id.into(),
+            (ingest::Role::of(scan) == ingest::Role::DefaultFull).into(),
         ];
         const SUCCEED: &str = "UPDATE scans SET status = 'succeeded', finished_at = $1, \
                     lease_expires_at = NULL, updated_at = $1, count_critical = $2, \
                     count_high = $3, count_medium = $4, count_low = $5, count_info = $6, \
                     count_unknown = $7, findings_total = $8, findings_new = $9, \
-                    findings_fixed = $10 \
-              WHERE id = $11 RETURNING *";
+                    findings_fixed = $10, count_dismissed = $11 \
+              WHERE id = $12 RETURNING *";
         // UUIDv7 order is creation order: a late completion of an older scan does not replace
         // a newer one.
         const LATEST: &str = "UPDATE projects SET latest_scan_id = $1, updated_at = $2 \
-              WHERE id = $3 AND (latest_scan_id IS NULL OR latest_scan_id < $1)";
-        let completed = if is_postgres(&txn) {
+              WHERE id = $3 AND $4 AND (latest_scan_id IS NULL OR latest_scan_id < $1)";
+        let completed = if is_postgres(txn) {
             // The scan, the project's pointer and the event in one statement: completions of
             // one repository run one after another under its lock, so every round trip saved
             // here is saved from the queue's serial section.
@@ -413,7 +434,7 @@ impl Scans<'_> {
                 "WITH done AS ({SUCCEED}), \
                  latest AS ( \
                    UPDATE projects p SET latest_scan_id = d.id, updated_at = $1 FROM done d \
-                    WHERE p.id = d.project_id \
+                    WHERE p.id = d.project_id AND $13 \
                       AND (p.latest_scan_id IS NULL OR p.latest_scan_id < d.id)), \
                  logged AS ( \
                    INSERT INTO events ({columns}) \
@@ -426,28 +447,29 @@ impl Scans<'_> {
                 columns = audit::EVENT_COLUMNS,
             );
             scans::Entity::find()
-                .from_raw_sql(statement(&txn, &sql, values))
-                .one(&txn)
+                .from_raw_sql(statement(txn, &sql, values))
+                .one(txn)
                 .await?
                 .ok_or(Error::LeaseLost {
                     scan_id: lease.scan_id,
                 })?
         } else {
+            let latest = values.pop().unwrap_or_else(|| false.into());
             let completed = scans::Entity::find()
-                .from_raw_sql(statement(&txn, SUCCEED, values))
-                .one(&txn)
+                .from_raw_sql(statement(txn, SUCCEED, values))
+                .one(txn)
                 .await?
                 .ok_or(Error::LeaseLost {
                     scan_id: lease.scan_id,
                 })?;
             txn.execute_raw(statement(
-                &txn,
+                txn,
                 LATEST,
-                [scan.id.into(), now.into(), scan.project_id.into()],
+                [scan.id.into(), now.into(), scan.project_id.into(), latest],
             ))
             .await?;
             audit::record(
-                &txn,
+                txn,
                 self.cx.who,
                 vec![
                     Audit::new(Action::ScanCompleted, ("scan", scan.id))
@@ -462,7 +484,6 @@ impl Scans<'_> {
             .await?;
             completed
         };
-        txn.commit().await?;
         Ok(completed)
     }
 

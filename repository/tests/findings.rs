@@ -7,7 +7,9 @@ mod common;
 use std::time::Duration;
 
 use vega_entity::{DismissReason, Severity, TriggerKind};
-use vega_repository::{Error, NewFinding, NewScan, Store};
+use vega_repository::{
+    Delta, Dismissal, Error, NewFinding, NewScan, SlaPolicy, Store, TriageState,
+};
 use vega_tests::on_both_backends;
 
 const LEASE: Duration = Duration::from_secs(60);
@@ -105,14 +107,13 @@ on_both_backends! {
     async fn dismissed_findings_stay_dismissed_until_reopened(db: &TestDb) {
         let store = common::store(db).await;
         let repo = common::repository(&store).await;
-        let owner = store.projects().get(repo.project_id).await.unwrap().owner_id;
         let s1 = scan_with(&store, repo.id, "main", vec![a()]).await;
         let id = store.findings().of_scan(s1.id, None, 1).await.unwrap().items[0].finding.id;
 
-        let dismissed = store.findings().dismiss(id, DismissReason::UsedInTests, Some(owner)).await.unwrap();
+        let dismissed = store.findings().dismiss(id, Dismissal::because(DismissReason::UsedInTests)).await.unwrap();
         assert_eq!(dismissed.status, "dismissed");
         assert!(matches!(
-            store.findings().dismiss(id, DismissReason::FalsePositive, None).await,
+            store.findings().dismiss(id, Dismissal::because(DismissReason::FalsePositive)).await,
             Err(Error::Conflict { .. })
         ));
         scan_with(&store, repo.id, "main", vec![a()]).await;
@@ -172,7 +173,7 @@ on_both_backends! {
         let mut cursor = None;
         loop {
             let page = store.findings().list_open(repo.project_id, cursor, 7).await.unwrap();
-            seen.extend(page.items.iter().map(|f| (f.severity, f.id)));
+            seen.extend(page.items.iter().map(|f| (std::cmp::Reverse(f.severity), f.first_seen_at, f.id)));
             match page.next {
                 Some(next) => cursor = Some(next),
                 None => break,
@@ -180,8 +181,8 @@ on_both_backends! {
         }
         assert_eq!(seen.len(), 30);
         let mut sorted = seen.clone();
-        sorted.sort_by(|x, y| y.cmp(x));
-        assert_eq!(seen, sorted, "worst first, then newest");
+        sorted.sort();
+        assert_eq!(seen, sorted, "worst first, then oldest");
     }
 
     async fn project_list_shows_latest_scan_counts_and_pages_stably(db: &TestDb) {
@@ -200,7 +201,7 @@ on_both_backends! {
                 provider_xid: None,
                 full_name: None,
                 clone_url: None,
-                default_branch: None,
+                default_branch: Some("main".into()),
             })
             .await
             .unwrap();
@@ -223,5 +224,154 @@ on_both_backends! {
         store.projects().archive(created[0]).await.unwrap();
         let all = store.projects().list_for_owner(owner.id, None, 100).await.unwrap();
         assert!(!all.items.iter().any(|p| p.id == created[0]), "archived projects leave the list");
+    }
+
+    async fn only_the_default_branch_decides_status_counts_and_the_latest_scan(db: &TestDb) {
+        let store = common::store(db).await;
+        let repo = common::repository(&store).await;
+        let c = || common::finding("xss", "src/view.py", Severity::Medium);
+        let main1 = scan_with(&store, repo.id, "main", vec![a(), b()]).await;
+        let counts_before = store.findings().open_counts(repo.project_id).await.unwrap();
+        let branch = scan_with(&store, repo.id, "feature/x", vec![b(), c()]).await;
+        // The branch scan has its own counts and moves nothing of main's.
+        assert_eq!((branch.findings_total, branch.count_high, branch.count_medium), (2, 1, 1));
+        assert_eq!(store.findings().open_counts(repo.project_id).await.unwrap(), counts_before);
+        let project = store.projects().get(repo.project_id).await.unwrap();
+        assert_eq!(project.latest_scan_id, Some(main1.id), "a branch scan is never the project's latest");
+        let rules = |page: vega_repository::Page<vega_entity::findings::Model, uuid::Uuid>| {
+            page.items.into_iter().map(|f| f.rule_id).collect::<Vec<_>>()
+        };
+        let findings = store.findings();
+        let compare = |delta| findings.compare(branch.id, delta, None, 10);
+        assert_eq!(rules(compare(Delta::Introduced).await.unwrap()), ["xss"]);
+        assert_eq!(rules(compare(Delta::Absent).await.unwrap()), ["eval"]);
+        assert_eq!(rules(compare(Delta::Unchanged).await.unwrap()), ["sql-injection"]);
+        let c_id = compare(Delta::Introduced).await.unwrap().items[0].id;
+        assert!(!store.findings().get(c_id).await.unwrap().on_default_branch);
+        let listed = store.findings().list_open(repo.project_id, None, 50).await.unwrap();
+        assert_eq!(listed.items.len(), 2, "a branch-only finding is not in main's open list");
+
+        // main's next full scan without A fixes A; another branch scan seeing A never reopens it.
+        let main2 = scan_with(&store, repo.id, "main", vec![b()]).await;
+        assert_eq!(main2.findings_fixed, 1);
+        let a_id = store.findings().of_scan(main1.id, None, 10).await.unwrap().items.iter()
+            .find(|f| f.finding.rule_id == "eval").unwrap().finding.id;
+        assert_eq!(store.findings().get(a_id).await.unwrap().status, "fixed");
+        let stale = scan_with(&store, repo.id, "feature/x", vec![a(), b(), c()]).await;
+        assert_eq!(store.findings().get(a_id).await.unwrap().status, "fixed");
+        let introduced = rules(store.findings().compare(stale.id, Delta::Introduced, None, 10).await.unwrap());
+        assert_eq!(introduced.len(), 2, "fixed on main and never on main: both introduced ({introduced:?})");
+        assert_eq!(store.projects().get(repo.project_id).await.unwrap().latest_scan_id, Some(main2.id));
+
+        // The branch finding reaches main: it becomes main's, and the project's counts show it.
+        let main3 = scan_with(&store, repo.id, "main", vec![b(), c()]).await;
+        assert!(store.findings().get(c_id).await.unwrap().on_default_branch);
+        assert_eq!((main3.count_high, main3.count_medium), (1, 1));
+        let summary = store.projects().list_for_owner(project.owner_id, None, 10).await.unwrap().items.remove(0);
+        let latest = summary.latest_scan.unwrap();
+        assert_eq!((latest.id, latest.counts.total(), latest.dismissed), (main3.id, 2, 0));
+    }
+
+    async fn counts_leave_dismissed_findings_apart(db: &TestDb) {
+        let store = common::store(db).await;
+        let repo = common::repository(&store).await;
+        let s1 = scan_with(&store, repo.id, "main", vec![a(), b()]).await;
+        assert_eq!((s1.count_critical, s1.count_high, s1.count_dismissed), (1, 1, 0));
+        let b_id = store.findings().of_scan(s1.id, None, 10).await.unwrap().items.iter()
+            .find(|f| f.finding.rule_id == "sql-injection").unwrap().finding.id;
+        store.findings().dismiss(b_id, Dismissal::because(DismissReason::WontFix)).await.unwrap();
+        let s2 = scan_with(&store, repo.id, "main", vec![a(), b()]).await;
+        assert_eq!((s2.count_critical, s2.count_high, s2.count_dismissed, s2.findings_total), (1, 0, 1, 2));
+        let owner = store.projects().get(repo.project_id).await.unwrap().owner_id;
+        let latest = store.projects().list_for_owner(owner, None, 10).await.unwrap().items.remove(0).latest_scan.unwrap();
+        assert_eq!((latest.counts.high, latest.counts.critical, latest.dismissed), (0, 1, 1));
+    }
+
+    async fn triage_transitions_are_fenced_recorded_and_survive_rescans(db: &TestDb) {
+        let store = common::store(db).await;
+        let repo = common::repository(&store).await;
+        let s1 = scan_with(&store, repo.id, "main", vec![a()]).await;
+        let id = store.findings().of_scan(s1.id, None, 1).await.unwrap().items[0].finding.id;
+
+        let confirmed = store.findings().confirm(id).await.unwrap();
+        assert_eq!(TriageState::of(&confirmed), TriageState::Confirmed);
+        assert!(matches!(store.findings().confirm(id).await, Err(Error::Conflict { .. })));
+        // A confirmed finding is still open: counted, listed.
+        assert_eq!(store.findings().open_counts(repo.project_id).await.unwrap().critical, 1);
+
+        // An override with its reason survives the tool's later severity.
+        store.findings().override_severity(id, Severity::Low, "behind the VPN").await.unwrap();
+        let mut louder = a();
+        louder.severity = Severity::Critical;
+        let s2 = scan_with(&store, repo.id, "main", vec![louder]).await;
+        let after = store.findings().get(id).await.unwrap();
+        assert_eq!((after.severity, after.scanner_severity, after.severity_reason.as_deref()),
+                   (Severity::Low.as_i16(), Severity::Critical.as_i16(), Some("behind the VPN")));
+        assert_eq!((s2.count_low, s2.count_critical), (1, 0), "counts use the effective severity");
+        assert!(matches!(store.findings().override_severity(id, Severity::Low, "").await, Err(Error::Invalid { .. })));
+
+        // A dismissal with a comment and an expiry; the expiry reopens it by itself.
+        let past = chrono::Utc::now().fixed_offset() - chrono::Duration::seconds(1);
+        let refused = store.findings().dismiss(id, Dismissal { until: Some(past), ..Dismissal::because(DismissReason::AcceptedRisk) }).await;
+        assert!(matches!(&refused, Err(Error::Invalid { field, .. }) if field == "until"), "{refused:?}");
+        let until = chrono::Utc::now().fixed_offset() + chrono::Duration::milliseconds(300);
+        let dismissed = store.findings().dismiss(id, Dismissal {
+            reason: DismissReason::AcceptedRisk,
+            comment: Some("until the vendor ships a fix".into()),
+            until: Some(until),
+        }).await.unwrap();
+        assert_eq!((dismissed.dismissed_comment.as_deref(), dismissed.confirmed_at), (Some("until the vendor ships a fix"), None));
+        assert_eq!(store.findings().expire_dismissals(10).await.unwrap(), 0, "not yet due");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(store.findings().expire_dismissals(10).await.unwrap(), 1);
+        let reopened = store.findings().get(id).await.unwrap();
+        assert_eq!((TriageState::of(&reopened), reopened.dismissed_comment), (TriageState::Open, None));
+        store.findings().clear_severity_override(id).await.unwrap();
+        assert!(matches!(store.findings().clear_severity_override(id).await, Err(Error::Conflict { .. })));
+
+        // The history reads in order, each with the state it left and its actor.
+        let history = store.findings().history(id, None, 50).await.unwrap().items;
+        let actions: Vec<(&str, &str)> = history.iter()
+            .map(|e| (e.action.as_str(), e.data["from"].as_str().unwrap_or_default()))
+            .collect();
+        assert_eq!(actions, [
+            ("finding.confirmed", "open"),
+            ("finding.severity_overridden", "critical"),
+            ("finding.dismissed", "confirmed"),
+            ("finding.dismissal_expired", ""),
+            ("finding.severity_restored", "low"),
+        ]);
+        assert!(history.iter().all(|e| e.actor_type == "system"));
+        let second = store.findings().history(id, Some(vega_repository::EventCursor { created_at: history[1].created_at, id: history[1].id }), 50).await.unwrap();
+        assert_eq!(second.items.len(), 3);
+    }
+
+    async fn overdue_findings_list_worst_first_under_the_projects_sla(db: &TestDb) {
+        let store = common::store(db).await;
+        let repo = common::repository(&store).await;
+        scan_with(&store, repo.id, "main", vec![a(), b(), common::finding("weak-hash", "src/c.py", Severity::Low)]).await;
+        // Nothing is a day old: nothing is overdue under the defaults.
+        let none = store.findings().overdue(repo.project_id, SlaPolicy::DEFAULT, None, 10).await.unwrap();
+        assert!(none.items.is_empty());
+        // A policy of zero-day windows cannot be set; the project's settings apply over the
+        // defaults, and a severity without days is never overdue.
+        assert!(matches!(store.projects().set_sla(repo.project_id, SlaPolicy { high: Some(0), ..SlaPolicy::DEFAULT }).await, Err(Error::Invalid { .. })));
+        let global = SlaPolicy { critical: Some(1), high: Some(1), medium: None, low: Some(1) };
+        store.projects().set_sla(repo.project_id, SlaPolicy { critical: None, high: None, medium: None, low: Some(3650) }).await.unwrap();
+        // First sightings two days ago.
+        use sea_orm::ConnectionTrait;
+        let raw = db.conn();
+        let two_days_ago = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now() - chrono::Duration::days(2), 6).fixed_offset();
+        raw.execute_raw(sea_orm::Statement::from_sql_and_values(
+            raw.get_database_backend(),
+            "UPDATE findings SET first_seen_at = $1 WHERE project_id = $2",
+            [two_days_ago.into(), repo.project_id.into()],
+        )).await.unwrap();
+        let page = store.findings().overdue(repo.project_id, global, None, 1).await.unwrap();
+        assert_eq!(page.items[0].finding.rule_id, "eval", "worst first");
+        assert_eq!(page.items[0].due_at, page.items[0].finding.first_seen_at + chrono::Duration::days(1));
+        let rest = store.findings().overdue(repo.project_id, global, page.next, 10).await.unwrap();
+        let rules: Vec<_> = rest.items.iter().map(|o| o.finding.rule_id.as_str()).collect();
+        assert_eq!(rules, ["sql-injection"], "the project's 3650 days keep the low one in time");
     }
 }

@@ -10,8 +10,8 @@ use sea_orm::{ConnectionTrait, Statement};
 use uuid::Uuid;
 use vega_entity::{DismissReason, RevokeReason, Severity, TriggerKind, UserStatus};
 use vega_repository::{
-    Action, Error, EventFeed, Lease, NewApiKey, NewProject, NewRepository, NewScan, NewSnapshot,
-    Principal, ScanObject, Store, WorkerBeat,
+    Action, Dismissal, Error, EventFeed, Lease, NewApiKey, NewProject, NewRepository, NewScan,
+    NewSnapshot, Principal, ScanObject, Store, WorkerBeat,
 };
 use vega_tests::on_both_backends;
 
@@ -164,7 +164,7 @@ on_both_backends! {
             not_found(session.scans().delete(bob_scan.id).await);
             not_found(session.api_keys().revoke(bob_key_id, RevokeReason::User).await);
             not_found(session.api_keys().rotate(bob_key_id).await);
-            not_found(session.findings().dismiss(bob_finding.id, DismissReason::FalsePositive, None).await);
+            not_found(session.findings().dismiss(bob_finding.id, Dismissal::because(DismissReason::FalsePositive)).await);
             not_found(session.findings().reopen(bob_finding.id).await);
             let note = vega_repository::NewEvent { action: "note".into(), project_id: Some(bob_web.id), subject: None, request_id: None, ip_address: None, data: serde_json::json!({}) };
             not_found(session.events().append(note).await);
@@ -366,8 +366,17 @@ on_both_backends! {
         let finding = vec![common::finding("r", "a.py", Severity::High)];
         expect!(Action::ScanCompleted, scans.scans().complete(&claim.lease, finding).await.unwrap());
         let found = store.findings().list_open(project.id, None, 10).await.unwrap().items.pop().unwrap();
-        expect!(Action::FindingDismissed, store.findings().dismiss(found.id, DismissReason::FalsePositive, Some(ada.id)).await.unwrap());
+        expect!(Action::FindingDismissed, store.findings().dismiss(found.id, Dismissal::because(DismissReason::FalsePositive)).await.unwrap());
         expect!(Action::FindingReopened, store.findings().reopen(found.id).await.unwrap());
+        expect!(Action::FindingConfirmed, store.findings().confirm(found.id).await.unwrap());
+        expect!(Action::FindingSeverityOverridden, store.findings().override_severity(found.id, Severity::Low, "internal only").await.unwrap());
+        expect!(Action::FindingSeverityRestored, store.findings().clear_severity_override(found.id).await.unwrap());
+        let until = chrono::Utc::now().fixed_offset() + chrono::Duration::milliseconds(50);
+        let lapsing = Dismissal { until: Some(until), ..Dismissal::because(DismissReason::AcceptedRisk) };
+        expect!(Action::FindingDismissed, store.findings().dismiss(found.id, lapsing).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        expect!(Action::FindingDismissalExpired, assert_eq!(store.findings().expire_dismissals(100).await.unwrap(), 1));
+        expect!(Action::ProjectSlaChanged, store.projects().set_sla(project.id, vega_repository::SlaPolicy { high: Some(3), ..Default::default() }).await.unwrap());
         expect!(Action::ArtifactStored, store.artifacts().store_scan_object(claim.scan.id, ScanObject::Report, &b"{}"[..]).await.unwrap());
         expect!(Action::ScanDeleted, store.scans().delete(claim.scan.id).await.unwrap());
         // Failed.

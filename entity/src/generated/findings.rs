@@ -55,6 +55,13 @@ pub struct Model {
     pub details: Option<Json>,
     pub created_at: DateTimeWithTimeZone,
     pub updated_at: DateTimeWithTimeZone,
+    pub on_default_branch: bool,
+    #[sea_orm(column_type = "Text", nullable)]
+    pub dismissed_comment: Option<String>,
+    pub dismissed_until: Option<DateTimeWithTimeZone>,
+    pub confirmed_at: Option<DateTimeWithTimeZone>,
+    #[sea_orm(column_type = "Text", nullable)]
+    pub severity_reason: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

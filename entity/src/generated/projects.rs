@@ -20,6 +20,10 @@ pub struct Model {
     pub archived_at: Option<DateTimeWithTimeZone>,
     pub created_at: DateTimeWithTimeZone,
     pub updated_at: DateTimeWithTimeZone,
+    pub sla_critical_days: Option<i32>,
+    pub sla_high_days: Option<i32>,
+    pub sla_medium_days: Option<i32>,
+    pub sla_low_days: Option<i32>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
