@@ -85,7 +85,7 @@ impl Lease {
     /// refuse (a NUL, a control character) is refused here too instead of reaching SQL, and
     /// checked against the acting principal: only workers (and the system) hold leases, and a
     /// worker only its own, so another worker's lease is as lost as an expired one.
-    fn validated(&self, who: &Principal, action: &'static str) -> Result<Lease> {
+    pub(crate) fn validated(&self, who: &Principal, action: &'static str) -> Result<Lease> {
         let lease = Lease {
             scan_id: self.scan_id,
             worker_id: validate::text("lease.worker_id", &self.worker_id, 1, 200)?,
@@ -392,7 +392,7 @@ impl Scans<'_> {
     /// Succeeds a fenced scan with its ingest's summary, points its project at it when it is
     /// a full scan of the default branch (the project list shows that branch), and appends
     /// `scan.completed`.
-    async fn succeed(
+    pub(crate) async fn succeed(
         &self,
         txn: &crate::db::Unit<'_>,
         lease: &Lease,
@@ -794,7 +794,7 @@ impl Scans<'_> {
 /// Checks the lease inside a transaction and returns the scan. On Postgres the UPDATE also
 /// locks the row, so a rescuer that runs concurrently waits for this transaction and then
 /// finds the scan no longer running.
-async fn fence(txn: &impl ConnectionTrait, lease: &Lease) -> Result<scans::Model> {
+pub(crate) async fn fence(txn: &impl ConnectionTrait, lease: &Lease) -> Result<scans::Model> {
     scans::Entity::find()
         .from_raw_sql(statement(
             txn,

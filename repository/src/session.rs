@@ -177,6 +177,15 @@ impl<'s> Session<'s> {
         }
     }
 
+    /// SARIF reports: a scan completed from one, findings exported as one. Not offered
+    /// inside a [`Transaction`]: a report is stored in the blob store.
+    pub fn reports(&self) -> crate::Reports<'s> {
+        crate::Reports {
+            cx: self.cx(),
+            blobs: self.blobs,
+        }
+    }
+
     /// Event retention and export (the system only): archives in the blob store, so not
     /// offered inside a [`Transaction`] either.
     pub fn event_archives(&self) -> EventArchives<'s> {

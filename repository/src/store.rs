@@ -106,6 +106,11 @@ impl Store {
         self.system().artifacts()
     }
 
+    /// SARIF reports in and out.
+    pub fn reports(&self) -> crate::Reports<'_> {
+        self.system().reports()
+    }
+
     /// Event retention and export.
     pub fn event_archives(&self) -> EventArchives<'_> {
         self.system().event_archives()

@@ -49,9 +49,19 @@ pub struct Artifacts<'a> {
     pub(crate) blobs: &'a BlobStore,
 }
 
-enum Owner {
+/// What an artifact belongs to.
+pub(crate) enum Owner {
     Snapshot { project_id: Uuid, snapshot_id: Uuid },
     Scan { project_id: Uuid, scan_id: Uuid },
+}
+
+/// An object uploaded under a pending row, waiting for [`Artifacts::commit_uploaded`].
+pub(crate) struct Uploaded {
+    id: Uuid,
+    key: ObjectKey,
+    project_id: Uuid,
+    snapshot_id: Option<Uuid>,
+    stored: vega_blobstore::Stored,
 }
 
 impl Artifacts<'_> {
@@ -154,6 +164,48 @@ impl Artifacts<'_> {
         source: impl AsyncRead + Unpin + Send,
         file_count: Option<i32>,
     ) -> Result<artifacts::Model> {
+        let uploaded = self
+            .upload(id, owner, kind, key, content_type, source)
+            .await?;
+        // 3. Commit the row (and the snapshot, and the event) together.
+        let txn = self.cx.db().unit().await?;
+        let committed = self.commit_uploaded(&txn, &uploaded).await?;
+        if let Some(snapshot_id) = uploaded.snapshot_id {
+            let ready = txn
+                .execute_raw(statement(
+                    &txn,
+                    "UPDATE snapshots SET status = 'ready', ready_at = $1, file_count = $2 \
+                      WHERE id = $3 AND status = 'pending'",
+                    [
+                        committed.committed_at.into(),
+                        file_count.into(),
+                        snapshot_id.into(),
+                    ],
+                ))
+                .await?;
+            if ready.rows_affected() == 0 {
+                return Err(Error::Conflict {
+                    constraint: "snapshots_status".into(),
+                    message: "the snapshot stopped being pending during the upload".into(),
+                });
+            }
+        }
+        txn.commit().await?;
+        Ok(committed)
+    }
+
+    /// Steps 1 and 2 of a write: the pending row, then the object (create-only, hashed as it
+    /// streams). The caller commits it with [`Artifacts::commit_uploaded`] in its own
+    /// transaction, or gives it up with [`Artifacts::abandon`].
+    pub(crate) async fn upload(
+        &self,
+        id: Uuid,
+        owner: Owner,
+        kind: ArtifactKind,
+        key: ObjectKey,
+        content_type: &str,
+        source: impl AsyncRead + Unpin + Send,
+    ) -> Result<Uploaded> {
         let (project_id, snapshot_id, scan_id) = match owner {
             Owner::Snapshot {
                 project_id,
@@ -185,79 +237,67 @@ impl Artifacts<'_> {
             ))
             .await?;
         // 2. The object, outside any transaction.
-        let stored = match self.blobs.put_reader(&key, source, content_type).await {
-            Ok(stored) => stored,
+        match self.blobs.put_reader(&key, source, content_type).await {
+            Ok(stored) => Ok(Uploaded {
+                id,
+                key,
+                project_id,
+                snapshot_id,
+                stored,
+            }),
             Err(err) => {
                 // Tidy up now if we can; otherwise gc finds the object after the grace period.
                 // An object that was already there is not ours to delete, and an endpoint that
                 // just timed out would only make the caller wait out a second bound.
-                if !matches!(
+                let ours = !matches!(
                     err,
                     vega_blobstore::BlobError::AlreadyExists { .. }
                         | vega_blobstore::BlobError::Timeout { .. }
-                ) {
-                    let _ = self.blobs.delete(&key).await;
-                }
-                let _ = self
-                    .cx
-                    .db()
-                    .execute_raw(statement(
-                        self.cx.db(),
-                        "DELETE FROM artifacts WHERE id = $1 AND state = 'pending'",
-                        [id.into()],
-                    ))
-                    .await;
-                return Err(err.into());
+                );
+                self.remove_pending(id, ours.then_some(&key)).await;
+                Err(err.into())
             }
-        };
-        // 3. Commit the row (and the snapshot, and the event) together.
-        let now = now();
-        let txn = self.cx.db().unit().await?;
+        }
+    }
+
+    /// Step 3 of a write, inside the caller's transaction: the row `committed` with the
+    /// object's size and SHA-256, and `artifact.stored`. An owner deleted during the upload
+    /// queues the object for purge and is [`Error::Conflict`].
+    pub(crate) async fn commit_uploaded(
+        &self,
+        txn: &impl ConnectionTrait,
+        uploaded: &Uploaded,
+    ) -> Result<artifacts::Model> {
         let committed = artifacts::Entity::find()
             .from_raw_sql(statement(
-                &txn,
+                txn,
                 "UPDATE artifacts SET state = 'committed', size_bytes = $1, sha256 = $2, committed_at = $3 \
                   WHERE id = $4 AND state = 'pending' RETURNING *",
                 [
-                    i64::try_from(stored.size).unwrap_or(i64::MAX).into(),
-                    stored.sha256.to_vec().into(),
-                    now.into(),
-                    id.into(),
+                    i64::try_from(uploaded.stored.size)
+                        .unwrap_or(i64::MAX)
+                        .into(),
+                    uploaded.stored.sha256.to_vec().into(),
+                    now().into(),
+                    uploaded.id.into(),
                 ],
             ))
-            .one(&txn)
+            .one(txn)
             .await?;
         let Some(committed) = committed else {
             // The owner was deleted while we uploaded: the object must go too.
-            enqueue_deletion(&txn, key.as_str()).await?;
-            txn.commit().await?;
+            enqueue_deletion(txn, uploaded.key.as_str()).await?;
             return Err(Error::Conflict {
                 constraint: "artifacts_owner".into(),
                 message: "the owner was deleted during the upload".into(),
             });
         };
-        if let Some(snapshot_id) = snapshot_id {
-            let ready = txn
-                .execute_raw(statement(
-                    &txn,
-                    "UPDATE snapshots SET status = 'ready', ready_at = $1, file_count = $2 \
-                      WHERE id = $3 AND status = 'pending'",
-                    [now.into(), file_count.into(), snapshot_id.into()],
-                ))
-                .await?;
-            if ready.rows_affected() == 0 {
-                return Err(Error::Conflict {
-                    constraint: "snapshots_status".into(),
-                    message: "the snapshot stopped being pending during the upload".into(),
-                });
-            }
-        }
         audit::record(
-            &txn,
+            txn,
             self.cx.who,
             vec![
                 Audit::new(Action::ArtifactStored, ("artifact", committed.id))
-                    .project(project_id)
+                    .project(uploaded.project_id)
                     .data(serde_json::json!({
                         "kind": committed.kind,
                         "size_bytes": committed.size_bytes,
@@ -265,8 +305,28 @@ impl Artifacts<'_> {
             ],
         )
         .await?;
-        txn.commit().await?;
         Ok(committed)
+    }
+
+    /// Gives up an upload that will not be committed: its object and pending row go now
+    /// (best effort; `gc` removes whatever a failure here leaves).
+    pub(crate) async fn abandon(&self, uploaded: &Uploaded) {
+        self.remove_pending(uploaded.id, Some(&uploaded.key)).await;
+    }
+
+    async fn remove_pending(&self, id: Uuid, object: Option<&ObjectKey>) {
+        if let Some(key) = object {
+            let _ = self.blobs.delete(key).await;
+        }
+        let _ = self
+            .cx
+            .db()
+            .execute_raw(statement(
+                self.cx.db(),
+                "DELETE FROM artifacts WHERE id = $1 AND state = 'pending'",
+                [id.into()],
+            ))
+            .await;
     }
 
     /// The artifact with this id.

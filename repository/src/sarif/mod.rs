@@ -1,0 +1,254 @@
+//! SARIF 2.1.0 in and out: [`Reports`].
+//!
+//! **In** ([`Reports::complete_from_sarif`]): the log is spooled to an anonymous temporary
+//! file (so any size streams), read once to check it and collect each run's rules
+//! (`read::runs`), stored as the scan's report through the row/object protocol (a pending row
+//! and the object), then read again result by result (`read::results`) into the completion's
+//! ingest, a chunk at a time through a bounded channel: memory is a few chunks, whatever the
+//! file. The report's row commits in the completion's transaction, so a refused log or a
+//! lost lease leaves no finding, no artifact row and (removed at once, or by `gc` after a
+//! crash) no object.
+//!
+//! The mapping, per result: tool = its run's `tool.driver.name`; rule by `ruleId`,
+//! `ruleIndex` or `rule` (`toolComponent` for extensions, as CodeQL writes); title =
+//! `message.text`, else the rule's `shortDescription`; severity from `security-severity` on
+//! the result or rule (GitHub code scanning's CVSS bands: ≥ 9.0 critical, ≥ 7.0 high, ≥ 4.0
+//! medium, > 0 low), else `level` (error high, warning medium, note low, none info; the rule's
+//! `defaultConfiguration`, else warning); the first location's `artifactLocation.uri` resolved
+//! against `originalUriBaseIds`, with its region's lines when it has one; CWE and CVE/GHSA from
+//! the rule's tags and id; category from tags (`secret`, `misconfiguration`, `vulnerability`)
+//! and the tool; identity from `partialFingerprints`, else `fingerprints`, else the snippet,
+//! else message and line; a result suppressed as the spec defines it is ingested dismissed.
+//!
+//! **Out** ([`Reports::export_scan`], [`Reports::export_open`]): one run per tool, its rules
+//! with `security-severity`, each result with Vega's fingerprint in `partialFingerprints`, in
+//! the shape GitHub code scanning uploads accept.
+
+mod read;
+mod write;
+
+use std::io::{Seek, SeekFrom};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::instrument;
+use uuid::Uuid;
+use vega_blobstore::{BlobStore, ObjectKey};
+use vega_entity::{ArtifactKind, scans};
+
+use crate::artifacts::{Owner, Uploaded};
+use crate::db::retry_conflicts;
+use crate::ingest::{self, Prepared};
+use crate::principal::Table;
+use crate::scans::{Lease, fence};
+use crate::session::Cx;
+use crate::{Artifacts, Error, Result};
+
+/// Chunks in flight between the reader thread and the ingest.
+const CHANNEL_CHUNKS: usize = 2;
+
+/// SARIF reports: completing a scan from one, exporting findings as one.
+#[derive(Debug, Clone, Copy)]
+pub struct Reports<'a> {
+    pub(crate) cx: Cx<'a>,
+    pub(crate) blobs: &'a BlobStore,
+}
+
+impl Reports<'_> {
+    fn artifacts(&self) -> Artifacts<'_> {
+        Artifacts {
+            cx: self.cx,
+            blobs: self.blobs,
+        }
+    }
+
+    /// Completes the scan from a SARIF 2.1.0 log of any size (streamed): stores it as the
+    /// scan's report and ingests its results in the same completion (see the module docs for
+    /// the mapping). A log that is not SARIF 2.1.0, or is malformed, is [`Error::Invalid`]
+    /// naming the JSON pointer (`/runs/0/results/17/locations/0`), and nothing is written.
+    /// Fenced on the lease like [`crate::Scans::complete`].
+    #[instrument(name = "reports.complete_from_sarif", skip(self, report), fields(scan_id = %lease.scan_id))]
+    pub async fn complete_from_sarif(
+        &self,
+        lease: &Lease,
+        report: impl AsyncRead + Unpin + Send,
+    ) -> Result<scans::Model> {
+        let lease = lease.validated(self.cx.who, "complete scans")?;
+        let scan = self
+            .cx
+            .select_one::<scans::Entity>(Table::Scans, "x.id = $1", vec![lease.scan_id.into()])
+            .await?
+            .ok_or(Error::LeaseLost {
+                scan_id: lease.scan_id,
+            })?;
+        let spool = spool(report).await?;
+        let runs = {
+            let file = reopen(&spool)?;
+            blocking(move || read::runs(file)).await?
+        };
+        let uploaded = self
+            .artifacts()
+            .upload(
+                Uuid::now_v7(),
+                Owner::Scan {
+                    project_id: scan.project_id,
+                    scan_id: scan.id,
+                },
+                ArtifactKind::ScanReport,
+                ObjectKey::scan_report(scan.project_id, scan.id),
+                "application/sarif+json",
+                tokio::fs::File::from_std(reopen(&spool)?),
+            )
+            .await?;
+        let runs = std::sync::Arc::new(runs);
+        let once = || self.complete_once(&lease, &spool, runs.clone(), &uploaded);
+        let completed = if self.cx.db().owns_transactions() {
+            // Safe to repeat whole: each run re-reads the lease and the spooled log.
+            retry_conflicts("reports.complete_from_sarif", once).await
+        } else {
+            once().await
+        };
+        if completed.is_err() {
+            self.artifacts().abandon(&uploaded).await;
+        }
+        completed
+    }
+
+    async fn complete_once(
+        &self,
+        lease: &Lease,
+        spool: &std::fs::File,
+        runs: std::sync::Arc<Vec<read::Run>>,
+        uploaded: &Uploaded,
+    ) -> Result<scans::Model> {
+        let txn = self.cx.db().unit().await?;
+        ingest::lock_repository_of(&txn, lease.scan_id).await?;
+        let scan = fence(&txn, lease).await?;
+        let mut ingest = ingest::Ingest::new(&txn, &scan);
+        let chunk = ingest.chunk_size();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Prepared>>(CHANNEL_CHUNKS);
+        let file = reopen(spool)?;
+        let reader = tokio::task::spawn_blocking(move || {
+            let mut batch = Vec::with_capacity(chunk);
+            let mut sink = |mapped: read::Mapped| -> Result<()> {
+                let prepared =
+                    ingest::prepare_one(mapped.finding, &mapped.pointer, mapped.suppression)?;
+                batch.push(prepared);
+                if batch.len() == chunk {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(chunk));
+                    tx.blocking_send(full).map_err(|_| stopped())?;
+                }
+                Ok(())
+            };
+            read::results(file, &runs, &mut sink)?;
+            if !batch.is_empty() {
+                tx.blocking_send(batch).map_err(|_| stopped())?;
+            }
+            Ok::<(), Error>(())
+        });
+        let written = async {
+            while let Some(mut batch) = rx.recv().await {
+                ingest::dedup(&mut batch);
+                ingest.write(&batch).await?;
+            }
+            Ok::<(), Error>(())
+        }
+        .await;
+        // The reader stops at its next chunk once the receiver is gone.
+        drop(rx);
+        let read = reader
+            .await
+            .map_err(|e| Error::Database(sea_orm::DbErr::Custom(format!("SARIF reader: {e}"))))?;
+        // A bad result is the error to report; otherwise the ingest's (the reader then only
+        // saw the channel close).
+        match (read, written) {
+            (Err(invalid @ Error::Invalid { .. }), _) | (_, Err(invalid)) => return Err(invalid),
+            (Err(err), Ok(())) => return Err(err),
+            (Ok(()), Ok(())) => {}
+        }
+        let summary = ingest.finish().await?;
+        self.artifacts().commit_uploaded(&txn, uploaded).await?;
+        let completed = crate::Scans { cx: self.cx }
+            .succeed(&txn, lease, &scan, &summary)
+            .await?;
+        txn.commit().await?;
+        Ok(completed)
+    }
+
+    /// Writes what one scan saw as a SARIF 2.1.0 log (dismissed findings with a
+    /// `suppressions` entry); returns the results written.
+    #[instrument(name = "reports.export_scan", skip(self, out))]
+    pub async fn export_scan(
+        &self,
+        scan_id: Uuid,
+        out: impl AsyncWrite + Unpin + Send,
+    ) -> Result<u64> {
+        let scan = self
+            .cx
+            .select_one::<scans::Entity>(Table::Scans, "x.id = $1", vec![scan_id.into()])
+            .await?
+            .ok_or_else(|| Error::not_found("scan", scan_id))?;
+        write::export(self.cx, write::Source::Scan(scan.id), out).await
+    }
+
+    /// Writes a repository's open findings on its default branch as a SARIF 2.1.0 log;
+    /// returns the results written.
+    #[instrument(name = "reports.export_open", skip(self, out))]
+    pub async fn export_open(
+        &self,
+        repository_id: Uuid,
+        out: impl AsyncWrite + Unpin + Send,
+    ) -> Result<u64> {
+        self.cx
+            .select_one::<vega_entity::repositories::Entity>(
+                Table::Repositories,
+                "x.id = $1",
+                vec![repository_id.into()],
+            )
+            .await?
+            .ok_or_else(|| Error::not_found("repository", repository_id))?;
+        write::export(self.cx, write::Source::OpenOnDefault(repository_id), out).await
+    }
+}
+
+/// Copies the log into an anonymous temporary file (gone when closed, or when the process
+/// dies), so it can be read twice and uploaded whatever its size.
+async fn spool(mut report: impl AsyncRead + Unpin + Send) -> Result<std::fs::File> {
+    let file = tempfile::tempfile().map_err(|e| io_error("spool the SARIF log", e))?;
+    let mut writer = tokio::fs::File::from_std(file);
+    tokio::io::copy(&mut report, &mut writer)
+        .await
+        .map_err(|e| io_error("read the SARIF log", e))?;
+    let mut file = writer.into_std().await;
+    file.sync_data().ok();
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| io_error("rewind the SARIF log", e))?;
+    Ok(file)
+}
+
+/// The spooled file again, read from its start (an independent handle's offset is shared,
+/// so each reader seeks first and readers never run at once).
+fn reopen(file: &std::fs::File) -> Result<std::fs::File> {
+    let mut copy = file
+        .try_clone()
+        .map_err(|e| io_error("reopen the SARIF log", e))?;
+    copy.seek(SeekFrom::Start(0))
+        .map_err(|e| io_error("rewind the SARIF log", e))?;
+    Ok(copy)
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Database(sea_orm::DbErr::Custom(format!("SARIF reader: {e}"))))?
+}
+
+fn stopped() -> Error {
+    Error::Database(sea_orm::DbErr::Custom("the ingest stopped".into()))
+}
+
+fn io_error(what: &str, err: std::io::Error) -> Error {
+    Error::Blob(vega_blobstore::BlobError::Io(std::io::Error::new(
+        err.kind(),
+        format!("could not {what}: {err}"),
+    )))
+}
