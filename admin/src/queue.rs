@@ -1,12 +1,14 @@
 //! The queue and scans from the command line: `vega-admin queue` (read-only) and
-//! `vega-admin scans show|cancel|retry|rescue`.
+//! `vega-admin scans show|cancel|retry|rescue|import-sarif|export-sarif`.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Subcommand;
 use serde_json::json;
 use uuid::Uuid;
-use vega_repository::{CancelOutcome, QueueSummary, Store};
+use vega_entity::{ScanKind, TriggerKind};
+use vega_repository::{CancelOutcome, NewScan, QueueSummary, Store};
 
 use crate::print;
 
@@ -34,6 +36,31 @@ pub enum ScansCommand {
         /// The wait before a rescued scan is claimed again, times its attempt.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         backoff: Duration,
+    },
+    /// Import SARIF 2.1.0 logs as one scan: enqueue, claim and complete from the logs as the
+    /// system, then print the scan and its counts. A refused log fails the scan and exits 1.
+    ImportSarif {
+        /// The repository scanned.
+        #[arg(long)]
+        repository: Uuid,
+        /// The branch or tag scanned (default: the repository's default branch).
+        #[arg(long = "ref")]
+        ref_name: Option<String>,
+        /// A full scan: on the default branch, what the logs do not contain is marked fixed.
+        /// Without it the import is a partial (static-analysis) scan that fixes nothing.
+        #[arg(long)]
+        full: bool,
+        /// The logs; several are read as one log with all their runs.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Write what a scan saw as a SARIF 2.1.0 log.
+    ExportSarif {
+        /// The scan's id.
+        id: Uuid,
+        /// Where to write it (default: standard output).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
     },
 }
 
@@ -199,6 +226,115 @@ pub async fn scans(store: &Store, json: bool, command: ScansCommand) -> Result<(
                 lines.join("\n")
             });
         }
+        ScansCommand::ExportSarif { id, output } => {
+            let to_file = output.clone();
+            let results = export_sarif(store, id, output).await?;
+            // On standard output the log is all there is.
+            if let Some(path) = to_file {
+                print(json, &json!({ "id": id, "results": results }), || {
+                    format!("wrote {results} results of scan {id} to {}", path.display())
+                });
+            }
+        }
+        ScansCommand::ImportSarif {
+            repository,
+            ref_name,
+            full,
+            files,
+        } => {
+            let scan = import_sarif(store, repository, ref_name, full, &files).await?;
+            print(json, &scan, || {
+                format!(
+                    "scan {} succeeded: {} findings ({} new, {} fixed; critical {}, high {}, \
+                     medium {}, low {}, info {}, unknown {}; {} dismissed)",
+                    scan.id,
+                    scan.findings_total,
+                    scan.findings_new,
+                    scan.findings_fixed,
+                    scan.count_critical,
+                    scan.count_high,
+                    scan.count_medium,
+                    scan.count_low,
+                    scan.count_info,
+                    scan.count_unknown,
+                    scan.count_dismissed
+                )
+            });
+        }
     }
     Ok(())
+}
+
+/// The lease an import holds while it reads its logs.
+const IMPORT_LEASE: Duration = Duration::from_secs(3600);
+
+async fn import_sarif(
+    store: &Store,
+    repository: Uuid,
+    ref_name: Option<String>,
+    full: bool,
+    files: &[PathBuf],
+) -> Result<vega_entity::scans::Model> {
+    let log = read_logs(files).await?;
+    let kind = if full { ScanKind::Full } else { ScanKind::Sast };
+    let scan = store
+        .scans()
+        .enqueue(NewScan {
+            kind,
+            ..NewScan::full(repository, TriggerKind::Manual, ref_name)
+        })
+        .await?;
+    let claim = store
+        .scans()
+        .claim(scan.id, "vega-admin import-sarif", IMPORT_LEASE)
+        .await?;
+    match store
+        .reports()
+        .complete_from_sarif(&claim.lease, &log[..])
+        .await
+    {
+        Ok(scan) => Ok(scan),
+        Err(err) => {
+            let message = err.to_string();
+            store
+                .scans()
+                .fail(&claim.lease, "invalid_report", &message)
+                .await?;
+            Err(err.into())
+        }
+    }
+}
+
+/// One file as it is; several as one log holding all their runs (each parsed whole: for a
+/// very large report, import it alone).
+async fn read_logs(files: &[PathBuf]) -> Result<Vec<u8>> {
+    if let [file] = files {
+        return Ok(tokio::fs::read(file).await?);
+    }
+    let mut runs = Vec::new();
+    for file in files {
+        let mut log: serde_json::Value = serde_json::from_slice(&tokio::fs::read(file).await?)
+            .map_err(|e| format!("{}: not JSON: {e}", file.display()))?;
+        if log["version"] != "2.1.0" {
+            return Err(format!("{}: /version must be \"2.1.0\"", file.display()).into());
+        }
+        match log["runs"].take() {
+            serde_json::Value::Array(more) => runs.extend(more),
+            _ => return Err(format!("{}: /runs must be an array", file.display()).into()),
+        }
+    }
+    Ok(serde_json::to_vec(
+        &json!({ "version": "2.1.0", "runs": runs }),
+    )?)
+}
+
+/// Writes the scan's SARIF to `output`, or to standard output.
+pub async fn export_sarif(store: &Store, id: Uuid, output: Option<PathBuf>) -> Result<u64> {
+    Ok(match output {
+        Some(path) => {
+            let file = tokio::fs::File::create(&path).await?;
+            store.reports().export_scan(id, file).await?
+        }
+        None => store.reports().export_scan(id, tokio::io::stdout()).await?,
+    })
 }

@@ -474,3 +474,99 @@ async fn events_archived_and_exported_on_postgres() {
 async fn events_archived_and_exported_on_sqlite() {
     events_archived_and_exported(false).await;
 }
+
+async fn sarif_imported_and_exported(postgres: bool) {
+    let (url, _db) = database(postgres).await;
+    let store = store_at(&url).await;
+    let repo = common::repository(&store).await;
+    let repository = repo.id.to_string();
+    let fixtures = format!("{}/../repository/tests/sarif", env!("CARGO_MANIFEST_DIR"));
+    let codeql = format!("{fixtures}/codeql.sarif");
+    let trivy = format!("{fixtures}/trivy.sarif");
+
+    let out = admin_at(
+        &url,
+        &[
+            "--json",
+            "scans",
+            "import-sarif",
+            "--repository",
+            &repository,
+            "--full",
+            &codeql,
+            &trivy,
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let scan: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            scan["status"].as_str(),
+            scan["findings_total"].as_i64(),
+            scan["count_critical"].as_i64()
+        ),
+        (Some("succeeded"), Some(4), Some(1))
+    );
+    let project = store.projects().get(repo.project_id).await.unwrap();
+    assert_eq!(
+        project.latest_scan_id.map(|id| id.to_string()).as_deref(),
+        scan["id"].as_str()
+    );
+
+    // A refused log exits 1, names the pointer, and leaves a failed scan, not a running one.
+    let bad = std::env::temp_dir().join(format!("vega-bad-{}.sarif", uuid::Uuid::new_v4()));
+    std::fs::write(&bad, r#"{"version":"2.1.0","runs":[{"tool":{"driver":{"name":"x"}},"results":[{"message":{"text":"m"}}]}]}"#).unwrap();
+    let out = admin_at(
+        &url,
+        &[
+            "scans",
+            "import-sarif",
+            "--repository",
+            &repository,
+            bad.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("/runs/0/results/0/ruleId"),
+        "{}",
+        out.stderr
+    );
+    let page = store
+        .scans()
+        .history(repo.project_id, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            page.items[0].status.as_str(),
+            page.items[0].error_code.as_deref()
+        ),
+        ("failed", Some("invalid_report"))
+    );
+
+    // Exported to standard output: the log alone.
+    let out = admin_at(
+        &url,
+        &["scans", "export-sarif", scan["id"].as_str().unwrap()],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let log: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let results: usize = log["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["results"].as_array().unwrap().len())
+        .sum();
+    assert_eq!((log["version"].as_str(), results), (Some("2.1.0"), 4));
+}
+
+#[tokio::test]
+async fn sarif_imported_and_exported_on_postgres() {
+    sarif_imported_and_exported(true).await;
+}
+
+#[tokio::test]
+async fn sarif_imported_and_exported_on_sqlite() {
+    sarif_imported_and_exported(false).await;
+}

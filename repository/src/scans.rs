@@ -322,6 +322,61 @@ impl Scans<'_> {
             .collect())
     }
 
+    /// Claims this queued scan for `worker_id` (the system only: an operator's import runs
+    /// one scan end to end), leasing it for `lease_for`, and appends `scan.claimed`. A scan
+    /// that is not queued is [`Error::Conflict`].
+    #[instrument(name = "scans.claim", skip(self))]
+    pub async fn claim(&self, id: Uuid, worker_id: &str, lease_for: Duration) -> Result<Claim> {
+        let worker_id = validate::text("worker_id", worker_id, 1, 200)?;
+        self.cx.who.require_system("claim a given scan")?;
+        let now = now();
+        let expires = now + lease_duration("lease_for", lease_for)?;
+        let unit = self.cx.db().unit().await?;
+        let claimed = scans::Entity::find()
+            .from_raw_sql(statement(
+                &unit,
+                "UPDATE scans SET status = 'running', attempt = attempt + 1, claimed_by = $2, \
+                        claimed_at = $1, heartbeat_at = $1, lease_expires_at = $3, \
+                        started_at = COALESCE(started_at, $1), updated_at = $1 \
+                  WHERE id = $4 AND status = 'queued' RETURNING *",
+                [
+                    now.into(),
+                    worker_id.clone().into(),
+                    expires.into(),
+                    id.into(),
+                ],
+            ))
+            .one(&unit)
+            .await?;
+        let Some(scan) = claimed else {
+            unit.commit().await?;
+            let scan = self.get(id).await?;
+            return Err(Error::Conflict {
+                constraint: "scans_status".into(),
+                message: format!("the scan is {}; only a queued scan is claimed", scan.status),
+            });
+        };
+        audit::record(
+            &unit,
+            self.cx.who,
+            vec![
+                Audit::new(Action::ScanClaimed, ("scan", scan.id))
+                    .project(scan.project_id)
+                    .data(json!({ "worker_id": worker_id, "attempt": scan.attempt })),
+            ],
+        )
+        .await?;
+        unit.commit().await?;
+        Ok(Claim {
+            lease: Lease {
+                scan_id: scan.id,
+                worker_id,
+                attempt: scan.attempt,
+            },
+            scan,
+        })
+    }
+
     /// Extends the lease by `lease_for` and reports whether cancellation was requested.
     /// [`Error::LeaseLost`] means the worker must stop: the scan is no longer its own.
     #[instrument(name = "scans.heartbeat", skip(self), fields(scan_id = %lease.scan_id))]
