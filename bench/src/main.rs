@@ -17,6 +17,7 @@ mod copy;
 mod queue;
 mod reads;
 mod retention;
+mod sarif;
 mod sessions;
 mod sustained;
 mod usage;
@@ -83,6 +84,13 @@ struct Args {
     /// Size of the blob put/get object, in MiB.
     #[arg(long, default_value_t = 1024)]
     blob_mib: u64,
+    /// Results in the SARIF log whose ingest is compared with COPY (and in each side of the
+    /// comparison benchmark).
+    #[arg(long, default_value_t = 100_000)]
+    sarif_results: usize,
+    /// Results in the SARIF log whose ingest's peak RSS is measured.
+    #[arg(long, default_value_t = 1_000_000)]
+    sarif_big: usize,
     /// Scenarios to run (default: all).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -121,6 +129,8 @@ async fn main() -> Result<()> {
         args.window = Duration::from_secs(2);
         args.sustained = Duration::from_secs(4);
         args.iterations = 5;
+        args.sarif_results = 2_000;
+        args.sarif_big = 5_000;
     }
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     let mut rows = Vec::new();
@@ -177,6 +187,15 @@ async fn main() -> Result<()> {
     if wanted("sessions") {
         sessions::transaction(&store, &url, args.iterations, &mut rows).await?;
     }
+    if wanted("sarif") {
+        let sizes = sarif::Sizes {
+            results: args.sarif_results,
+            big: args.sarif_big,
+            runs: args.runs,
+            iterations: args.iterations,
+        };
+        sarif::run(&store, &db, &sizes, &mut rows).await?;
+    }
     // Last, on a server of its own: the other rows ran on the shared one.
     if wanted("sustained") {
         let sizes = sustained::Sizes {
@@ -220,28 +239,31 @@ async fn fresh_database() -> Result<(DatabaseConnection, String)> {
 }
 
 fn synthetic_findings(n: usize) -> Vec<NewFinding> {
-    (0..n)
-        .map(|i| NewFinding {
-            scanner: ["semgrep", "gitleaks", "trivy"][i % 3].into(),
-            category: [
-                FindingCategory::Sast,
-                FindingCategory::Secret,
-                FindingCategory::Dependency,
-            ][i % 3],
-            rule_id: format!("rule-{}", i % 211),
-            title: format!("Finding {i} of a synthetic scan"),
-            severity: Severity::ALL[i % 6],
-            file_path: Some(format!("src/module_{}/file_{}.py", i % 97, i)),
-            start_line: Some((i % 500 + 1) as i32),
-            end_line: Some((i % 500 + 3) as i32),
-            location_key: format!("match-{i}"),
-            cwe: Some(79),
-            cve: None,
-            package_name: None,
-            package_version: None,
-            details: None,
-        })
-        .collect()
+    (0..n).map(synthetic_findings_at).collect()
+}
+
+/// The `i`th synthetic finding.
+fn synthetic_findings_at(i: usize) -> NewFinding {
+    NewFinding {
+        scanner: ["semgrep", "gitleaks", "trivy"][i % 3].into(),
+        category: [
+            FindingCategory::Sast,
+            FindingCategory::Secret,
+            FindingCategory::Dependency,
+        ][i % 3],
+        rule_id: format!("rule-{}", i % 211),
+        title: format!("Finding {i} of a synthetic scan"),
+        severity: Severity::ALL[i % 6],
+        file_path: Some(format!("src/module_{}/file_{}.py", i % 97, i)),
+        start_line: Some((i % 500 + 1) as i32),
+        end_line: Some((i % 500 + 3) as i32),
+        location_key: format!("match-{i}"),
+        cwe: Some(79),
+        cve: None,
+        package_name: None,
+        package_version: None,
+        details: None,
+    }
 }
 
 /// Scan completion with N findings: all new, then the same findings again on the same
