@@ -444,14 +444,14 @@ async fn bench_project(store: &Store, name: &str) -> Result<uuid::Uuid> {
     Ok(project.id)
 }
 
-/// A fresh repository for a baseline's rows, and a scan in it that is only a row for them to
-/// point at: cancelled at once, so that a later run's claim cannot take it.
-async fn baseline_target(
+/// A git repository named `name` in the project.
+async fn git_repository(
     store: &Store,
     project_id: uuid::Uuid,
     name: &str,
-) -> Result<(vega_entity::repositories::Model, vega_entity::scans::Model)> {
-    let repo = store
+    default_branch: Option<&str>,
+) -> Result<vega_entity::repositories::Model> {
+    Ok(store
         .repositories()
         .add(NewRepository {
             project_id,
@@ -459,9 +459,19 @@ async fn baseline_target(
             provider_xid: Some(name.into()),
             full_name: None,
             clone_url: None,
-            default_branch: None,
+            default_branch: default_branch.map(Into::into),
         })
-        .await?;
+        .await?)
+}
+
+/// A fresh repository for a baseline's rows, and a scan in it that is only a row for them to
+/// point at: cancelled at once, so that a later run's claim cannot take it.
+async fn baseline_target(
+    store: &Store,
+    project_id: uuid::Uuid,
+    name: &str,
+) -> Result<(vega_entity::repositories::Model, vega_entity::scans::Model)> {
+    let repo = git_repository(store, project_id, name, None).await?;
     let scan = store
         .scans()
         .enqueue(NewScan::full(repo.id, TriggerKind::Api, None))

@@ -6,8 +6,8 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use sea_orm::DatabaseConnection;
-use vega_entity::{Provider, Severity, TriggerKind};
-use vega_repository::{Delta, NewFinding, NewRepository, NewScan, Store};
+use vega_entity::{Severity, TriggerKind};
+use vega_repository::{Delta, NewFinding, NewScan, Store};
 
 use crate::{Result, Row, baseline_target, bench_project, copy, peak_rss, settle, summary};
 
@@ -30,7 +30,8 @@ pub(crate) async fn run(
     let (mut ingested, mut copied) = (Vec::new(), Vec::new());
     let mut main = None;
     for run in 0..sizes.runs {
-        let repo = repository(store, project, &format!("sarif-{run}")).await?;
+        let repo =
+            crate::git_repository(store, project, &format!("sarif-{run}"), Some("main")).await?;
         let claim = claim(store, repo.id, "main").await?;
         settle(db).await?;
         let started = Instant::now();
@@ -121,7 +122,7 @@ pub(crate) async fn run(
     // Memory: a log of `big` results, generated lazily, ingested with the peak RSS taken.
     let big = write_log_of(sizes.big, crate::synthetic_findings_at)?;
     let size = std::fs::metadata(big.path())?.len();
-    let repo = repository(store, project, "sarif-big").await?;
+    let repo = crate::git_repository(store, project, "sarif-big", Some("main")).await?;
     let claim = claim(store, repo.id, "main").await?;
     settle(db).await?;
     peak_rss::reset();
@@ -148,24 +149,6 @@ pub(crate) async fn run(
         None,
     ));
     Ok(())
-}
-
-async fn repository(
-    store: &Store,
-    project_id: uuid::Uuid,
-    name: &str,
-) -> Result<vega_entity::repositories::Model> {
-    Ok(store
-        .repositories()
-        .add(NewRepository {
-            project_id,
-            provider: Provider::Git,
-            provider_xid: Some(name.into()),
-            full_name: None,
-            clone_url: None,
-            default_branch: Some("main".into()),
-        })
-        .await?)
 }
 
 async fn claim(

@@ -496,7 +496,6 @@ impl Findings<'_> {
             None => String::new(),
         };
         let reach = and_reach(self.cx.who, Table::Findings, "f", &mut values);
-        // $2 is used by the absent arm only; the others reference it harmlessly.
         let sql = format!(
             "SELECT f.* FROM {from} WHERE {filter} AND f.repository_id = $2{cursor}{reach} \
               ORDER BY {key} {}",
@@ -563,6 +562,7 @@ impl Findings<'_> {
         });
         self.transition(
             id,
+            None,
             "UPDATE findings SET status = 'dismissed', dismissed_at = $1, dismissed_reason = $2, \
                     dismissed_by_user_id = $3, dismissed_comment = $4, dismissed_until = $5, \
                     confirmed_at = NULL, updated_at = $1 \
@@ -588,6 +588,7 @@ impl Findings<'_> {
     pub async fn confirm(&self, id: Uuid) -> Result<findings::Model> {
         self.transition(
             id,
+            None,
             "UPDATE findings SET confirmed_at = $1, updated_at = $1 \
               WHERE id = $2 AND status = 'open' AND confirmed_at IS NULL",
             vec![now().into(), id.into()],
@@ -604,6 +605,7 @@ impl Findings<'_> {
     pub async fn reopen(&self, id: Uuid) -> Result<findings::Model> {
         self.transition(
             id,
+            None,
             "UPDATE findings SET status = 'open', dismissed_at = NULL, dismissed_reason = NULL, \
                     dismissed_by_user_id = NULL, dismissed_comment = NULL, \
                     dismissed_until = NULL, confirmed_at = NULL, updated_at = $1 \
@@ -627,21 +629,26 @@ impl Findings<'_> {
     ) -> Result<findings::Model> {
         let reason = validate::text("reason", reason, 1, 4000)?;
         let current = self.get(id).await?;
+        let (was, data) = (
+            current.severity,
+            json!({ "from": severity_name(current.severity), "to": severity.as_str(), "reason": reason }),
+        );
         self.transition(
             id,
+            Some(current),
             "UPDATE findings SET severity = $1, severity_overridden = true, severity_reason = $2, \
                     updated_at = $3 \
               WHERE id = $4 AND severity = $5",
             vec![
                 severity.as_i16().into(),
-                reason.clone().into(),
+                reason.into(),
                 now().into(),
                 id.into(),
-                current.severity.into(),
+                was.into(),
             ],
             "its severity changed meanwhile; read it again",
             Action::FindingSeverityOverridden,
-            json!({ "from": severity_name(current.severity), "to": severity.as_str(), "reason": reason }),
+            data,
         )
         .await
     }
@@ -651,18 +658,20 @@ impl Findings<'_> {
     #[instrument(name = "findings.clear_severity_override", skip(self))]
     pub async fn clear_severity_override(&self, id: Uuid) -> Result<findings::Model> {
         let current = self.get(id).await?;
+        let data = json!({
+            "from": severity_name(current.severity),
+            "to": severity_name(current.scanner_severity),
+        });
         self.transition(
             id,
+            Some(current),
             "UPDATE findings SET severity = scanner_severity, severity_overridden = false, \
                     severity_reason = NULL, updated_at = $1 \
               WHERE id = $2 AND severity_overridden",
             vec![now().into(), id.into()],
             "its severity is not overridden",
             Action::FindingSeverityRestored,
-            json!({
-                "from": severity_name(current.severity),
-                "to": severity_name(current.scanner_severity),
-            }),
+            data,
         )
         .await
     }
@@ -689,34 +698,43 @@ impl Findings<'_> {
             ))
             .all(&unit)
             .await?;
-        let mut events = Vec::with_capacity(due.len());
-        for finding in &due {
-            // Fenced on the expiry read, so a person's change since then wins.
-            let reopened = unit
-                .execute_raw(statement(
-                    &unit,
+        if due.is_empty() {
+            unit.commit().await?;
+            return Ok(0);
+        }
+        // One statement for the batch, fenced on the expiry still being past, so a person's
+        // change since the read (reopened, or dismissed again until later) wins.
+        let mut values: Vec<Value> = vec![now.into()];
+        values.extend(due.iter().map(|f| Value::from(f.id)));
+        let reopened = unit
+            .query_all_raw(statement(
+                &unit,
+                &format!(
                     "UPDATE findings SET status = 'open', dismissed_at = NULL, \
                             dismissed_reason = NULL, dismissed_by_user_id = NULL, \
                             dismissed_comment = NULL, dismissed_until = NULL, updated_at = $1 \
-                      WHERE id = $2 AND status = 'dismissed' AND dismissed_until = $3",
-                    [
-                        now.into(),
-                        finding.id.into(),
-                        finding.dismissed_until.into(),
-                    ],
-                ))
-                .await?;
-            if reopened.rows_affected() == 1 {
-                events.push(
-                    Audit::new(Action::FindingDismissalExpired, ("finding", finding.id))
-                        .project(finding.project_id)
-                        .data(json!({
-                            "reason": finding.dismissed_reason,
-                            "until": finding.dismissed_until,
-                        })),
-                );
-            }
-        }
+                      WHERE id IN ({}) AND status = 'dismissed' AND dismissed_until <= $1 \
+                     RETURNING id",
+                    crate::sql::placeholders(2, due.len())
+                ),
+                values,
+            ))
+            .await?
+            .iter()
+            .map(|row| row.try_get::<Uuid>("", "id"))
+            .collect::<std::result::Result<std::collections::HashSet<_>, _>>()?;
+        let events: Vec<_> = due
+            .iter()
+            .filter(|f| reopened.contains(&f.id))
+            .map(|finding| {
+                Audit::new(Action::FindingDismissalExpired, ("finding", finding.id))
+                    .project(finding.project_id)
+                    .data(json!({
+                        "reason": finding.dismissed_reason,
+                        "until": finding.dismissed_until,
+                    }))
+            })
+            .collect();
         let reopened = events.len() as u64;
         audit::record(&unit, self.cx.who, events).await?;
         unit.commit().await?;
@@ -724,11 +742,13 @@ impl Findings<'_> {
     }
 
     /// A change fenced on the current state, with its event (its data gains the state it
-    /// left, `from`); the statement's own `WHERE` carries the reach.
+    /// left, `from`); the statement's own `WHERE` carries the reach. `before` is the finding
+    /// as the caller already read it, if it did.
     #[allow(clippy::too_many_arguments)]
     async fn transition(
         &self,
         id: Uuid,
+        before: Option<findings::Model>,
         sql: &str,
         mut values: Vec<Value>,
         refused: &str,
@@ -736,7 +756,10 @@ impl Findings<'_> {
         mut data: serde_json::Value,
     ) -> Result<findings::Model> {
         self.cx.who.refuse_worker("triage findings")?;
-        let before = self.get(id).await?;
+        let before = match before {
+            Some(before) => before,
+            None => self.get(id).await?,
+        };
         let reach = and_reach(self.cx.who, Table::Findings, "findings", &mut values);
         let unit = self.cx.db().unit().await?;
         let changed = findings::Entity::find()

@@ -219,7 +219,6 @@ async fn spool(mut report: impl AsyncRead + Unpin + Send) -> Result<std::fs::Fil
         .await
         .map_err(|e| io_error("read the SARIF log", e))?;
     let mut file = writer.into_std().await;
-    file.sync_data().ok();
     file.seek(SeekFrom::Start(0))
         .map_err(|e| io_error("rewind the SARIF log", e))?;
     Ok(file)

@@ -112,7 +112,6 @@ pub(crate) async fn export(
         let run = json!({
             "tool": { "driver": {
                 "name": scanner,
-                "informationUri": "https://github.com/vega-security/vega-storage",
                 "rules": descriptors,
             }},
             "columnKind": "utf16CodeUnits",
