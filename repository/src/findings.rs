@@ -174,6 +174,17 @@ pub enum Delta {
     Unchanged,
 }
 
+impl Delta {
+    /// The value stored in `scan_deltas.delta`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delta::Introduced => "introduced",
+            Delta::Absent => "absent",
+            Delta::Unchanged => "unchanged",
+        }
+    }
+}
+
 /// Days to fix a finding, per severity, counted from its first sighting; `None` is no
 /// deadline. Projects override the global defaults per severity
 /// ([`crate::Projects::set_sla`]).
@@ -435,9 +446,11 @@ impl Findings<'_> {
         Ok(Page::from_rows(rows, limit, |f: &ScanFinding| f.finding.id))
     }
 
-    /// One part of the comparison of a scan (typically of a pull request's branch) with its
-    /// repository's default branch, by finding id, keyset-paginated. [`Delta::Absent`] needs
-    /// a full scan (a partial one does not see everything); the scan must have succeeded.
+    /// One part of the comparison of a scan of another ref (typically a pull request's
+    /// branch) with its repository's default branch as it stood when the scan completed,
+    /// by finding id, keyset-paginated. [`Delta::Absent`] needs a full scan (a partial one
+    /// does not see everything); the scan must have succeeded. The parts are kept at
+    /// completion (`scan_deltas`), so a page costs one index range whatever the overlap.
     #[instrument(name = "findings.compare", skip(self))]
     pub async fn compare(
         &self,
@@ -467,38 +480,25 @@ impl Findings<'_> {
                 format!("absent needs a full scan; this one is {}", scan.kind),
             ));
         }
-        let known = "f.on_default_branch AND f.status <> 'fixed'";
-        let mut values: Vec<Value> = vec![scan.id.into(), scan.repository_id.into()];
-        let (from, filter, key) = match delta {
-            Delta::Introduced | Delta::Unchanged => (
-                "finding_occurrences o JOIN findings f ON f.id = o.finding_id",
-                if delta == Delta::Introduced {
-                    format!("o.scan_id = $1 AND NOT ({known})")
-                } else {
-                    format!("o.scan_id = $1 AND {known}")
-                },
-                "o.finding_id",
-            ),
-            Delta::Absent => (
-                "findings f",
-                "f.repository_id = $2 AND f.status = 'open' AND f.on_default_branch \
-                 AND NOT EXISTS (SELECT 1 FROM finding_occurrences o \
-                                  WHERE o.scan_id = $1 AND o.finding_id = f.id)"
-                    .to_owned(),
-                "f.id",
-            ),
-        };
+        if scan.tracks_default_branch {
+            return Err(Error::invalid(
+                "scan",
+                "is of the default branch; compare a scan of another ref",
+            ));
+        }
+        let mut values: Vec<Value> = vec![scan.id.into(), delta.as_str().into()];
         let cursor = match after {
             Some(after) => {
                 values.push(after.into());
-                format!(" AND {key} > ${}", values.len())
+                format!(" AND d.finding_id > ${}", values.len())
             }
             None => String::new(),
         };
         let reach = and_reach(self.cx.who, Table::Findings, "f", &mut values);
         let sql = format!(
-            "SELECT f.* FROM {from} WHERE {filter} AND f.repository_id = $2{cursor}{reach} \
-              ORDER BY {key} {}",
+            "SELECT f.* FROM scan_deltas d JOIN findings f ON f.id = d.finding_id \
+              WHERE d.scan_id = $1 AND d.delta = $2{cursor}{reach} \
+              ORDER BY d.finding_id {}",
             limit_clause(limit + 1)
         );
         let rows = findings::Entity::find()

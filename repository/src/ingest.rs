@@ -320,6 +320,9 @@ impl<'a, C: ConnectionTrait> Ingest<'a, C> {
         } else {
             0
         };
+        if self.role == Role::Branch {
+            record_deltas(txn, scan).await?;
+        }
         // Counted from what was written, by effective severity (a person's override counts)
         // and with dismissed findings apart, whatever the report repeated.
         let rows = txn
@@ -354,6 +357,37 @@ impl<'a, C: ConnectionTrait> Ingest<'a, C> {
             fixed,
         })
     }
+}
+
+/// Keeps what a branch's scan changes against the default branch as it stands now, in the
+/// completion's transaction (under the repository lock, so no default-branch completion moves
+/// in between): each sighting is introduced unless its finding is known there (on the
+/// default branch and not fixed); a full scan also records the default branch's open findings
+/// it did not see. `findings().compare` pages through these rows.
+async fn record_deltas(txn: &impl ConnectionTrait, scan: &scans::Model) -> Result<()> {
+    txn.execute_raw(statement(
+        txn,
+        "INSERT INTO scan_deltas (scan_id, delta, finding_id) \
+         SELECT $1, CASE WHEN f.on_default_branch AND f.status <> 'fixed' \
+                         THEN 'unchanged' ELSE 'introduced' END, o.finding_id \
+           FROM finding_occurrences o JOIN findings f ON f.id = o.finding_id \
+          WHERE o.scan_id = $1",
+        [scan.id.into()],
+    ))
+    .await?;
+    if scan.kind == ScanKind::Full.as_str() {
+        txn.execute_raw(statement(
+            txn,
+            "INSERT INTO scan_deltas (scan_id, delta, finding_id) \
+             SELECT $1, 'absent', f.id FROM findings f \
+              WHERE f.repository_id = $2 AND f.status = 'open' AND f.on_default_branch \
+                AND NOT EXISTS (SELECT 1 FROM finding_occurrences o \
+                                 WHERE o.scan_id = $1 AND o.finding_id = f.id)",
+            [scan.id.into(), scan.repository_id.into()],
+        ))
+        .await?;
+    }
+    Ok(())
 }
 
 /// A chunk's upsert and occurrences on Postgres, in one statement: the chunk travels once, as

@@ -257,6 +257,9 @@ on_both_backends! {
         let a_id = store.findings().of_scan(main1.id, None, 10).await.unwrap().items.iter()
             .find(|f| f.finding.rule_id == "eval").unwrap().finding.id;
         assert_eq!(store.findings().get(a_id).await.unwrap().status, "fixed");
+        assert_eq!(rules(compare(Delta::Absent).await.unwrap()), ["eval"], "as of the branch scan's completion");
+        let refused = store.findings().compare(main2.id, Delta::Introduced, None, 10).await.unwrap_err();
+        assert!(matches!(refused, vega_repository::Error::Invalid { .. }), "{refused:?}");
         let stale = scan_with(&store, repo.id, "feature/x", vec![a(), b(), c()]).await;
         assert_eq!(store.findings().get(a_id).await.unwrap().status, "fixed");
         let introduced = rules(store.findings().compare(stale.id, Delta::Introduced, None, 10).await.unwrap());

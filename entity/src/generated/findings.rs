@@ -84,6 +84,8 @@ pub enum Relation {
         on_delete = "Cascade"
     )]
     Repositories,
+    #[sea_orm(has_many = "super::scan_deltas::Entity")]
+    ScanDeltas,
     #[sea_orm(
         belongs_to = "super::scans::Entity",
         from = "Column::FirstSeenScanId",
@@ -133,6 +135,12 @@ impl Related<super::projects::Entity> for Entity {
 impl Related<super::repositories::Entity> for Entity {
     fn to() -> RelationDef {
         Relation::Repositories.def()
+    }
+}
+
+impl Related<super::scan_deltas::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::ScanDeltas.def()
     }
 }
 

@@ -12,6 +12,7 @@ pub mod leader_leases;
 pub mod object_deletions;
 pub mod projects;
 pub mod repositories;
+pub mod scan_deltas;
 pub mod scans;
 pub mod snapshots;
 pub mod usage_records;

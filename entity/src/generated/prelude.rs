@@ -10,6 +10,7 @@ pub use super::leader_leases::Entity as LeaderLeases;
 pub use super::object_deletions::Entity as ObjectDeletions;
 pub use super::projects::Entity as Projects;
 pub use super::repositories::Entity as Repositories;
+pub use super::scan_deltas::Entity as ScanDeltas;
 pub use super::scans::Entity as Scans;
 pub use super::snapshots::Entity as Snapshots;
 pub use super::usage_records::Entity as UsageRecords;
