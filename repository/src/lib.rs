@@ -54,7 +54,8 @@ mod workers;
 
 pub use api_keys::{ApiKeys, IssuedKey, LAST_USED_THROTTLE, NewApiKey, SCOPES};
 pub use artifacts::{
-    Artifacts, AuditReport, GcOptions, GcReport, PurgeFailure, PurgeReport, ScanObject,
+    Artifacts, AuditReport, GcOptions, GcReport, PresignedUpload, PurgeFailure, PurgeReport,
+    ScanObject,
 };
 pub use audit::Action;
 pub use error::{Error, Result, Transient};

@@ -10,10 +10,12 @@ use std::time::Duration;
 
 use sea_orm::ConnectionTrait;
 use serde_json::{Value, json};
-use vega_blobstore::ObjectKey;
+use sha2::Digest;
+use vega_blobstore::{ObjectKey, S3Options};
 use vega_entity::{DismissReason, FindingCategory, Severity, TriggerKind, findings, scans};
 use vega_repository::{Dismissal, Error, NewScan, Store};
 use vega_tests::on_both_backends;
+use vega_tests::s3::S3Server;
 
 const LEASE: Duration = Duration::from_secs(60);
 
@@ -277,5 +279,76 @@ on_both_backends! {
         assert_eq!(store.reports().export_open(repo.id, &mut open).await.unwrap(), 3);
         let open: Value = serde_json::from_slice(&open).unwrap();
         assert!(validator.is_valid(&open));
+    }
+
+    async fn a_worker_uploads_its_report_itself_and_completes_from_it(db: &TestDb) {
+        let server = S3Server::start().await;
+        let store = Store::from_parts(db.conn().clone(), server.blob_store(None, S3Options::default())).await.unwrap();
+        let repo = common::repository(&store).await;
+        let report = fixture("codeql.sarif");
+        let sha256: [u8; 32] = sha2::Sha256::digest(&report).into();
+        let size = report.len() as u64;
+        let minute = Duration::from_secs(60);
+        let put = |url: &vega_repository::PresignedUpload, body: Vec<u8>| {
+            let mut request = reqwest::Client::new().put(&url.url).body(body);
+            for (name, value) in &url.headers {
+                request = request.header(name, value);
+            }
+            request.send()
+        };
+
+        let leased = claim(&store, repo.id, "main").await;
+        for expires in [Duration::ZERO, Duration::from_secs(7 * 24 * 3600 + 1)] {
+            let err = store.reports().upload_url(&leased.lease, size, sha256, expires).await.unwrap_err();
+            assert!(matches!(&err, Error::Invalid { field, .. } if field == "expires"), "{err:?}");
+        }
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM artifacts").await, 0);
+        // Asking again supersedes the first URL: one pending row.
+        let first = store.reports().upload_url(&leased.lease, size, sha256, minute).await.unwrap();
+        let upload = store.reports().upload_url(&leased.lease, size, sha256, minute).await.unwrap();
+        assert_ne!(first.artifact_id, upload.artifact_id);
+        assert!(!format!("{upload:?}").contains("Signature"), "Debug hides the signed query: {upload:?}");
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM artifacts WHERE state = 'pending'").await, 1);
+        // Completing before the upload arrived is a conflict that keeps the upload open.
+        let early = store.reports().complete_from_upload(&leased.lease, upload.artifact_id).await.unwrap_err();
+        assert!(matches!(early, Error::Conflict { .. }), "{early:?}");
+        assert_eq!(put(&upload, report.clone()).await.unwrap().status().as_u16(), 200);
+        let scan = store.reports().complete_from_upload(&leased.lease, upload.artifact_id).await.unwrap();
+        assert_eq!((scan.status.as_str(), scan.findings_total), ("succeeded", 2));
+        let stored = store.artifacts().get(upload.artifact_id).await.unwrap();
+        assert_eq!((stored.state.as_str(), stored.size_bytes, stored.sha256.as_deref()), ("committed", Some(size as i64), Some(&sha256[..])));
+        let mut bytes = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut store.artifacts().open(stored.id).await.unwrap(), &mut bytes).await.unwrap();
+        assert_eq!(bytes, report);
+        let again = store.reports().complete_from_upload(&leased.lease, upload.artifact_id).await.unwrap_err();
+        assert!(matches!(again, Error::Conflict { .. }), "a committed report is not completed twice: {again:?}");
+
+        // An object that is not what the upload declared is refused, and nothing stays.
+        let leased = claim(&store, repo.id, "main").await;
+        let upload = store.reports().upload_url(&leased.lease, size, sha256, minute).await.unwrap();
+        let key = ObjectKey::scan_report(leased.scan.project_id, leased.scan.id);
+        let mut other = report.clone();
+        other[10] ^= 1;
+        server.client().put_object().bucket(vega_tests::s3::BUCKET).key(key.as_str()).body(other.into()).send().await.unwrap();
+        let err = store.reports().complete_from_upload(&leased.lease, upload.artifact_id).await.unwrap_err();
+        assert!(matches!(&err, Error::Invalid { field, .. } if field == "report"), "{err:?}");
+        assert_eq!(store.scans().get(leased.scan.id).await.unwrap().status, "running");
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM artifacts WHERE state = 'pending'").await, 0);
+        assert!(store.blobs().head(&key).await.unwrap().is_none(), "the refused object is removed");
+
+        // A malformed log that matches its declaration: named by pointer, nothing written.
+        let bad = br#"{"version":"2.1.0","runs":[{"results":[]}]}"#.to_vec();
+        let upload = store.reports().upload_url(&leased.lease, bad.len() as u64, sha2::Sha256::digest(&bad).into(), minute).await.unwrap();
+        assert_eq!(put(&upload, bad).await.unwrap().status().as_u16(), 200);
+        let err = store.reports().complete_from_upload(&leased.lease, upload.artifact_id).await.unwrap_err();
+        assert!(matches!(&err, Error::Invalid { field, .. } if field == "/runs/0/tool"), "{err:?}");
+        assert!(store.blobs().head(&key).await.unwrap().is_none());
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM artifacts WHERE state = 'pending'").await, 0);
+
+        // The filesystem store has no presigned URLs: a typed refusal, nothing written.
+        let fs = common::store(db).await;
+        let err = fs.reports().upload_url(&leased.lease, size, sha256, minute).await.unwrap_err();
+        assert!(matches!(err, Error::Blob(vega_repository::BlobError::Unsupported(..))), "{err:?}");
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM artifacts WHERE state = 'pending'").await, 0);
     }
 }

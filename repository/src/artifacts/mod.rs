@@ -19,7 +19,7 @@ use tokio::io::AsyncRead;
 use tracing::instrument;
 use uuid::Uuid;
 use vega_blobstore::{BlobStore, ObjectKey, VerifiedReader};
-use vega_entity::{ArtifactKind, SnapshotStatus, artifacts};
+use vega_entity::{ArtifactKind, ArtifactState, SnapshotStatus, artifacts};
 
 use crate::audit::{self, Action, Audit};
 use crate::principal::{Table, and_reach};
@@ -55,6 +55,28 @@ pub(crate) enum Owner {
     Scan { project_id: Uuid, scan_id: Uuid },
 }
 
+impl Owner {
+    fn project_id(&self) -> Uuid {
+        match *self {
+            Owner::Snapshot { project_id, .. } | Owner::Scan { project_id, .. } => project_id,
+        }
+    }
+
+    fn snapshot_id(&self) -> Option<Uuid> {
+        match *self {
+            Owner::Snapshot { snapshot_id, .. } => Some(snapshot_id),
+            Owner::Scan { .. } => None,
+        }
+    }
+
+    fn scan_id(&self) -> Option<Uuid> {
+        match *self {
+            Owner::Scan { scan_id, .. } => Some(scan_id),
+            Owner::Snapshot { .. } => None,
+        }
+    }
+}
+
 /// An object uploaded under a pending row, waiting for [`Artifacts::commit_uploaded`].
 pub(crate) struct Uploaded {
     id: Uuid,
@@ -62,6 +84,60 @@ pub(crate) struct Uploaded {
     project_id: Uuid,
     snapshot_id: Option<Uuid>,
     stored: vega_blobstore::Stored,
+}
+
+/// An upload a client makes itself, straight to the blob store: a presigned, create-only PUT
+/// that S3 accepts only with exactly the declared bytes, to the key of a pending artifact that
+/// records the declared size and SHA-256. Not `Serialize`, and its `Debug` leaves out the
+/// URL's query: until it expires the URL is a credential.
+pub struct PresignedUpload {
+    /// The pending artifact the upload fills.
+    pub artifact_id: Uuid,
+    /// Where to `PUT` the bytes.
+    pub url: String,
+    /// Headers the `PUT` must carry, as they were signed.
+    pub headers: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for PresignedUpload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let path = self.url.split('?').next().unwrap_or_default();
+        f.debug_struct("PresignedUpload")
+            .field("artifact_id", &self.artifact_id)
+            .field("url", &format_args!("{path}?<signed>"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Uploaded {
+    /// A pending row's declared upload ([`Artifacts::presign_upload`]), to verify against
+    /// the object and then commit. `None` when the row declares no size and SHA-256 (its
+    /// writer streams it instead).
+    pub(crate) fn declared(row: &artifacts::Model) -> Result<Option<Self>> {
+        let (Some(size), Some(sha256)) = (row.size_bytes, row.sha256.as_deref()) else {
+            return Ok(None);
+        };
+        Ok(Some(Self {
+            id: row.id,
+            key: ObjectKey::parse(row.object_key.as_str())?,
+            project_id: row.project_id,
+            snapshot_id: row.snapshot_id,
+            stored: vega_blobstore::Stored {
+                size: u64::try_from(size).unwrap_or_default(),
+                sha256: sha256_of(sha256)?,
+            },
+        }))
+    }
+
+    /// The object's key.
+    pub(crate) fn key(&self) -> &ObjectKey {
+        &self.key
+    }
+
+    /// The size and SHA-256 the object must have.
+    pub(crate) fn stored(&self) -> vega_blobstore::Stored {
+        self.stored
+    }
 }
 
 impl Artifacts<'_> {
@@ -206,36 +282,9 @@ impl Artifacts<'_> {
         content_type: &str,
         source: impl AsyncRead + Unpin + Send,
     ) -> Result<Uploaded> {
-        let (project_id, snapshot_id, scan_id) = match owner {
-            Owner::Snapshot {
-                project_id,
-                snapshot_id,
-            } => (project_id, Some(snapshot_id), None),
-            Owner::Scan {
-                project_id,
-                scan_id,
-            } => (project_id, None, Some(scan_id)),
-        };
+        let (project_id, snapshot_id) = (owner.project_id(), owner.snapshot_id());
         // 1. The row first, so every object that exists has a row or is older than one.
-        self.cx
-            .db()
-            .execute_raw(statement(
-                self.cx.db(),
-                "INSERT INTO artifacts (id, project_id, snapshot_id, scan_id, kind, object_key, \
-                                        content_type, state, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8)",
-                [
-                    id.into(),
-                    project_id.into(),
-                    snapshot_id.into(),
-                    scan_id.into(),
-                    kind.as_str().into(),
-                    key.as_str().into(),
-                    content_type.into(),
-                    now().into(),
-                ],
-            ))
-            .await?;
+        insert_pending(self.cx.db(), id, &owner, kind, &key, content_type, None).await?;
         // 2. The object, outside any transaction.
         match self.blobs.put_reader(&key, source, content_type).await {
             Ok(stored) => Ok(Uploaded {
@@ -258,6 +307,54 @@ impl Artifacts<'_> {
                 Err(err.into())
             }
         }
+    }
+
+    /// Step 1 of a write whose bytes the client uploads itself, inside the caller's
+    /// transaction: the pending row with the declared size and SHA-256, and a URL that takes
+    /// exactly those bytes. A pending row that an earlier call left on the same key is
+    /// replaced, so asking again supersedes an upload that failed; its object (if the upload
+    /// got that far) must then go before the new upload can land: the caller deletes the
+    /// returned key after committing. Step 2 is the client's `PUT`; step 3, after the object
+    /// is verified against [`Uploaded::declared`], is [`Artifacts::commit_uploaded`].
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn presign_upload(
+        &self,
+        txn: &impl ConnectionTrait,
+        owner: Owner,
+        kind: ArtifactKind,
+        key: ObjectKey,
+        content_type: &str,
+        declared: vega_blobstore::Stored,
+        expires: Duration,
+    ) -> Result<(PresignedUpload, Option<ObjectKey>)> {
+        // Signing is local and refuses what the backend cannot do, before any row is written.
+        let (url, headers) = self
+            .blobs
+            .presign_put(&key, declared.sha256, expires)
+            .await
+            .map_err(|err| match err {
+                vega_blobstore::BlobError::InvalidExpiry { .. } => Error::invalid(
+                    "expires",
+                    "must be longer than 0 s and at most 7 days (S3's limit for presigned URLs)",
+                ),
+                other => other.into(),
+            })?;
+        let replaced = txn
+            .execute_raw(statement(
+                txn,
+                "DELETE FROM artifacts WHERE object_key = $1 AND state = 'pending'",
+                [key.as_str().into()],
+            ))
+            .await?
+            .rows_affected();
+        let id = Uuid::now_v7();
+        insert_pending(txn, id, &owner, kind, &key, content_type, Some(declared)).await?;
+        let upload = PresignedUpload {
+            artifact_id: id,
+            url,
+            headers,
+        };
+        Ok((upload, (replaced > 0).then_some(key)))
     }
 
     /// Step 3 of a write, inside the caller's transaction: the row `committed` with the
@@ -363,17 +460,20 @@ impl Artifacts<'_> {
 
     async fn committed(&self, id: Uuid) -> Result<(ObjectKey, [u8; 32], u64)> {
         let artifact = self.get(id).await?;
-        let (Some(sha256), Some(size)) = (artifact.sha256, artifact.size_bytes) else {
+        // A presigned upload's pending row already holds its declared size and SHA-256.
+        let (true, Some(sha256), Some(size)) = (
+            artifact.state == ArtifactState::Committed.as_str(),
+            artifact.sha256,
+            artifact.size_bytes,
+        ) else {
             return Err(Error::Conflict {
                 constraint: "artifacts_state".into(),
                 message: "the artifact's upload has not completed".into(),
             });
         };
-        let sha256 = <[u8; 32]>::try_from(sha256)
-            .map_err(|_| Error::Database(sea_orm::DbErr::Type("sha256 is not 32 bytes".into())))?;
         Ok((
             ObjectKey::parse(artifact.object_key)?,
-            sha256,
+            sha256_of(&sha256)?,
             u64::try_from(size).unwrap_or_default(),
         ))
     }
@@ -390,6 +490,49 @@ impl Artifacts<'_> {
             )
             .await
     }
+}
+
+/// Step 1 of a write: the `pending` row, with the size and SHA-256 the upload declared when a
+/// client uploads the bytes itself.
+async fn insert_pending(
+    db: &impl ConnectionTrait,
+    id: Uuid,
+    owner: &Owner,
+    kind: ArtifactKind,
+    key: &ObjectKey,
+    content_type: &str,
+    declared: Option<vega_blobstore::Stored>,
+) -> Result<()> {
+    let size = declared
+        .map(|d| i64::try_from(d.size))
+        .transpose()
+        .map_err(|_| Error::invalid("size", "is larger than any object can be"))?;
+    db.execute_raw(statement(
+        db,
+        "INSERT INTO artifacts (id, project_id, snapshot_id, scan_id, kind, object_key, \
+                                content_type, size_bytes, sha256, state, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10)",
+        [
+            id.into(),
+            owner.project_id().into(),
+            owner.snapshot_id().into(),
+            owner.scan_id().into(),
+            kind.as_str().into(),
+            key.as_str().into(),
+            content_type.into(),
+            size.into(),
+            declared.map(|d| d.sha256.to_vec()).into(),
+            now().into(),
+        ],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// A stored SHA-256 (the schema's CHECK keeps it 32 bytes).
+fn sha256_of(stored: &[u8]) -> Result<[u8; 32]> {
+    <[u8; 32]>::try_from(stored)
+        .map_err(|_| Error::Database(sea_orm::DbErr::Type("sha256 is not 32 bytes".into())))
 }
 
 async fn enqueue_deletion(db: &impl ConnectionTrait, key: &str) -> Result<()> {

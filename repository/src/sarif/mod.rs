@@ -33,9 +33,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::instrument;
 use uuid::Uuid;
 use vega_blobstore::{BlobStore, ObjectKey};
-use vega_entity::{ArtifactKind, scans};
+use vega_entity::{ArtifactKind, ArtifactState, artifacts, scans};
 
-use crate::artifacts::{Owner, Uploaded};
+use crate::artifacts::{Owner, PresignedUpload, Uploaded};
 use crate::db::retry_conflicts;
 use crate::ingest::{self, Prepared};
 use crate::principal::Table;
@@ -45,6 +45,9 @@ use crate::{Artifacts, Error, Result};
 
 /// Chunks in flight between the reader thread and the ingest.
 const CHANNEL_CHUNKS: usize = 2;
+
+/// The report object's content type.
+const REPORT_TYPE: &str = "application/sarif+json";
 
 /// SARIF reports: completing a scan from one, exporting findings as one.
 #[derive(Debug, Clone, Copy)]
@@ -81,36 +84,139 @@ impl Reports<'_> {
                 scan_id: lease.scan_id,
             })?;
         let spool = spool(report).await?;
-        let runs = {
-            let file = reopen(&spool)?;
-            blocking(move || read::runs(file)).await?
-        };
+        let runs = check(&spool).await?;
         let uploaded = self
             .artifacts()
             .upload(
                 Uuid::now_v7(),
-                Owner::Scan {
-                    project_id: scan.project_id,
-                    scan_id: scan.id,
-                },
+                report_owner(&scan),
                 ArtifactKind::ScanReport,
                 ObjectKey::scan_report(scan.project_id, scan.id),
-                "application/sarif+json",
+                REPORT_TYPE,
                 tokio::fs::File::from_std(reopen(&spool)?),
             )
             .await?;
-        let runs = std::sync::Arc::new(runs);
-        let once = || self.complete_once(&lease, &spool, runs.clone(), &uploaded);
-        let completed = if self.cx.db().owns_transactions() {
-            // Safe to repeat whole: each run re-reads the lease and the spooled log.
-            retry_conflicts("reports.complete_from_sarif", once).await
-        } else {
-            once().await
-        };
+        let completed = self.complete_spooled(&lease, &spool, runs, &uploaded).await;
         if completed.is_err() {
             self.artifacts().abandon(&uploaded).await;
         }
         completed
+    }
+
+    /// A URL to which the lease's worker uploads the scan's SARIF report itself (a presigned,
+    /// create-only `PUT` of exactly `size` bytes with this SHA-256), so a large report never
+    /// passes through an API process; then [`Reports::complete_from_upload`]. Asking again
+    /// supersedes an earlier upload that was not completed. S3 only; `expires` in (0 s, 7
+    /// days], and shorter than `gc`'s grace period, which removes an upload never completed.
+    #[instrument(name = "reports.upload_url", skip(self, sha256), fields(scan_id = %lease.scan_id))]
+    pub async fn upload_url(
+        &self,
+        lease: &Lease,
+        size: u64,
+        sha256: [u8; 32],
+        expires: std::time::Duration,
+    ) -> Result<PresignedUpload> {
+        let lease = lease.validated(self.cx.who, "complete scans")?;
+        let txn = self.cx.db().unit().await?;
+        let scan = fence(&txn, &lease).await?;
+        let (upload, superseded) = self
+            .artifacts()
+            .presign_upload(
+                &txn,
+                report_owner(&scan),
+                ArtifactKind::ScanReport,
+                ObjectKey::scan_report(scan.project_id, scan.id),
+                REPORT_TYPE,
+                vega_blobstore::Stored { size, sha256 },
+                expires,
+            )
+            .await?;
+        txn.commit().await?;
+        if let Some(key) = superseded {
+            // Until the superseded upload's object is gone, the create-only PUT cannot land.
+            self.blobs.delete(&key).await?;
+        }
+        Ok(upload)
+    }
+
+    /// Completes the scan from the report uploaded to [`Reports::upload_url`]'s artifact, as
+    /// [`Reports::complete_from_sarif`] does from a stream. The object is read back and must
+    /// have the declared size and SHA-256, else [`Error::Invalid`] (`report`); a refused
+    /// report, or a lost lease, removes the upload. After a retryable failure the upload
+    /// stays, and the call can be repeated.
+    #[instrument(name = "reports.complete_from_upload", skip(self), fields(scan_id = %lease.scan_id))]
+    pub async fn complete_from_upload(
+        &self,
+        lease: &Lease,
+        artifact_id: Uuid,
+    ) -> Result<scans::Model> {
+        let lease = lease.validated(self.cx.who, "complete scans")?;
+        let row = self
+            .cx
+            .select_one::<artifacts::Entity>(
+                Table::Artifacts,
+                "x.id = $1 AND x.scan_id = $2 AND x.kind = $3",
+                vec![
+                    artifact_id.into(),
+                    lease.scan_id.into(),
+                    ArtifactKind::ScanReport.as_str().into(),
+                ],
+            )
+            .await?
+            .ok_or_else(|| Error::not_found("report upload", artifact_id))?;
+        let declared = Uploaded::declared(&row)?
+            .filter(|_| row.state == ArtifactState::Pending.as_str())
+            .ok_or_else(|| Error::Conflict {
+                constraint: "artifacts_state".into(),
+                message: format!(
+                    "artifact {artifact_id} is not an upload waiting for its completion"
+                ),
+            })?;
+        let stored = declared.stored();
+        // Nothing uploaded yet, or the store failing for now: the upload stays for the next call.
+        let object = match self
+            .blobs
+            .get(declared.key(), stored.sha256, Some(stored.size))
+            .await
+        {
+            Err(vega_blobstore::BlobError::NotFound { .. }) => {
+                return Err(Error::Conflict {
+                    constraint: "artifacts_state".into(),
+                    message: format!("nothing has been uploaded to artifact {artifact_id}"),
+                });
+            }
+            other => other?,
+        };
+        let completed = async {
+            let spool = spool(object).await?;
+            let runs = check(&spool).await?;
+            self.complete_spooled(&lease, &spool, runs, &declared).await
+        }
+        .await;
+        if let Err(err) = &completed
+            && !err.is_retryable()
+        {
+            self.artifacts().abandon(&declared).await;
+        }
+        completed
+    }
+
+    /// Ingests a spooled, checked log and commits its uploaded report in one completion,
+    /// repeated whole on a serialization conflict (each run re-reads the lease and the log).
+    async fn complete_spooled(
+        &self,
+        lease: &Lease,
+        spool: &std::fs::File,
+        runs: Vec<read::Run>,
+        uploaded: &Uploaded,
+    ) -> Result<scans::Model> {
+        let runs = std::sync::Arc::new(runs);
+        let once = || self.complete_once(lease, spool, runs.clone(), uploaded);
+        if self.cx.db().owns_transactions() {
+            retry_conflicts("reports.complete_from_sarif", once).await
+        } else {
+            once().await
+        }
     }
 
     async fn complete_once(
@@ -211,17 +317,46 @@ impl Reports<'_> {
 }
 
 /// Copies the log into an anonymous temporary file (gone when closed, or when the process
-/// dies), so it can be read twice and uploaded whatever its size.
+/// dies), so it can be read twice and uploaded whatever its size. A log read back from the
+/// blob store that is not what its upload declared is [`Error::Invalid`] (`report`).
 async fn spool(mut report: impl AsyncRead + Unpin + Send) -> Result<std::fs::File> {
     let file = tempfile::tempfile().map_err(|e| io_error("spool the SARIF log", e))?;
     let mut writer = tokio::fs::File::from_std(file);
     tokio::io::copy(&mut report, &mut writer)
         .await
-        .map_err(|e| io_error("read the SARIF log", e))?;
+        .map_err(|e| match e.get_ref().and_then(|e| e.downcast_ref()) {
+            Some(vega_blobstore::BlobError::Integrity {
+                expected,
+                actual,
+                size,
+                ..
+            }) => Error::invalid(
+                "report",
+                format!(
+                    "the uploaded object ({size} bytes, sha256 {actual}) is not what its upload \
+                     declared (sha256 {expected})"
+                ),
+            ),
+            _ => io_error("read the SARIF log", e),
+        })?;
     let mut file = writer.into_std().await;
     file.seek(SeekFrom::Start(0))
         .map_err(|e| io_error("rewind the SARIF log", e))?;
     Ok(file)
+}
+
+/// The owner of a scan's report artifact.
+fn report_owner(scan: &scans::Model) -> Owner {
+    Owner::Scan {
+        project_id: scan.project_id,
+        scan_id: scan.id,
+    }
+}
+
+/// Reads the spooled log once to check it is SARIF 2.1.0 and collect its runs' rules.
+async fn check(spool: &std::fs::File) -> Result<Vec<read::Run>> {
+    let file = reopen(spool)?;
+    blocking(move || read::runs(file)).await
 }
 
 /// The spooled file again, read from its start (an independent handle's offset is shared,
