@@ -5,9 +5,11 @@
 //! (`read::runs`), then read again result by result (`read::results`) into the completion's
 //! ingest, a chunk at a time through a bounded channel (memory is a few chunks, whatever the
 //! file), while it is stored as the scan's report through the row/object protocol (a pending
-//! row and the object; on Postgres beside the ingest, on SQLite before it). The report's row commits in the completion's transaction, so a refused log or a
-//! lost lease leaves no finding, no artifact row and (removed at once, or by `gc` after a
-//! crash) no object.
+//! row and the object; on Postgres beside the ingest, on SQLite before it). The report's row
+//! commits in the completion's transaction, so a refused log or a lost lease leaves no
+//! finding, no artifact row and (removed at once, or by `gc` after a crash) no object. A
+//! worker can also upload the report itself ([`Reports::upload_url`], then
+//! [`Reports::complete_from_upload`]), so a large report never passes through an API process.
 //!
 //! The mapping, per result: tool = its run's `tool.driver.name`; rule by `ruleId`,
 //! `ruleIndex` or `rule` (`toolComponent` for extensions, as CodeQL writes); title =
@@ -205,9 +207,7 @@ impl Reports<'_> {
         let (declared, completed) = match checked {
             Ok((spool, runs)) => {
                 let ready = std::future::ready(Ok(declared));
-                let (declared, completed) =
-                    self.complete_spooled(&lease, &spool, runs, ready).await;
-                (declared, completed)
+                self.complete_spooled(&lease, &spool, runs, ready).await
             }
             Err(err) => (Some(declared), Err(err)),
         };
