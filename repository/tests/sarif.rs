@@ -14,8 +14,8 @@ use sha2::Digest;
 use vega_blobstore::{ObjectKey, S3Options};
 use vega_entity::{DismissReason, FindingCategory, Severity, TriggerKind, findings, scans};
 use vega_repository::{Dismissal, Error, NewScan, Store};
-use vega_tests::on_both_backends;
 use vega_tests::s3::S3Server;
+use vega_tests::{TestDb, on_both_backends};
 
 const LEASE: Duration = Duration::from_secs(60);
 
@@ -350,5 +350,37 @@ on_both_backends! {
         let err = fs.reports().upload_url(&leased.lease, size, sha256, minute).await.unwrap_err();
         assert!(matches!(err, Error::Blob(vega_repository::BlobError::Unsupported(..))), "{err:?}");
         assert_eq!(count(&store, "SELECT COUNT(*) FROM artifacts WHERE state = 'pending'").await, 0);
+    }
+}
+
+/// Postgres only: SQLite has one connection, and its upload runs before the ingest.
+#[tokio::test]
+async fn completions_that_fill_the_pool_do_not_wait_on_each_other() {
+    let db = TestDb::postgres().await;
+    // Each completion holds a connection for its ingest; the report's put beside it must
+    // not need a second one, or a full pool waits out its acquire bound.
+    let pool = vega_config::PoolOptions {
+        max_connections: 2,
+        acquire_timeout: Duration::from_secs(5),
+        ..vega_config::PoolOptions::default()
+    };
+    let store = Store::connect(&common::settings(db.url(), pool))
+        .await
+        .unwrap();
+    let mut claims = Vec::new();
+    for _ in 0..4 {
+        let repo = common::repository(&store).await;
+        claims.push(claim(&store, repo.id, "main").await);
+    }
+    let report = fixture("trivy.sarif");
+    let reports = store.reports();
+    let done = futures::future::join_all(
+        claims
+            .iter()
+            .map(|c| reports.complete_from_sarif(&c.lease, &report[..])),
+    )
+    .await;
+    for scan in done {
+        assert_eq!(scan.unwrap().status, "succeeded");
     }
 }

@@ -77,6 +77,15 @@ impl Owner {
     }
 }
 
+/// A pending row whose object is still to be put ([`Artifacts::register`]).
+pub(crate) struct Pending {
+    id: Uuid,
+    key: ObjectKey,
+    project_id: Uuid,
+    snapshot_id: Option<Uuid>,
+    content_type: String,
+}
+
 /// An object uploaded under a pending row, waiting for [`Artifacts::commit_uploaded`].
 pub(crate) struct Uploaded {
     id: Uuid,
@@ -282,31 +291,70 @@ impl Artifacts<'_> {
         content_type: &str,
         source: impl AsyncRead + Unpin + Send,
     ) -> Result<Uploaded> {
-        let (project_id, snapshot_id) = (owner.project_id(), owner.snapshot_id());
-        // 1. The row first, so every object that exists has a row or is older than one.
-        insert_pending(self.cx.db(), id, &owner, kind, &key, content_type, None).await?;
-        // 2. The object, outside any transaction.
-        match self.blobs.put_reader(&key, source, content_type).await {
-            Ok(stored) => Ok(Uploaded {
-                id,
-                key,
-                project_id,
-                snapshot_id,
-                stored,
-            }),
+        let pending = self.register(id, owner, kind, key, content_type).await?;
+        match self.put(&pending, source).await {
+            Ok(uploaded) => Ok(uploaded),
             Err(err) => {
-                // Tidy up now if we can; otherwise gc finds the object after the grace period.
-                // An object that was already there is not ours to delete, and an endpoint that
-                // just timed out would only make the caller wait out a second bound.
-                let ours = !matches!(
-                    err,
-                    vega_blobstore::BlobError::AlreadyExists { .. }
-                        | vega_blobstore::BlobError::Timeout { .. }
-                );
-                self.remove_pending(id, ours.then_some(&key)).await;
-                Err(err.into())
+                self.give_up(&pending, &err).await;
+                Err(err)
             }
         }
+    }
+
+    /// Step 1 of a write: the pending row, so every object that exists has a row or is older
+    /// than one.
+    pub(crate) async fn register(
+        &self,
+        id: Uuid,
+        owner: Owner,
+        kind: ArtifactKind,
+        key: ObjectKey,
+        content_type: &str,
+    ) -> Result<Pending> {
+        insert_pending(self.cx.db(), id, &owner, kind, &key, content_type, None).await?;
+        Ok(Pending {
+            id,
+            key,
+            project_id: owner.project_id(),
+            snapshot_id: owner.snapshot_id(),
+            content_type: content_type.to_owned(),
+        })
+    }
+
+    /// Step 2 of a write: the object, outside any transaction and without touching the
+    /// database, so it can run beside a transaction that holds a connection. After a failure
+    /// the caller calls [`Artifacts::give_up`].
+    pub(crate) async fn put(
+        &self,
+        pending: &Pending,
+        source: impl AsyncRead + Unpin + Send,
+    ) -> Result<Uploaded> {
+        let stored = self
+            .blobs
+            .put_reader(&pending.key, source, &pending.content_type)
+            .await?;
+        Ok(Uploaded {
+            id: pending.id,
+            key: pending.key.clone(),
+            project_id: pending.project_id,
+            snapshot_id: pending.snapshot_id,
+            stored,
+        })
+    }
+
+    /// Tidies up after a failed [`Artifacts::put`] if it can; otherwise gc finds the object
+    /// after the grace period. An object that was already there is not ours to delete, and an
+    /// endpoint that just timed out would only make the caller wait out a second bound.
+    pub(crate) async fn give_up(&self, pending: &Pending, err: &Error) {
+        let ours = !matches!(
+            err,
+            Error::Blob(
+                vega_blobstore::BlobError::AlreadyExists { .. }
+                    | vega_blobstore::BlobError::Timeout { .. }
+            )
+        );
+        self.remove_pending(pending.id, ours.then_some(&pending.key))
+            .await;
     }
 
     /// Step 1 of a write whose bytes the client uploads itself, inside the caller's

@@ -99,17 +99,22 @@ impl Reports<'_> {
         let spool = spool(report).await?;
         let runs = check(&spool).await?;
         let artifacts = self.artifacts();
-        let upload = artifacts.upload(
-            Uuid::now_v7(),
-            report_owner(&scan),
-            ArtifactKind::ScanReport,
-            ObjectKey::scan_report(scan.project_id, scan.id),
-            REPORT_TYPE,
-            tokio::fs::File::from_std(reopen(&spool)?),
-        );
-        let (uploaded, completed) = self.complete_spooled(&lease, &spool, runs, upload).await;
-        if let (Some(uploaded), Err(_)) = (&uploaded, &completed) {
-            artifacts.abandon(uploaded).await;
+        // The row before the ingest takes its connection: the put beside it needs none.
+        let pending = artifacts
+            .register(
+                Uuid::now_v7(),
+                report_owner(&scan),
+                ArtifactKind::ScanReport,
+                ObjectKey::scan_report(scan.project_id, scan.id),
+                REPORT_TYPE,
+            )
+            .await?;
+        let put = artifacts.put(&pending, tokio::fs::File::from_std(reopen(&spool)?));
+        let (uploaded, completed) = self.complete_spooled(&lease, &spool, runs, put).await;
+        match (&uploaded, &completed) {
+            (Some(uploaded), Err(_)) => artifacts.abandon(uploaded).await,
+            (None, Err(err)) => artifacts.give_up(&pending, err).await,
+            (_, Ok(_)) => {}
         }
         completed
     }
@@ -220,8 +225,8 @@ impl Reports<'_> {
     }
 
     /// Ingests a spooled, checked log and commits its report, once `upload` has stored it, in
-    /// one completion. On Postgres, in a transaction of its own, the upload runs beside the
-    /// ingest (on another connection; it locks nothing the ingest locks), elsewhere before it.
+    /// one completion. On Postgres, in a transaction of its own, the upload (which must not
+    /// touch the database) runs beside the ingest; elsewhere before it.
     /// A serialization conflict repeats the completion whole (each run re-reads the lease and
     /// the log). Returns the upload, when it succeeded, for the caller to keep or abandon.
     async fn complete_spooled(
