@@ -78,6 +78,7 @@ impl Owner {
 }
 
 /// A pending row whose object is still to be put ([`Artifacts::register`]).
+#[derive(Clone)]
 pub(crate) struct Pending {
     id: Uuid,
     key: ObjectKey,
@@ -88,10 +89,7 @@ pub(crate) struct Pending {
 
 /// An object uploaded under a pending row, waiting for [`Artifacts::commit_uploaded`].
 pub(crate) struct Uploaded {
-    id: Uuid,
-    key: ObjectKey,
-    project_id: Uuid,
-    snapshot_id: Option<Uuid>,
+    pending: Pending,
     stored: vega_blobstore::Stored,
 }
 
@@ -127,10 +125,13 @@ impl Uploaded {
             return Ok(None);
         };
         Ok(Some(Self {
-            id: row.id,
-            key: ObjectKey::parse(row.object_key.as_str())?,
-            project_id: row.project_id,
-            snapshot_id: row.snapshot_id,
+            pending: Pending {
+                id: row.id,
+                key: ObjectKey::parse(row.object_key.as_str())?,
+                project_id: row.project_id,
+                snapshot_id: row.snapshot_id,
+                content_type: row.content_type.clone(),
+            },
             stored: vega_blobstore::Stored {
                 size: u64::try_from(size).unwrap_or_default(),
                 sha256: sha256_of(sha256)?,
@@ -140,7 +141,7 @@ impl Uploaded {
 
     /// The object's key.
     pub(crate) fn key(&self) -> &ObjectKey {
-        &self.key
+        &self.pending.key
     }
 
     /// The size and SHA-256 the object must have.
@@ -255,7 +256,7 @@ impl Artifacts<'_> {
         // 3. Commit the row (and the snapshot, and the event) together.
         let txn = self.cx.db().unit().await?;
         let committed = self.commit_uploaded(&txn, &uploaded).await?;
-        if let Some(snapshot_id) = uploaded.snapshot_id {
+        if let Some(snapshot_id) = uploaded.pending.snapshot_id {
             let ready = txn
                 .execute_raw(statement(
                     &txn,
@@ -334,10 +335,7 @@ impl Artifacts<'_> {
             .put_reader(&pending.key, source, &pending.content_type)
             .await?;
         Ok(Uploaded {
-            id: pending.id,
-            key: pending.key.clone(),
-            project_id: pending.project_id,
-            snapshot_id: pending.snapshot_id,
+            pending: pending.clone(),
             stored,
         })
     }
@@ -375,18 +373,12 @@ impl Artifacts<'_> {
         declared: vega_blobstore::Stored,
         expires: Duration,
     ) -> Result<(PresignedUpload, Option<ObjectKey>)> {
+        presign_expiry(expires)?;
         // Signing is local and refuses what the backend cannot do, before any row is written.
         let (url, headers) = self
             .blobs
             .presign_put(&key, declared.sha256, expires)
-            .await
-            .map_err(|err| match err {
-                vega_blobstore::BlobError::InvalidExpiry { .. } => Error::invalid(
-                    "expires",
-                    "must be longer than 0 s and at most 7 days (S3's limit for presigned URLs)",
-                ),
-                other => other.into(),
-            })?;
+            .await?;
         let replaced = txn
             .execute_raw(statement(
                 txn,
@@ -424,14 +416,14 @@ impl Artifacts<'_> {
                         .into(),
                     uploaded.stored.sha256.to_vec().into(),
                     now().into(),
-                    uploaded.id.into(),
+                    uploaded.pending.id.into(),
                 ],
             ))
             .one(txn)
             .await?;
         let Some(committed) = committed else {
             // The owner was deleted while we uploaded: the object must go too.
-            enqueue_deletion(txn, uploaded.key.as_str()).await?;
+            enqueue_deletion(txn, uploaded.pending.key.as_str()).await?;
             return Err(Error::Conflict {
                 constraint: "artifacts_owner".into(),
                 message: "the owner was deleted during the upload".into(),
@@ -442,7 +434,7 @@ impl Artifacts<'_> {
             self.cx.who,
             vec![
                 Audit::new(Action::ArtifactStored, ("artifact", committed.id))
-                    .project(uploaded.project_id)
+                    .project(uploaded.pending.project_id)
                     .data(serde_json::json!({
                         "kind": committed.kind,
                         "size_bytes": committed.size_bytes,
@@ -456,7 +448,8 @@ impl Artifacts<'_> {
     /// Gives up an upload that will not be committed: its object and pending row go now
     /// (best effort; `gc` removes whatever a failure here leaves).
     pub(crate) async fn abandon(&self, uploaded: &Uploaded) {
-        self.remove_pending(uploaded.id, Some(&uploaded.key)).await;
+        self.remove_pending(uploaded.pending.id, Some(&uploaded.pending.key))
+            .await;
     }
 
     async fn remove_pending(&self, id: Uuid, object: Option<&ObjectKey>) {
@@ -496,12 +489,7 @@ impl Artifacts<'_> {
     /// Content-Type and, for whoever wants to check it, its SHA-256 as `x-amz-meta-sha256`.
     #[instrument(name = "artifacts.download_url", skip(self))]
     pub async fn download_url(&self, id: Uuid, expires: Duration) -> Result<String> {
-        if expires.is_zero() || expires > vega_blobstore::MAX_PRESIGN_EXPIRY {
-            return Err(Error::invalid(
-                "expires",
-                "must be longer than 0 s and at most 7 days (S3's limit for presigned URLs)",
-            ));
-        }
+        presign_expiry(expires)?;
         let (key, ..) = self.committed(id).await?;
         Ok(self.blobs.presign_get(&key, expires).await?)
     }
@@ -574,6 +562,17 @@ async fn insert_pending(
         ],
     ))
     .await?;
+    Ok(())
+}
+
+/// A presigned URL's expiry, checked as the caller's input: in (0 s, 7 days], S3's limit.
+fn presign_expiry(expires: Duration) -> Result<()> {
+    if expires.is_zero() || expires > vega_blobstore::MAX_PRESIGN_EXPIRY {
+        return Err(Error::invalid(
+            "expires",
+            "must be longer than 0 s and at most 7 days (S3's limit for presigned URLs)",
+        ));
+    }
     Ok(())
 }
 

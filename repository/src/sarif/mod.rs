@@ -226,9 +226,9 @@ impl Reports<'_> {
 
     /// Ingests a spooled, checked log and commits its report, once `upload` has stored it, in
     /// one completion. On Postgres, in a transaction of its own, the upload (which must not
-    /// touch the database) runs beside the ingest; elsewhere before it.
-    /// A serialization conflict repeats the completion whole (each run re-reads the lease and
-    /// the log). Returns the upload, when it succeeded, for the caller to keep or abandon.
+    /// touch the database) runs beside the ingest; elsewhere before it. A serialization
+    /// conflict repeats the completion whole (each run re-reads the lease and the log).
+    /// Returns the upload, when it succeeded, for the caller to keep or abandon.
     async fn complete_spooled(
         &self,
         lease: &Lease,
