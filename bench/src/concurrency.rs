@@ -141,7 +141,6 @@ pub(crate) async fn project_list_under_load(
                     async move {
                         sqlx::query(crate::reads::PROJECT_LIST)
                             .bind(owner_id)
-                            .bind(51i64)
                             .fetch_all(&raw)
                             .await?;
                         Ok(())

@@ -533,6 +533,18 @@ fn print(rows: &[Row]) {
                 .unwrap_or_else(|| "base".into())
         );
     }
+    // A ratio this far from 1 more often means the two sides no longer do the same work
+    // than that either got this much faster or slower.
+    for r in rows {
+        if let (Some(ratio), Some(base)) = (r.ratio, &r.baseline)
+            && !(0.5..=3.0).contains(&ratio)
+        {
+            println!(
+                "warning: {} is {ratio:.2}x {base}, outside 0.5x-3x: check that both measure the same work",
+                r.scenario
+            );
+        }
+    }
 }
 
 /// The process's resident memory, from `/proc/self/status` (Linux; `None` elsewhere).

@@ -4,6 +4,11 @@
 //! repository call is timed alternately with its baseline ([`measure_pair`]), once against
 //! raw sqlx that only fetches the rows and once against raw sqlx that also decodes them into
 //! the entity ([`decoded_pair`]).
+//!
+//! A baseline is the repository's statement written by hand: the same predicates, order and
+//! parameters. Before anything is timed, [`same_rows`] checks that both return the same rows
+//! in the same order, so a baseline that drifts from the repository stops the run instead of
+//! printing a ratio of two different queries.
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +17,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, FromQueryResult, QueryResult}
 use uuid::Uuid;
 use vega_entity::{findings, scans};
 use vega_migration::{Migrator, MigratorTrait};
-use vega_repository::{FindingCursor, NewApiKey, NewUser, Store};
+use vega_repository::{FindingCursor, NewApiKey, NewUser, Page, Store};
 
 use crate::{Row, summary};
 
@@ -24,15 +29,15 @@ const KEY_BY_HASH: &str = "SELECT k.id, k.user_id, k.project_id, k.token_prefix,
                                   k.last_used_at \
                              FROM api_keys k JOIN users u ON u.id = k.user_id \
                             WHERE k.token_hash = $1 AND k.revoked_at IS NULL \
-                              AND (k.expires_at IS NULL OR k.expires_at > now()) \
-                              AND u.status = 'active'";
+                              AND (k.expires_at IS NULL OR k.expires_at > $2) \
+                              AND u.status = $3";
 
-/// The project list's first page, as the repository sends it.
+/// The project list's first page of 50 and its look-ahead row, as the repository sends it.
 pub(crate) const PROJECT_LIST: &str = "SELECT p.id, p.name, p.slug, s.id AS scan_id, s.status AS scan_status, s.finished_at, \
             s.count_critical, s.count_high, s.count_medium, s.count_low, s.count_info, \
-            s.count_unknown \
+            s.count_unknown, s.count_dismissed \
        FROM projects p LEFT JOIN scans s ON s.id = p.latest_scan_id \
-      WHERE p.owner_id = $1 AND p.archived_at IS NULL ORDER BY p.id DESC LIMIT $2";
+      WHERE p.owner_id = $1 AND p.archived_at IS NULL ORDER BY p.id DESC LIMIT 51";
 
 /// Sizes of the generated data.
 pub(crate) struct Sizes {
@@ -66,12 +71,20 @@ pub(crate) async fn run(
 
     // Project list, first page of 50.
     let n = sizes.iterations;
+    same_rows(
+        "project list page",
+        sqlx::query(PROJECT_LIST)
+            .bind(owner.id)
+            .fetch_all(&raw)
+            .await?,
+        store.projects().list_for_owner(owner.id, None, 50).await?,
+        |p| p.id,
+    )?;
     let (raw_list, repo_list) = measure_pair(
         n,
         || async {
             sqlx::query(PROJECT_LIST)
                 .bind(owner.id)
-                .bind(51i64)
                 .fetch_all(&raw)
                 .await?;
             Ok(())
@@ -142,6 +155,7 @@ pub(crate) async fn run(
     .bind(big_project)
     .fetch_one(&raw)
     .await?;
+    let mut pages = Vec::new();
     for (label, cursor) in [
         ("page 1", None),
         (
@@ -153,6 +167,12 @@ pub(crate) async fn run(
             }),
         ),
     ] {
+        same_rows(
+            &format!("open findings {label}"),
+            open_page(big_project, cursor).fetch_all(&raw).await?,
+            store.findings().list_open(big_project, cursor, 50).await?,
+            |f| f.id,
+        )?;
         let list_open = || async {
             store.findings().list_open(big_project, cursor, 50).await?;
             Ok(())
@@ -196,6 +216,17 @@ pub(crate) async fn run(
             &decoded_page,
             &repo_page,
         );
+        pages.push(repo_page);
+    }
+    // The keyset's promise: a deep page costs what the first does.
+    if let [first, deep] = &pages[..] {
+        let base = summary("open findings page 1: repository", 1, first, None);
+        rows.push(summary(
+            "open findings page 1,000 vs page 1: repository",
+            1,
+            deep,
+            Some(&base),
+        ));
     }
 
     // A scan by id.
@@ -203,6 +234,19 @@ pub(crate) async fn run(
         .fetch_one(&raw)
         .await?
         .get("id");
+    let got = store.scans().get(scan_id).await?;
+    same_rows(
+        "scan by id",
+        sqlx::query(SCAN_BY_ID)
+            .bind(scan_id)
+            .fetch_all(&raw)
+            .await?,
+        Page {
+            items: vec![got],
+            next: None::<()>,
+        },
+        |s| s.id,
+    )?;
     let get = || async {
         store.scans().get(scan_id).await?;
         Ok(())
@@ -250,6 +294,26 @@ pub(crate) async fn run(
         .await?;
     let token = issued.token.expose().to_owned();
     let hash = issued.key.token_hash.clone();
+    let key_by_hash = || {
+        sqlx::query(KEY_BY_HASH)
+            .bind(hash.clone())
+            .bind(chrono::Utc::now().fixed_offset())
+            .bind("active")
+    };
+    let authenticated = store
+        .api_keys()
+        .authenticate(&token)
+        .await?
+        .ok_or("key not found")?;
+    same_rows(
+        "api key",
+        key_by_hash().fetch_all(&raw).await?,
+        Page {
+            items: vec![authenticated],
+            next: None::<()>,
+        },
+        |p| p.key_id(),
+    )?;
     let authenticate = || async {
         store
             .api_keys()
@@ -261,10 +325,7 @@ pub(crate) async fn run(
     let (raw_auth, repo_auth) = measure_pair(
         n,
         || async {
-            sqlx::query(KEY_BY_HASH)
-                .bind(&hash)
-                .fetch_optional(&raw)
-                .await?;
+            key_by_hash().fetch_optional(&raw).await?;
             Ok(())
         },
         authenticate,
@@ -281,7 +342,7 @@ pub(crate) async fn run(
     let (decoded_auth, repo_auth) = measure_pair(
         n,
         || async {
-            let row = sqlx::query(KEY_BY_HASH).bind(&hash).fetch_one(&raw).await?;
+            let row = key_by_hash().fetch_one(&raw).await?;
             decode::<KeyRow>(row)?;
             Ok(())
         },
@@ -373,33 +434,67 @@ async fn generate(db: &DatabaseConnection, owner: Uuid, sizes: &Sizes) -> Result
     Ok(project)
 }
 
-/// Runs `op` `n` times (after a short warm-up) and returns each duration.
-/// Times `baseline` and `subject` in alternation, one call each per round, so that drift in
-/// the machine or the server (autovacuum, checkpoints, cache warm-up) lands on both sides of
-/// the ratio instead of on whichever ran second. Returns (baseline times, subject times).
-/// The raw keyset query of an open-findings page (51 rows: a page of 50 and the look-ahead).
+/// The open-findings page the repository sends (a page of 50 and the look-ahead): after a
+/// cursor, the rest of its severity and the lower severities, each a range of the index.
 fn open_page(
     project: Uuid,
     after: Option<FindingCursor>,
 ) -> sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments> {
     match after {
         None => sqlx::query(
-            "SELECT * FROM findings WHERE project_id = $1 AND status = 'open' \
-              ORDER BY severity DESC, id DESC LIMIT 51",
+            "SELECT * FROM findings WHERE project_id = $1 AND status = 'open' AND on_default_branch \
+              ORDER BY severity DESC, first_seen_at, id LIMIT 51",
         )
         .bind(project),
         Some(c) => sqlx::query(
-            "SELECT * FROM findings WHERE project_id = $1 AND status = 'open' \
-                AND (severity, id) < ($2, $3) ORDER BY severity DESC, id DESC LIMIT 51",
+            "SELECT * FROM (\
+               SELECT * FROM (SELECT * FROM findings \
+                 WHERE project_id = $1 AND status = 'open' AND on_default_branch \
+                   AND severity = $2 AND (first_seen_at, id) > ($3, $4) \
+                 ORDER BY severity DESC, first_seen_at, id LIMIT 51) AS arm0 \
+               UNION ALL \
+               SELECT * FROM (SELECT * FROM findings \
+                 WHERE project_id = $1 AND status = 'open' AND on_default_branch AND severity < $2 \
+                 ORDER BY severity DESC, first_seen_at, id LIMIT 51) AS arm1) AS page \
+             ORDER BY severity DESC, first_seen_at, id LIMIT 51",
         )
         .bind(project)
         .bind(c.severity)
+        .bind(c.first_seen_at)
         .bind(c.id),
     }
 }
 
-/// Decodes a row into an entity model the way SeaORM decodes the repository's rows, so a
-/// baseline that uses it differs from the repository only in how the query is executed.
+/// Checks that a raw baseline (`raw`, with its look-ahead row) and the repository (`page`)
+/// return the same rows in the same order, before either is timed.
+fn same_rows<T, C, K>(
+    what: &str,
+    raw: Vec<sqlx::postgres::PgRow>,
+    page: Page<T, C>,
+    key: impl Fn(&T) -> K,
+) -> Result<()>
+where
+    K: PartialEq + for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+{
+    let raw = raw
+        .iter()
+        .map(|r| r.try_get::<K, _>("id"))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let repo: Vec<K> = page.items.iter().map(key).collect();
+    let look_ahead = usize::from(page.next.is_some());
+    if repo.is_empty() || raw.len() != repo.len() + look_ahead || raw[..repo.len()] != repo[..] {
+        return Err(format!(
+            "{what}: the raw baseline and the repository return different rows (raw {}, \
+             repository {} and {look_ahead} look-ahead): the baseline no longer measures the \
+             repository's statement",
+            raw.len(),
+            repo.len()
+        )
+        .into());
+    }
+    Ok(())
+}
+
 /// The columns authentication reads, as the repository decodes them.
 #[derive(FromQueryResult)]
 #[allow(dead_code)] // decoded to be measured, never read
@@ -412,6 +507,8 @@ struct KeyRow {
     last_used_at: Option<chrono::DateTime<chrono::FixedOffset>>,
 }
 
+/// Decodes a row into an entity model the way SeaORM decodes the repository's rows, so a
+/// baseline that uses it differs from the repository only in how the query is executed.
 fn decode<M: FromQueryResult>(row: sqlx::postgres::PgRow) -> Result<M> {
     Ok(M::from_query_result(&QueryResult::from(row), "")?)
 }
@@ -435,6 +532,10 @@ fn decoded_pair(rows: &mut Vec<Row>, what: &str, decoded: &[Duration], repo: &[D
     rows.push(base);
 }
 
+/// Times `baseline` and `subject` in alternation, one call each per round (after a short
+/// warm-up), so that drift in the machine or the server (autovacuum, checkpoints, cache
+/// warm-up) lands on both sides of the ratio instead of on whichever ran second. Returns
+/// (baseline times, subject times).
 pub(crate) async fn measure_pair<B, BF, S, SF>(
     n: usize,
     mut baseline: B,

@@ -83,21 +83,56 @@ impl FindingCursor {
         }
     }
 
-    /// `AND <after this cursor>` in the (severity DESC, first_seen_at, id) order, binding
-    /// its values.
-    fn condition(after: Option<Self>, values: &mut Vec<Value>) -> Result<String> {
-        let Some(c) = after else {
-            return Ok(String::new());
-        };
-        values.push(c.severity.into());
-        values.push(validate::timestamp("after.first_seen_at", c.first_seen_at)?.into());
-        values.push(c.id.into());
+    /// Binds the cursor's values and returns the condition "in the cursor's severity, after
+    /// it": `severity = $s AND (first_seen_at, id) > ($t, $i)`, and the severity's placeholder.
+    fn same_severity_after(self, values: &mut Vec<Value>) -> Result<(String, String)> {
+        values.push(self.severity.into());
+        values.push(validate::timestamp("after.first_seen_at", self.first_seen_at)?.into());
+        values.push(self.id.into());
         let n = values.len();
-        Ok(format!(
-            " AND (severity < ${s} OR (severity = ${s} AND (first_seen_at, id) > (${t}, ${n})))",
-            s = n - 2,
-            t = n - 1
+        let s = format!("${}", n - 2);
+        Ok((
+            format!(
+                "severity = {s} AND (first_seen_at, id) > (${}, ${n})",
+                n - 1
+            ),
+            s,
         ))
+    }
+}
+
+/// The order of the open and overdue lists: worst, then oldest.
+const WORST_FIRST: &str = "severity DESC, first_seen_at, id";
+
+/// A page of `rows` findings in [`WORST_FIRST`] order among those matching `filter` and one of
+/// `arms` (none: `filter` alone).
+///
+/// `(severity, first_seen_at, id)` after a cursor mixes directions, so no single row
+/// comparison bounds `findings_default_open_idx` (`project_id, severity DESC, first_seen_at,
+/// id`) and an `OR` of the two cases walks the index from its start. Each arm is instead a
+/// range of that index, read in index order up to `rows`, and the union of at most
+/// `arms × rows` rows is sorted: a deep page costs what the first does.
+fn worst_first_page(filter: &str, arms: &[String], rows: u64) -> String {
+    let limit = limit_clause(rows);
+    match arms {
+        [] => format!("SELECT * FROM findings WHERE {filter} ORDER BY {WORST_FIRST} {limit}"),
+        [arm] => format!(
+            "SELECT * FROM findings WHERE {filter} AND {arm} ORDER BY {WORST_FIRST} {limit}"
+        ),
+        _ => {
+            let union = arms
+                .iter()
+                .enumerate()
+                .map(|(i, arm)| {
+                    format!(
+                        "SELECT * FROM (SELECT * FROM findings WHERE {filter} AND {arm} \
+                          ORDER BY {WORST_FIRST} {limit}) AS arm{i}"
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" UNION ALL ");
+            format!("SELECT * FROM ({union}) AS page ORDER BY {WORST_FIRST} {limit}")
+        }
     }
 }
 
@@ -309,16 +344,20 @@ impl Findings<'_> {
     ) -> Result<Page<findings::Model, FindingCursor>> {
         let limit = page_size(limit)?;
         let mut values = vec![project_id.into()];
-        let cursor = FindingCursor::condition(after, &mut values)?;
+        // After a cursor: the rest of its severity, then every lower one.
+        let arms = match after {
+            Some(c) => {
+                let (same, s) = c.same_severity_after(&mut values)?;
+                vec![same, format!("severity < {s}")]
+            }
+            None => Vec::new(),
+        };
         let reach = and_project_reach(self.cx.who, Table::Findings, "$1", &mut values);
+        let filter = format!("project_id = $1 AND {OPEN_ON_DEFAULT}{reach}");
         let rows = findings::Entity::find()
             .from_raw_sql(statement(
                 self.cx.db(),
-                &format!(
-                    "SELECT * FROM findings WHERE project_id = $1 AND {OPEN_ON_DEFAULT}{cursor}{reach} \
-                      ORDER BY severity DESC, first_seen_at, id {}",
-                    limit_clause(limit + 1)
-                ),
+                &worst_first_page(&filter, &arms, limit + 1),
                 values,
             ))
             .all(self.cx.db())
@@ -345,34 +384,37 @@ impl Findings<'_> {
         let policy = policy.with_project(&project);
         let now = now();
         let mut values: Vec<Value> = vec![project_id.into()];
-        // One cutoff per severity that has a deadline, bound in Rust: the same SQL on both
-        // engines, and each arm a range of the open-findings index.
+        // One arm per severity that has a deadline, worst first, from the cursor's on: the
+        // cutoff bound in Rust (the same SQL on both engines) and each arm a range of the
+        // open-findings index.
         let mut arms = Vec::new();
-        for severity in Severity::ALL {
-            if let Some(days) = policy.days(severity) {
-                values.push(severity.as_i16().into());
-                values.push((now - chrono::Duration::days(days.into())).into());
-                let n = values.len();
-                arms.push(format!("(severity = ${} AND first_seen_at < ${n})", n - 1));
-            }
+        for &severity in Severity::ALL.iter().rev() {
+            let Some(days) = policy.days(severity) else {
+                continue;
+            };
+            let ordinal = severity.as_i16();
+            let rest = match after {
+                Some(c) if ordinal > c.severity => continue,
+                Some(c) if ordinal == c.severity => c.same_severity_after(&mut values)?.0,
+                _ => {
+                    values.push(ordinal.into());
+                    format!("severity = ${}", values.len())
+                }
+            };
+            values.push((now - chrono::Duration::days(days.into())).into());
+            arms.push(format!("{rest} AND first_seen_at < ${}", values.len()));
         }
         if arms.is_empty() {
             return Ok(Page::from_rows(Vec::new(), limit, |o: &Overdue| {
                 FindingCursor::of(&o.finding)
             }));
         }
-        let cursor = FindingCursor::condition(after, &mut values)?;
         let reach = and_project_reach(self.cx.who, Table::Findings, "$1", &mut values);
+        let filter = format!("project_id = $1 AND {OPEN_ON_DEFAULT}{reach}");
         let rows = findings::Entity::find()
             .from_raw_sql(statement(
                 self.cx.db(),
-                &format!(
-                    "SELECT * FROM findings WHERE project_id = $1 AND {OPEN_ON_DEFAULT} \
-                        AND ({}){cursor}{reach} \
-                      ORDER BY severity DESC, first_seen_at, id {}",
-                    arms.join(" OR "),
-                    limit_clause(limit + 1)
-                ),
+                &worst_first_page(&filter, &arms, limit + 1),
                 values,
             ))
             .all(self.cx.db())
@@ -410,13 +452,16 @@ impl Findings<'_> {
             None => "",
         };
         let reach = and_reach(self.cx.who, Table::Findings, "o", &mut values);
-        // The finding's columns as they are, the occurrence's under `o_` names.
+        // The finding's columns as they are, the occurrence's under `o_` names. The page is
+        // cut before the join: joined first, Postgres may merge-join it with `findings_pkey`
+        // walked from its first id, reading every finding before the page.
         let sql = format!(
-            "SELECT f.*, o.severity AS o_severity, o.change AS o_change, \
-                    o.file_path AS o_file_path, o.start_line AS o_start_line, \
-                    o.end_line AS o_end_line \
-               FROM finding_occurrences o JOIN findings f ON f.id = o.finding_id \
-              WHERE o.scan_id = $1{cursor}{reach} ORDER BY o.finding_id {}",
+            "SELECT f.*, page.severity AS o_severity, page.change AS o_change, \
+                    page.file_path AS o_file_path, page.start_line AS o_start_line, \
+                    page.end_line AS o_end_line \
+               FROM (SELECT * FROM finding_occurrences o \
+                      WHERE o.scan_id = $1{cursor}{reach} ORDER BY o.finding_id {}) AS page \
+               JOIN findings f ON f.id = page.finding_id ORDER BY page.finding_id",
             limit_clause(limit + 1)
         );
         let rows = self
@@ -494,11 +539,14 @@ impl Findings<'_> {
             }
             None => String::new(),
         };
+        // The page is cut before the join, as in `of_scan`. The scan is in reach, so its
+        // deltas are; the findings carry the reach all the same.
         let reach = and_reach(self.cx.who, Table::Findings, "f", &mut values);
         let sql = format!(
-            "SELECT f.* FROM scan_deltas d JOIN findings f ON f.id = d.finding_id \
-              WHERE d.scan_id = $1 AND d.delta = $2{cursor}{reach} \
-              ORDER BY d.finding_id {}",
+            "SELECT f.* FROM (SELECT d.finding_id FROM scan_deltas d \
+                               WHERE d.scan_id = $1 AND d.delta = $2{cursor} \
+                               ORDER BY d.finding_id {}) AS page \
+               JOIN findings f ON f.id = page.finding_id{reach} ORDER BY page.finding_id",
             limit_clause(limit + 1)
         );
         let rows = findings::Entity::find()
