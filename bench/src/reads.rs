@@ -111,6 +111,25 @@ pub(crate) async fn run(
         Some(&base),
     ));
     rows.push(base);
+    let (decoded_list, repo_list) = measure_pair(
+        n,
+        || async {
+            let page = sqlx::query(PROJECT_LIST)
+                .bind(owner.id)
+                .fetch_all(&raw)
+                .await?;
+            for row in page {
+                decode::<ProjectRow>(row)?;
+            }
+            Ok(())
+        },
+        || async {
+            store.projects().list_for_owner(owner.id, None, 50).await?;
+            Ok(())
+        },
+    )
+    .await?;
+    decoded_pair(rows, "project list page", &decoded_list, &repo_list);
     // The same page through the owner's session: the reach predicate's cost.
     let principal = crate::sessions::user_principal(store, owner.id).await?;
     let session = store.session(&principal);
@@ -435,7 +454,8 @@ async fn generate(db: &DatabaseConnection, owner: Uuid, sizes: &Sizes) -> Result
 }
 
 /// The open-findings page the repository sends (a page of 50 and the look-ahead): after a
-/// cursor, the rest of its severity and the lower severities, each a range of the index.
+/// cursor, the rest of its severity, then what that left of the page from the lower
+/// severities, each a range of the index.
 fn open_page(
     project: Uuid,
     after: Option<FindingCursor>,
@@ -447,16 +467,16 @@ fn open_page(
         )
         .bind(project),
         Some(c) => sqlx::query(
-            "SELECT * FROM (\
-               SELECT * FROM (SELECT * FROM findings \
+            "WITH arm0 AS (SELECT * FROM findings \
                  WHERE project_id = $1 AND status = 'open' AND on_default_branch \
                    AND severity = $2 AND (first_seen_at, id) > ($3, $4) \
-                 ORDER BY severity DESC, first_seen_at, id LIMIT 51) AS arm0 \
-               UNION ALL \
-               SELECT * FROM (SELECT * FROM findings \
+                 ORDER BY severity DESC, first_seen_at, id LIMIT 51), \
+                  arm1 AS (SELECT * FROM findings \
                  WHERE project_id = $1 AND status = 'open' AND on_default_branch AND severity < $2 \
-                 ORDER BY severity DESC, first_seen_at, id LIMIT 51) AS arm1) AS page \
-             ORDER BY severity DESC, first_seen_at, id LIMIT 51",
+                 ORDER BY severity DESC, first_seen_at, id \
+                 LIMIT (SELECT 51 - count(*) FROM (SELECT id FROM arm0) AS done)) \
+             SELECT * FROM arm0 UNION ALL SELECT * FROM arm1 \
+             ORDER BY severity DESC, first_seen_at, id",
         )
         .bind(project)
         .bind(c.severity)
@@ -495,6 +515,25 @@ where
     Ok(())
 }
 
+/// The project list's columns, as the repository decodes them.
+#[derive(FromQueryResult)]
+#[allow(dead_code)] // decoded to be measured, never read
+pub(crate) struct ProjectRow {
+    id: Uuid,
+    name: String,
+    slug: String,
+    scan_id: Option<Uuid>,
+    scan_status: Option<String>,
+    finished_at: Option<chrono::DateTime<chrono::FixedOffset>>,
+    count_critical: Option<i32>,
+    count_high: Option<i32>,
+    count_medium: Option<i32>,
+    count_low: Option<i32>,
+    count_info: Option<i32>,
+    count_unknown: Option<i32>,
+    count_dismissed: Option<i32>,
+}
+
 /// The columns authentication reads, as the repository decodes them.
 #[derive(FromQueryResult)]
 #[allow(dead_code)] // decoded to be measured, never read
@@ -509,7 +548,7 @@ struct KeyRow {
 
 /// Decodes a row into an entity model the way SeaORM decodes the repository's rows, so a
 /// baseline that uses it differs from the repository only in how the query is executed.
-fn decode<M: FromQueryResult>(row: sqlx::postgres::PgRow) -> Result<M> {
+pub(crate) fn decode<M: FromQueryResult>(row: sqlx::postgres::PgRow) -> Result<M> {
     Ok(M::from_query_result(&QueryResult::from(row), "")?)
 }
 

@@ -105,33 +105,43 @@ impl FindingCursor {
 const WORST_FIRST: &str = "severity DESC, first_seen_at, id";
 
 /// A page of `rows` findings in [`WORST_FIRST`] order among those matching `filter` and one of
-/// `arms` (none: `filter` alone).
+/// `arms` (none: `filter` alone), the arms given in that order.
 ///
 /// `(severity, first_seen_at, id)` after a cursor mixes directions, so no single row
 /// comparison bounds `findings_default_open_idx` (`project_id, severity DESC, first_seen_at,
 /// id`) and an `OR` of the two cases walks the index from its start. Each arm is instead a
-/// range of that index, read in index order up to `rows`, and the union of at most
-/// `arms × rows` rows is sorted: a deep page costs what the first does.
+/// range of that index, read in index order for what the arms before it left of the page: a
+/// deep page reads what the first does, and an arm the page does not reach reads nothing.
 fn worst_first_page(filter: &str, arms: &[String], rows: u64) -> String {
-    let limit = limit_clause(rows);
+    let select = |arm: &str, limit: &str| {
+        format!("SELECT * FROM findings WHERE {filter}{arm} ORDER BY {WORST_FIRST} LIMIT {limit}")
+    };
     match arms {
-        [] => format!("SELECT * FROM findings WHERE {filter} ORDER BY {WORST_FIRST} {limit}"),
-        [arm] => format!(
-            "SELECT * FROM findings WHERE {filter} AND {arm} ORDER BY {WORST_FIRST} {limit}"
-        ),
+        [] => select("", &rows.to_string()),
+        [arm] => select(&format!(" AND {arm}"), &rows.to_string()),
         _ => {
-            let union = arms
+            let ctes = arms
                 .iter()
                 .enumerate()
                 .map(|(i, arm)| {
-                    format!(
-                        "SELECT * FROM (SELECT * FROM findings WHERE {filter} AND {arm} \
-                          ORDER BY {WORST_FIRST} {limit}) AS arm{i}"
-                    )
+                    let limit = if i == 0 {
+                        rows.to_string()
+                    } else {
+                        let done = (0..i)
+                            .map(|j| format!("SELECT id FROM arm{j}"))
+                            .collect::<Vec<_>>()
+                            .join(" UNION ALL ");
+                        format!("(SELECT {rows} - count(*) FROM ({done}) AS done)")
+                    };
+                    format!("arm{i} AS ({})", select(&format!(" AND {arm}"), &limit))
                 })
                 .collect::<Vec<_>>()
+                .join(", ");
+            let union = (0..arms.len())
+                .map(|i| format!("SELECT * FROM arm{i}"))
+                .collect::<Vec<_>>()
                 .join(" UNION ALL ");
-            format!("SELECT * FROM ({union}) AS page ORDER BY {WORST_FIRST} {limit}")
+            format!("WITH {ctes} {union} ORDER BY {WORST_FIRST}")
         }
     }
 }

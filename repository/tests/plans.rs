@@ -422,6 +422,23 @@ async fn check_all(fx: &Fixture) {
     })
     .await;
 
+    // The export reads the live events in pages of 1,000.
+    let until = chrono::Utc::now().fixed_offset() + chrono::Duration::days(1);
+    let since = until - chrono::Duration::days(30);
+    checked(
+        fx,
+        &mut report,
+        "event_archives.export",
+        Budget::Page(1_000),
+        || async {
+            let mut out = tokio::io::sink();
+            store
+                .event_archives()
+                .export(project, since, until, &mut out)
+                .await
+        },
+    )
+    .await;
     first_and_deep(
         fx,
         &mut report,
