@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset};
-use sea_orm::{ConnectionTrait, EntityTrait, FromQueryResult, Value};
+use sea_orm::{ConnectionTrait, FromQueryResult, Value};
 use serde_json::json;
 use tracing::instrument;
 use uuid::Uuid;
@@ -256,16 +256,13 @@ impl ApiKeys<'_> {
     pub async fn list_for_user(&self, user_id: Uuid) -> Result<Vec<api_keys::Model>> {
         let mut values = vec![user_id.into()];
         let reach = and_reach(self.cx.who, Table::ApiKeys, "k", &mut values);
-        Ok(api_keys::Entity::find()
-            .from_raw_sql(statement(
-                self.cx.db(),
-                &format!(
-                    "SELECT k.* FROM api_keys k WHERE k.user_id = $1{reach} ORDER BY k.id DESC"
-                ),
-                values,
-            ))
-            .all(self.cx.db())
-            .await?)
+        Ok(api_keys::Model::find_by_statement(statement(
+            self.cx.db(),
+            &format!("SELECT k.* FROM api_keys k WHERE k.user_id = $1{reach} ORDER BY k.id DESC"),
+            values,
+        ))
+        .all(self.cx.db())
+        .await?)
     }
 }
 
@@ -276,14 +273,13 @@ async fn find(
 ) -> Result<Option<api_keys::Model>> {
     let mut values = vec![id.into()];
     let reach = and_reach(who, Table::ApiKeys, "k", &mut values);
-    Ok(api_keys::Entity::find()
-        .from_raw_sql(statement(
-            db,
-            &format!("SELECT k.* FROM api_keys k WHERE k.id = $1{reach}"),
-            values,
-        ))
-        .one(db)
-        .await?)
+    Ok(api_keys::Model::find_by_statement(statement(
+        db,
+        &format!("SELECT k.* FROM api_keys k WHERE k.id = $1{reach}"),
+        values,
+    ))
+    .one(db)
+    .await?)
 }
 
 fn validated(mut input: NewApiKey) -> Result<NewApiKey> {
@@ -344,21 +340,20 @@ async fn insert(
         Some(_) => " AND EXISTS (SELECT 1 FROM projects p WHERE p.id = $3 AND p.owner_id = $2)",
         None => "",
     };
-    let key = api_keys::Entity::find()
-        .from_raw_sql(statement(
-            db,
-            &format!(
-                "INSERT INTO api_keys (id, user_id, project_id, name, token_hash, token_prefix, \
+    let key = api_keys::Model::find_by_statement(statement(
+        db,
+        &format!(
+            "INSERT INTO api_keys (id, user_id, project_id, name, token_hash, token_prefix, \
                                        token_last4, scopes, expires_at, rotated_from_id, \
                                        created_at) \
                  SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 \
                   WHERE EXISTS (SELECT 1 FROM users u WHERE u.id = $2{owner}){project} \
                  RETURNING *"
-            ),
-            values,
-        ))
-        .one(db)
-        .await?;
+        ),
+        values,
+    ))
+    .one(db)
+    .await?;
     let key = match key {
         Some(key) => key,
         None if input.project_id.is_some() => {

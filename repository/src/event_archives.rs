@@ -13,7 +13,7 @@ use std::io::{BufRead, Write};
 use chrono::{DateTime, FixedOffset, NaiveTime, TimeDelta, Utc};
 use flate2::Compression;
 use flate2::write::GzEncoder;
-use sea_orm::{ConnectionTrait, EntityTrait, Value};
+use sea_orm::{ConnectionTrait, FromQueryResult, Value};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::instrument;
 use uuid::Uuid;
@@ -73,14 +73,13 @@ impl EventArchives<'_> {
         }
         let before = validate::timestamp("before", before)?;
         let db = self.cx.db();
-        let Some(oldest) = events::Entity::find()
-            .from_raw_sql(statement(
-                db,
-                "SELECT * FROM events WHERE created_at < $1 ORDER BY created_at, id LIMIT 1",
-                [before.into()],
-            ))
-            .one(db)
-            .await?
+        let Some(oldest) = events::Model::find_by_statement(statement(
+            db,
+            "SELECT * FROM events WHERE created_at < $1 ORDER BY created_at, id LIMIT 1",
+            [before.into()],
+        ))
+        .one(db)
+        .await?
         else {
             return Ok(None);
         };
@@ -90,18 +89,17 @@ impl EventArchives<'_> {
         let (project, mut values) = project_filter(oldest.project_id);
         values.extend([day_start.into(), end.into()]);
         let n = values.len();
-        let rows = events::Entity::find()
-            .from_raw_sql(statement(
-                db,
-                &format!(
-                    "SELECT * FROM events WHERE {project} AND created_at >= ${} AND created_at < ${n} \
+        let rows = events::Model::find_by_statement(statement(
+            db,
+            &format!(
+                "SELECT * FROM events WHERE {project} AND created_at >= ${} AND created_at < ${n} \
                      ORDER BY created_at, id LIMIT {max_events}",
-                    n - 1
-                ),
-                values,
-            ))
-            .all(db)
-            .await?;
+                n - 1
+            ),
+            values,
+        ))
+        .all(db)
+        .await?;
         let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
             return Ok(None);
         };
@@ -250,17 +248,16 @@ impl EventArchives<'_> {
             return Err(Error::invalid("until", "must be after since"));
         }
         let db = self.cx.db();
-        let archives = event_archives::Entity::find()
-            .from_raw_sql(statement(
-                db,
-                "SELECT * FROM event_archives \
+        let archives = event_archives::Model::find_by_statement(statement(
+            db,
+            "SELECT * FROM event_archives \
                   WHERE project_id = $1 AND state = 'committed' \
                     AND last_created_at >= $2 AND first_created_at < $3 \
                   ORDER BY first_created_at, first_event_id",
-                [project_id.into(), since.into(), until.into()],
-            ))
-            .all(db)
-            .await?;
+            [project_id.into(), since.into(), until.into()],
+        ))
+        .all(db)
+        .await?;
         let in_range = |e: &events::Model| e.created_at >= since && e.created_at < until;
         let mut written = 0;
         let mut line = Vec::new();
@@ -282,18 +279,17 @@ impl EventArchives<'_> {
                 }
                 None => "",
             };
-            let page = events::Entity::find()
-                .from_raw_sql(statement(
-                    db,
-                    &format!(
-                        "SELECT * FROM events \
+            let page = events::Model::find_by_statement(statement(
+                db,
+                &format!(
+                    "SELECT * FROM events \
                           WHERE project_id = $1 AND created_at >= $2 AND created_at < $3 {cursor} \
                           ORDER BY created_at, id LIMIT {EXPORT_PAGE}"
-                    ),
-                    values,
-                ))
-                .all(db)
-                .await?;
+                ),
+                values,
+            ))
+            .all(db)
+            .await?;
             let Some(last) = page.last() else { break };
             after = Some((last.created_at, last.id));
             let full = page.len() as u64 == EXPORT_PAGE;

@@ -1,5 +1,5 @@
 use chrono::{DateTime, FixedOffset};
-use sea_orm::{EntityTrait, Value};
+use sea_orm::{FromQueryResult, Value};
 use tracing::instrument;
 use uuid::Uuid;
 use vega_entity::events;
@@ -138,8 +138,7 @@ impl Events<'_> {
             p(5),
             p(6)
         );
-        events::Entity::find()
-            .from_raw_sql(statement(self.cx.db(), &sql, values))
+        events::Model::find_by_statement(statement(self.cx.db(), &sql, values))
             .one(self.cx.db())
             .await?
             .ok_or_else(|| Error::not_found("project", input.project_id.unwrap_or_default()))
@@ -169,8 +168,7 @@ impl Events<'_> {
               ORDER BY e.created_at DESC, e.id DESC {}",
             limit_clause(limit + 1)
         );
-        let rows = events::Entity::find()
-            .from_raw_sql(statement(self.cx.db(), &sql, values))
+        let rows = events::Model::find_by_statement(statement(self.cx.db(), &sql, values))
             .all(self.cx.db())
             .await?;
         Ok(Page::from_rows(rows, limit, EventCursor::of))

@@ -8,7 +8,7 @@
 //! default branch: open, and seen there (`on_default_branch`).
 
 use chrono::{DateTime, FixedOffset};
-use sea_orm::{ConnectionTrait, EntityTrait, FromQueryResult, Value};
+use sea_orm::{ConnectionTrait, FromQueryResult, Value};
 use serde_json::json;
 use tracing::instrument;
 use uuid::Uuid;
@@ -364,14 +364,13 @@ impl Findings<'_> {
         };
         let reach = and_project_reach(self.cx.who, Table::Findings, "$1", &mut values);
         let filter = format!("project_id = $1 AND {OPEN_ON_DEFAULT}{reach}");
-        let rows = findings::Entity::find()
-            .from_raw_sql(statement(
-                self.cx.db(),
-                &worst_first_page(&filter, &arms, limit + 1),
-                values,
-            ))
-            .all(self.cx.db())
-            .await?;
+        let rows = findings::Model::find_by_statement(statement(
+            self.cx.db(),
+            &worst_first_page(&filter, &arms, limit + 1),
+            values,
+        ))
+        .all(self.cx.db())
+        .await?;
         Ok(Page::from_rows(rows, limit, FindingCursor::of))
     }
 
@@ -421,14 +420,13 @@ impl Findings<'_> {
         }
         let reach = and_project_reach(self.cx.who, Table::Findings, "$1", &mut values);
         let filter = format!("project_id = $1 AND {OPEN_ON_DEFAULT}{reach}");
-        let rows = findings::Entity::find()
-            .from_raw_sql(statement(
-                self.cx.db(),
-                &worst_first_page(&filter, &arms, limit + 1),
-                values,
-            ))
-            .all(self.cx.db())
-            .await?;
+        let rows = findings::Model::find_by_statement(statement(
+            self.cx.db(),
+            &worst_first_page(&filter, &arms, limit + 1),
+            values,
+        ))
+        .all(self.cx.db())
+        .await?;
         let rows = rows
             .into_iter()
             .filter_map(|finding| {
@@ -559,8 +557,7 @@ impl Findings<'_> {
                JOIN findings f ON f.id = page.finding_id{reach} ORDER BY page.finding_id",
             limit_clause(limit + 1)
         );
-        let rows = findings::Entity::find()
-            .from_raw_sql(statement(self.cx.db(), &sql, values))
+        let rows = findings::Model::find_by_statement(statement(self.cx.db(), &sql, values))
             .all(self.cx.db())
             .await?;
         Ok(Page::from_rows(rows, limit, |f: &findings::Model| f.id))
@@ -580,19 +577,18 @@ impl Findings<'_> {
         let mut values: Vec<Value> = vec![id.into()];
         let cursor = EventCursor::condition(after, ">", &mut values)?;
         let reach = and_reach(self.cx.who, Table::Events, "e", &mut values);
-        let rows = events::Entity::find()
-            .from_raw_sql(statement(
-                self.cx.db(),
-                &format!(
-                    "SELECT e.* FROM events e \
+        let rows = events::Model::find_by_statement(statement(
+            self.cx.db(),
+            &format!(
+                "SELECT e.* FROM events e \
                       WHERE e.subject_type = 'finding' AND e.subject_id = $1{cursor}{reach} \
                       ORDER BY e.created_at, e.id {}",
-                    limit_clause(limit + 1)
-                ),
-                values,
-            ))
-            .all(self.cx.db())
-            .await?;
+                limit_clause(limit + 1)
+            ),
+            values,
+        ))
+        .all(self.cx.db())
+        .await?;
         Ok(Page::from_rows(rows, limit, EventCursor::of))
     }
 
@@ -743,19 +739,18 @@ impl Findings<'_> {
         let limit = page_size(limit)?;
         let now = now();
         let unit = self.cx.db().unit().await?;
-        let due = findings::Entity::find()
-            .from_raw_sql(statement(
-                &unit,
-                &format!(
-                    "SELECT * FROM findings \
+        let due = findings::Model::find_by_statement(statement(
+            &unit,
+            &format!(
+                "SELECT * FROM findings \
                       WHERE status = 'dismissed' AND dismissed_until IS NOT NULL \
                         AND dismissed_until <= $1 ORDER BY dismissed_until, id {}",
-                    limit_clause(limit)
-                ),
-                [now.into()],
-            ))
-            .all(&unit)
-            .await?;
+                limit_clause(limit)
+            ),
+            [now.into()],
+        ))
+        .all(&unit)
+        .await?;
         if due.is_empty() {
             unit.commit().await?;
             return Ok(0);
@@ -820,14 +815,13 @@ impl Findings<'_> {
         };
         let reach = and_reach(self.cx.who, Table::Findings, "findings", &mut values);
         let unit = self.cx.db().unit().await?;
-        let changed = findings::Entity::find()
-            .from_raw_sql(statement(
-                &unit,
-                &format!("{sql}{reach} RETURNING *"),
-                values,
-            ))
-            .one(&unit)
-            .await?;
+        let changed = findings::Model::find_by_statement(statement(
+            &unit,
+            &format!("{sql}{reach} RETURNING *"),
+            values,
+        ))
+        .one(&unit)
+        .await?;
         let Some(finding) = changed else {
             unit.commit().await?;
             let current = self.get(id).await?;

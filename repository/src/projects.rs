@@ -1,5 +1,5 @@
 use chrono::{DateTime, FixedOffset};
-use sea_orm::{EntityTrait, FromQueryResult, Value};
+use sea_orm::{FromQueryResult, Value};
 use serde_json::json;
 use tracing::instrument;
 use uuid::Uuid;
@@ -137,19 +137,18 @@ impl Projects<'_> {
             })
             .unwrap_or_default();
         let unit = self.cx.db().unit().await?;
-        let project = projects::Entity::find()
-            .from_raw_sql(statement(
-                &unit,
-                &format!(
-                    "INSERT INTO projects (id, owner_id, name, slug, description, created_at, \
+        let project = projects::Model::find_by_statement(statement(
+            &unit,
+            &format!(
+                "INSERT INTO projects (id, owner_id, name, slug, description, created_at, \
                                            updated_at) \
                      SELECT $1, $2, $3, $4, $5, $6, $6 {owner} RETURNING *"
-                ),
-                values,
-            ))
-            .one(&unit)
-            .await?
-            .ok_or_else(|| Error::not_found("user", input.owner_id))?;
+            ),
+            values,
+        ))
+        .one(&unit)
+        .await?
+        .ok_or_else(|| Error::not_found("user", input.owner_id))?;
         audit::record(
             &unit,
             self.cx.who,
@@ -198,19 +197,18 @@ impl Projects<'_> {
         let mut values = vec![now().into(), id.into()];
         let reach = and_reach(self.cx.who, Table::Projects, "p", &mut values);
         let unit = self.cx.db().unit().await?;
-        let archived = projects::Entity::find()
-            .from_raw_sql(statement(
-                &unit,
-                &format!(
-                    "UPDATE projects AS p SET archived_at = COALESCE(p.archived_at, $1), \
+        let archived = projects::Model::find_by_statement(statement(
+            &unit,
+            &format!(
+                "UPDATE projects AS p SET archived_at = COALESCE(p.archived_at, $1), \
                             updated_at = $1 \
                       WHERE p.id = $2{reach} RETURNING *"
-                ),
-                values,
-            ))
-            .one(&unit)
-            .await?
-            .ok_or_else(|| Error::not_found("project", id))?;
+            ),
+            values,
+        ))
+        .one(&unit)
+        .await?
+        .ok_or_else(|| Error::not_found("project", id))?;
         audit::record(
             &unit,
             self.cx.who,
@@ -246,19 +244,18 @@ impl Projects<'_> {
         ];
         let reach = and_reach(self.cx.who, Table::Projects, "p", &mut values);
         let unit = self.cx.db().unit().await?;
-        let project = projects::Entity::find()
-            .from_raw_sql(statement(
-                &unit,
-                &format!(
-                    "UPDATE projects AS p SET sla_critical_days = $2, sla_high_days = $3, \
+        let project = projects::Model::find_by_statement(statement(
+            &unit,
+            &format!(
+                "UPDATE projects AS p SET sla_critical_days = $2, sla_high_days = $3, \
                             sla_medium_days = $4, sla_low_days = $5, updated_at = $1 \
                       WHERE p.id = $6{reach} RETURNING *"
-                ),
-                values,
-            ))
-            .one(&unit)
-            .await?
-            .ok_or_else(|| Error::not_found("project", id))?;
+            ),
+            values,
+        ))
+        .one(&unit)
+        .await?
+        .ok_or_else(|| Error::not_found("project", id))?;
         audit::record(
             &unit,
             self.cx.who,

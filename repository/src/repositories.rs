@@ -1,4 +1,4 @@
-use sea_orm::{EntityTrait, Value};
+use sea_orm::{FromQueryResult, Value};
 use serde_json::json;
 use tracing::instrument;
 use uuid::Uuid;
@@ -75,19 +75,18 @@ impl Repositories<'_> {
             })
             .unwrap_or_default();
         let unit = self.cx.db().unit().await?;
-        let repository = repositories::Entity::find()
-            .from_raw_sql(statement(
-                &unit,
-                &format!(
-                    "INSERT INTO repositories (id, project_id, provider, provider_xid, full_name, \
+        let repository = repositories::Model::find_by_statement(statement(
+            &unit,
+            &format!(
+                "INSERT INTO repositories (id, project_id, provider, provider_xid, full_name, \
                                                clone_url, default_branch, created_at, updated_at) \
                      SELECT $1, $2, $3, $4, $5, $6, $7, $8, $8 {project} RETURNING *"
-                ),
-                values,
-            ))
-            .one(&unit)
-            .await?
-            .ok_or_else(|| Error::not_found("project", input.project_id))?;
+            ),
+            values,
+        ))
+        .one(&unit)
+        .await?
+        .ok_or_else(|| Error::not_found("project", input.project_id))?;
         audit::record(
             &unit,
             self.cx.who,

@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset};
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, Value};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, FromQueryResult, QueryFilter, QuerySelect, Value,
+};
 use serde_json::json;
 use tracing::instrument;
 use uuid::Uuid;
@@ -188,15 +190,14 @@ impl Scans<'_> {
         ];
         let reach = and_reach(self.cx.who, Table::Repositories, "r", &mut values);
         let unit = self.cx.db().unit().await?;
-        let scan = scans::Entity::find()
-            .from_raw_sql(statement(
-                &unit,
-                &format!("{sql}{reach} RETURNING *"),
-                values,
-            ))
-            .one(&unit)
-            .await?
-            .ok_or_else(|| Error::not_found("repository", input.repository_id))?;
+        let scan = scans::Model::find_by_statement(statement(
+            &unit,
+            &format!("{sql}{reach} RETURNING *"),
+            values,
+        ))
+        .one(&unit)
+        .await?
+        .ok_or_else(|| Error::not_found("repository", input.repository_id))?;
         audit::record(
             &unit,
             self.cx.who,
@@ -276,8 +277,7 @@ impl Scans<'_> {
                  SELECT * FROM claimed",
                 columns = audit::EVENT_COLUMNS,
             );
-            scans::Entity::find()
-                .from_raw_sql(statement(self.cx.db(), &sql, values))
+            scans::Model::find_by_statement(statement(self.cx.db(), &sql, values))
                 .all(self.cx.db())
                 .await?
         } else {
@@ -290,8 +290,7 @@ impl Scans<'_> {
                  RETURNING *"
             );
             let unit = self.cx.db().unit().await?;
-            let claimed = scans::Entity::find()
-                .from_raw_sql(statement(&unit, &sql, values))
+            let claimed = scans::Model::find_by_statement(statement(&unit, &sql, values))
                 .all(&unit)
                 .await?;
             let events = claimed
@@ -332,22 +331,21 @@ impl Scans<'_> {
         let now = now();
         let expires = now + lease_duration("lease_for", lease_for)?;
         let unit = self.cx.db().unit().await?;
-        let claimed = scans::Entity::find()
-            .from_raw_sql(statement(
-                &unit,
-                "UPDATE scans SET status = 'running', attempt = attempt + 1, claimed_by = $2, \
+        let claimed = scans::Model::find_by_statement(statement(
+            &unit,
+            "UPDATE scans SET status = 'running', attempt = attempt + 1, claimed_by = $2, \
                         claimed_at = $1, heartbeat_at = $1, lease_expires_at = $3, \
                         started_at = COALESCE(started_at, $1), updated_at = $1 \
                   WHERE id = $4 AND status = 'queued' RETURNING *",
-                [
-                    now.into(),
-                    worker_id.clone().into(),
-                    expires.into(),
-                    id.into(),
-                ],
-            ))
-            .one(&unit)
-            .await?;
+            [
+                now.into(),
+                worker_id.clone().into(),
+                expires.into(),
+                id.into(),
+            ],
+        ))
+        .one(&unit)
+        .await?;
         let Some(scan) = claimed else {
             unit.commit().await?;
             let scan = self.get(id).await?;
@@ -501,8 +499,7 @@ impl Scans<'_> {
                  SELECT * FROM done",
                 columns = audit::EVENT_COLUMNS,
             );
-            scans::Entity::find()
-                .from_raw_sql(statement(txn, &sql, values))
+            scans::Model::find_by_statement(statement(txn, &sql, values))
                 .one(txn)
                 .await?
                 .ok_or(Error::LeaseLost {
@@ -510,8 +507,7 @@ impl Scans<'_> {
                 })?
         } else {
             let latest = values.pop().unwrap_or_else(|| false.into());
-            let completed = scans::Entity::find()
-                .from_raw_sql(statement(txn, SUCCEED, values))
+            let completed = scans::Model::find_by_statement(statement(txn, SUCCEED, values))
                 .one(txn)
                 .await?
                 .ok_or(Error::LeaseLost {
@@ -580,28 +576,27 @@ impl Scans<'_> {
         };
         let data = json!({ "error_code": error_code });
         let unit = self.cx.db().unit().await?;
-        let scan = scans::Entity::find()
-            .from_raw_sql(statement(
-                &unit,
-                "UPDATE scans SET status = $1, finished_at = $2, lease_expires_at = NULL, \
+        let scan = scans::Model::find_by_statement(statement(
+            &unit,
+            "UPDATE scans SET status = $1, finished_at = $2, lease_expires_at = NULL, \
                         error_code = $3, error_message = $4, updated_at = $2 \
                   WHERE id = $5 AND status = 'running' AND claimed_by = $6 AND attempt = $7 \
                  RETURNING *",
-                [
-                    status.as_str().into(),
-                    now.into(),
-                    error_code.into(),
-                    error_message.into(),
-                    lease.scan_id.into(),
-                    lease.worker_id.clone().into(),
-                    lease.attempt.into(),
-                ],
-            ))
-            .one(&unit)
-            .await?
-            .ok_or(Error::LeaseLost {
-                scan_id: lease.scan_id,
-            })?;
+            [
+                status.as_str().into(),
+                now.into(),
+                error_code.into(),
+                error_message.into(),
+                lease.scan_id.into(),
+                lease.worker_id.clone().into(),
+                lease.attempt.into(),
+            ],
+        ))
+        .one(&unit)
+        .await?
+        .ok_or(Error::LeaseLost {
+            scan_id: lease.scan_id,
+        })?;
         let event = Audit::new(action, ("scan", scan.id)).project(scan.project_id);
         let event = if status == ScanStatus::Failed {
             event.data(data)
@@ -678,8 +673,7 @@ impl Scans<'_> {
         let mut values = vec![now.into(), id.into(), RETRY_ATTEMPTS.into()];
         let reach = and_reach(self.cx.who, Table::Scans, "scans", &mut values);
         let unit = self.cx.db().unit().await?;
-        let retried = scans::Entity::find()
-            .from_raw_sql(statement(
+        let retried = scans::Model::find_by_statement(statement(
                 &unit,
                 &format!(
                     "UPDATE scans SET status = 'queued', scheduled_at = $1, max_attempts = attempt + $3, \
@@ -850,24 +844,23 @@ impl Scans<'_> {
 /// locks the row, so a rescuer that runs concurrently waits for this transaction and then
 /// finds the scan no longer running.
 pub(crate) async fn fence(txn: &impl ConnectionTrait, lease: &Lease) -> Result<scans::Model> {
-    scans::Entity::find()
-        .from_raw_sql(statement(
-            txn,
-            "UPDATE scans SET updated_at = $1 \
+    scans::Model::find_by_statement(statement(
+        txn,
+        "UPDATE scans SET updated_at = $1 \
               WHERE id = $2 AND status = 'running' AND claimed_by = $3 AND attempt = $4 \
              RETURNING *",
-            [
-                now().into(),
-                lease.scan_id.into(),
-                lease.worker_id.clone().into(),
-                lease.attempt.into(),
-            ],
-        ))
-        .one(txn)
-        .await?
-        .ok_or(Error::LeaseLost {
-            scan_id: lease.scan_id,
-        })
+        [
+            now().into(),
+            lease.scan_id.into(),
+            lease.worker_id.clone().into(),
+            lease.attempt.into(),
+        ],
+    ))
+    .one(txn)
+    .await?
+    .ok_or(Error::LeaseLost {
+        scan_id: lease.scan_id,
+    })
 }
 
 fn lease_duration(field: &str, d: Duration) -> Result<chrono::Duration> {

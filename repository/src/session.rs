@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use sea_orm::{EntityTrait, Value};
+use sea_orm::{EntityTrait, FromQueryResult, Value};
 use vega_blobstore::BlobStore;
 
 use crate::db::{Conn, Db, Tx};
@@ -49,10 +49,11 @@ impl<'a> Cx<'a> {
             "SELECT x.* FROM {} x WHERE {filter}{reach} {tail}",
             table.name()
         );
-        Ok(E::find()
-            .from_raw_sql(statement(&self.db, &sql, values))
-            .all(&self.db)
-            .await?)
+        Ok(
+            E::Model::find_by_statement(statement(&self.db, &sql, values))
+                .all(&self.db)
+                .await?,
+        )
     }
 
     /// The one row of [`Cx::select`], if any.

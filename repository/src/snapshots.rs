@@ -1,5 +1,5 @@
 use chrono::{DateTime, FixedOffset};
-use sea_orm::{ConnectionTrait, EntityTrait, Value};
+use sea_orm::{ConnectionTrait, FromQueryResult, Value};
 use serde_json::json;
 use tracing::instrument;
 use uuid::Uuid;
@@ -65,21 +65,20 @@ impl Snapshots<'_> {
         ];
         let reach = and_reach(self.cx.who, Table::Repositories, "r", &mut values);
         let unit = self.cx.db().unit().await?;
-        let snapshot = snapshots::Entity::find()
-            .from_raw_sql(statement(
-                &unit,
-                &format!(
-                    "INSERT INTO snapshots (id, project_id, repository_id, commit_sha, ref_name, \
+        let snapshot = snapshots::Model::find_by_statement(statement(
+            &unit,
+            &format!(
+                "INSERT INTO snapshots (id, project_id, repository_id, commit_sha, ref_name, \
                                             status, created_at, expires_at) \
                      SELECT $1, r.project_id, r.id, $2, $3, $4, $5, $7 FROM repositories r \
                       WHERE r.id = $6{reach} \
                      RETURNING *"
-                ),
-                values,
-            ))
-            .one(&unit)
-            .await?
-            .ok_or_else(|| Error::not_found("repository", input.repository_id))?;
+            ),
+            values,
+        ))
+        .one(&unit)
+        .await?
+        .ok_or_else(|| Error::not_found("repository", input.repository_id))?;
         audit::record(
             &unit,
             self.cx.who,

@@ -1,5 +1,5 @@
 use chrono::{DateTime, FixedOffset};
-use sea_orm::{ConnectionTrait, EntityTrait, FromQueryResult, QueryResult, Value};
+use sea_orm::{ConnectionTrait, FromQueryResult, QueryResult, Value};
 use tracing::instrument;
 use uuid::Uuid;
 use vega_entity::{Meter, usage_records};
@@ -275,18 +275,17 @@ fn validated(mut input: NewUsage, prefix: &str) -> Result<NewUsage> {
 /// An increment whose key was already recorded: a replay when meter and quantity match, a
 /// caller error otherwise.
 async fn duplicate_or_conflict(db: &impl ConnectionTrait, input: &NewUsage) -> Result<Recorded> {
-    let existing = usage_records::Entity::find()
-        .from_raw_sql(statement(
-            db,
-            "SELECT * FROM usage_records WHERE account_id = $1 AND idempotency_key = $2",
-            [
-                input.account_id.into(),
-                input.idempotency_key.clone().into(),
-            ],
-        ))
-        .one(db)
-        .await?
-        .ok_or_else(|| Error::not_found("usage record", &input.idempotency_key))?;
+    let existing = usage_records::Model::find_by_statement(statement(
+        db,
+        "SELECT * FROM usage_records WHERE account_id = $1 AND idempotency_key = $2",
+        [
+            input.account_id.into(),
+            input.idempotency_key.clone().into(),
+        ],
+    ))
+    .one(db)
+    .await?
+    .ok_or_else(|| Error::not_found("usage record", &input.idempotency_key))?;
     if existing.meter == input.meter.as_str() && existing.quantity == input.quantity {
         Ok(Recorded::Duplicate)
     } else {

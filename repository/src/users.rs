@@ -1,4 +1,4 @@
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, Value};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, FromQueryResult, Value};
 use serde_json::json;
 use tracing::instrument;
 use uuid::Uuid;
@@ -100,15 +100,14 @@ impl Users<'_> {
     pub async fn set_status(&self, id: Uuid, status: UserStatus) -> Result<users::Model> {
         self.cx.who.require_system("change a user's status")?;
         let unit = self.cx.db().unit().await?;
-        let user = users::Entity::find()
-            .from_raw_sql(statement(
-                &unit,
-                "UPDATE users SET status = $1, updated_at = $2 WHERE id = $3 RETURNING *",
-                [status.as_str().into(), now().into(), id.into()],
-            ))
-            .one(&unit)
-            .await?
-            .ok_or_else(|| Error::not_found("user", id))?;
+        let user = users::Model::find_by_statement(statement(
+            &unit,
+            "UPDATE users SET status = $1, updated_at = $2 WHERE id = $3 RETURNING *",
+            [status.as_str().into(), now().into(), id.into()],
+        ))
+        .one(&unit)
+        .await?
+        .ok_or_else(|| Error::not_found("user", id))?;
         audit::record(
             &unit,
             self.cx.who,

@@ -184,8 +184,7 @@ impl Workers<'_> {
             ));
         }
         let now = now();
-        worker_heartbeats::Entity::find()
-            .from_raw_sql(statement(
+        worker_heartbeats::Model::find_by_statement(statement(
                 self.cx.db(),
                 "INSERT INTO worker_heartbeats (worker_id, hostname, version, capacity, started_at, last_seen_at) \
                  VALUES ($1, $2, $3, $4, $5, $5) \

@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use sea_orm::{ConnectionTrait, EntityTrait};
+use sea_orm::{ConnectionTrait, FromQueryResult};
 use tokio::io::AsyncRead;
 use tracing::instrument;
 use uuid::Uuid;
@@ -405,8 +405,7 @@ impl Artifacts<'_> {
         txn: &impl ConnectionTrait,
         uploaded: &Uploaded,
     ) -> Result<artifacts::Model> {
-        let committed = artifacts::Entity::find()
-            .from_raw_sql(statement(
+        let committed = artifacts::Model::find_by_statement(statement(
                 txn,
                 "UPDATE artifacts SET state = 'committed', size_bytes = $1, sha256 = $2, committed_at = $3 \
                   WHERE id = $4 AND state = 'pending' RETURNING *",
