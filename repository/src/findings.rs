@@ -343,6 +343,24 @@ impl Findings<'_> {
         Ok(counts)
     }
 
+    /// Up to `rows` of the project's open findings (`values[0]`, bound as `$1`) in
+    /// [`WORST_FIRST`] order that match one of `arms` ([`worst_first_page`]).
+    async fn worst_first(
+        &self,
+        arms: &[String],
+        mut values: Vec<Value>,
+        rows: u64,
+    ) -> Result<Vec<findings::Model>> {
+        let reach = and_project_reach(self.cx.who, Table::Findings, "$1", &mut values);
+        let filter = format!("project_id = $1 AND {OPEN_ON_DEFAULT}{reach}");
+        let sql = worst_first_page(&filter, arms, rows);
+        Ok(
+            findings::Model::find_by_statement(statement(self.cx.db(), &sql, values))
+                .all(self.cx.db())
+                .await?,
+        )
+    }
+
     /// The project's open findings on its default branches, worst first, then oldest first,
     /// keyset-paginated.
     #[instrument(name = "findings.list_open", skip(self))]
@@ -362,15 +380,7 @@ impl Findings<'_> {
             }
             None => Vec::new(),
         };
-        let reach = and_project_reach(self.cx.who, Table::Findings, "$1", &mut values);
-        let filter = format!("project_id = $1 AND {OPEN_ON_DEFAULT}{reach}");
-        let rows = findings::Model::find_by_statement(statement(
-            self.cx.db(),
-            &worst_first_page(&filter, &arms, limit + 1),
-            values,
-        ))
-        .all(self.cx.db())
-        .await?;
+        let rows = self.worst_first(&arms, values, limit + 1).await?;
         Ok(Page::from_rows(rows, limit, FindingCursor::of))
     }
 
@@ -418,15 +428,7 @@ impl Findings<'_> {
                 FindingCursor::of(&o.finding)
             }));
         }
-        let reach = and_project_reach(self.cx.who, Table::Findings, "$1", &mut values);
-        let filter = format!("project_id = $1 AND {OPEN_ON_DEFAULT}{reach}");
-        let rows = findings::Model::find_by_statement(statement(
-            self.cx.db(),
-            &worst_first_page(&filter, &arms, limit + 1),
-            values,
-        ))
-        .all(self.cx.db())
-        .await?;
+        let rows = self.worst_first(&arms, values, limit + 1).await?;
         let rows = rows
             .into_iter()
             .filter_map(|finding| {
