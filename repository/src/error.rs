@@ -214,7 +214,8 @@ pub enum Transient {
     Deadlock,
     /// The transaction lost a serialization check (40001).
     Serialization,
-    /// SQLite's database file was locked by another writer past the busy timeout.
+    /// Another writer held what the transaction needs past its bound: SQLite's database file
+    /// (the busy timeout), or a repository's ingest lock on Postgres (`lock_timeout`).
     Busy,
 }
 

@@ -14,7 +14,7 @@ use vega_entity::{
 };
 
 use crate::sql::{array, is_postgres, now, statement};
-use crate::{Error, Result, SeverityCounts, fingerprint, validate};
+use crate::{Error, Result, SeverityCounts, Transient, fingerprint, validate};
 
 /// Rows per multi-row statement on SQLite: far below its bind-parameter limit (32,766) at 15
 /// parameters per row, and large enough that round trips do not dominate.
@@ -244,15 +244,34 @@ pub(crate) fn prepare_one(
 /// row, locked `FOR NO KEY UPDATE`, which the findings' foreign-key checks (`FOR KEY SHARE`)
 /// do not wait for; on SQLite the `BEGIN IMMEDIATE` transaction already holds the one write
 /// lock. Taken before the scan's fence, in the order a repository's deletion locks them.
+///
+/// Waiting past `lock_timeout` here means other completions of the repository held it that
+/// long, as SQLite's busy timeout does: [`Transient::Busy`], so the completion is retried
+/// whole (`retry_conflicts`) rather than failed while the repository's queue drains.
 pub(crate) async fn lock_repository_of(txn: &impl ConnectionTrait, scan_id: Uuid) -> Result<()> {
     if is_postgres(txn) {
-        txn.query_one_raw(statement(
-            txn,
-            "SELECT 1 AS locked FROM repositories \
-              WHERE id = (SELECT repository_id FROM scans WHERE id = $1) FOR NO KEY UPDATE",
-            [scan_id.into()],
-        ))
-        .await?;
+        let locked = txn
+            .query_one_raw(statement(
+                txn,
+                "SELECT 1 AS locked FROM repositories \
+                  WHERE id = (SELECT repository_id FROM scans WHERE id = $1) FOR NO KEY UPDATE",
+                [scan_id.into()],
+            ))
+            .await;
+        if let Err(err) = locked {
+            return Err(match Error::from(err) {
+                Error::Unavailable {
+                    cause: Transient::Timeout,
+                    message,
+                } => Error::Unavailable {
+                    cause: Transient::Busy,
+                    message: format!(
+                        "other completions held the repository's ingest lock too long: {message}"
+                    ),
+                },
+                other => other,
+            });
+        }
     }
     Ok(())
 }

@@ -207,3 +207,38 @@ async fn two_sqlite_writers_on_one_file_both_succeed() {
     assert_eq!(new, 2000);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Another writer of the repository holding its ingest lock past `lock_timeout` (here three
+/// times over) makes a completion wait and retry, not fail.
+#[tokio::test]
+async fn a_completion_queued_behind_the_ingest_lock_past_the_lock_timeout_still_succeeds() {
+    let db = vega_tests::TestDb::postgres().await;
+    let pool = vega_config::PoolOptions {
+        lock_timeout: Duration::from_millis(200),
+        ..vega_config::PoolOptions::default()
+    };
+    let store = Store::connect(&common::settings(db.url(), pool))
+        .await
+        .unwrap();
+    let repo = common::repository(&store).await;
+    let lease = claim(&store, repo.id, 1).await.remove(0);
+    let holder = sea_orm::TransactionTrait::begin(db.conn()).await.unwrap();
+    holder
+        .execute_unprepared(&format!(
+            "SELECT 1 FROM repositories WHERE id = '{}' FOR NO KEY UPDATE",
+            repo.id
+        ))
+        .await
+        .unwrap();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        holder.commit().await.unwrap();
+    });
+    let scan = store
+        .scans()
+        .complete(&lease, shared_findings(10))
+        .await
+        .unwrap();
+    release.await.unwrap();
+    assert_eq!(scan.findings_total, 10);
+}
