@@ -73,3 +73,20 @@ ensure_venv() {
   fi
   printf '%s\n' "$venv"
 }
+
+# Debian's PgBouncer, for the tests that run one on a free port in front of a server (never on
+# its packaged port 6432). The package's own service is kept from starting.
+ensure_pgbouncer() {
+  if [ -x /usr/sbin/pgbouncer ] || command -v pgbouncer >/dev/null 2>&1; then return; fi
+  [ "$(id -u)" -eq 0 ] || die "pgbouncer is not installed; install it (apt-get install pgbouncer)"
+  log "installing PgBouncer (apt-get install pgbouncer)"
+  local policy=/usr/sbin/policy-rc.d placed=
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && placed=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null \
+    || { DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+         && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null; }
+  [ -z "$placed" ] || rm -f "$policy"
+  [ -x /usr/sbin/pgbouncer ] || die "apt-get did not install /usr/sbin/pgbouncer"
+}

@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, TransactionTrait};
 use serde::Serialize;
 use tokio::io::AsyncReadExt;
 use vega_blobstore::{BlobStore, ObjectKey};
@@ -34,7 +34,8 @@ pub enum Verdict {
 /// One line of the report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
-    /// Short, stable name (`settings`, `tcp`, `connect`, `migrations`, `fk-indexes`, `blobs`).
+    /// Short, stable name (`settings`, `tcp`, `connect`, `pooler`, `migrations`, `fk-indexes`,
+    /// `timeouts`, `blobs`).
     pub name: &'static str,
     /// The verdict.
     pub verdict: Verdict,
@@ -120,7 +121,15 @@ pub async fn run(settings: Result<Settings, vega_config::ConfigError>) -> Report
                 "correct the variable named above; see the README's Configuration section",
             );
             checks.skip(
-                &["tcp", "connect", "migrations", "fk-indexes", "blobs"],
+                &[
+                    "tcp",
+                    "connect",
+                    "pooler",
+                    "migrations",
+                    "fk-indexes",
+                    "timeouts",
+                    "blobs",
+                ],
                 "the settings are invalid",
             );
             return finish(checks);
@@ -139,13 +148,35 @@ pub async fn run(settings: Result<Settings, vega_config::ConfigError>) -> Report
         ),
     );
 
-    match database_checks(db, &mut checks).await {
+    // Behind a transaction-mode pooler, every transaction starts as the application's do
+    // (clearing prepared statements other clients left on the server connection).
+    let preamble = db.transaction_preamble(&settings.pool);
+    match database_checks(db, preamble.as_deref(), &mut checks).await {
         Some(conn) => {
-            migration_check(&conn, &mut checks).await;
-            foreign_key_check(&conn, &mut checks).await;
+            // One transaction, so that a transaction-mode pooler keeps the checks on one
+            // server connection.
+            match begin(&conn, preamble.as_deref()).await {
+                Ok(txn) => {
+                    pooler_check(db, &txn, &mut checks).await;
+                    migration_check(&txn, &mut checks).await;
+                    foreign_key_check(&txn, &mut checks).await;
+                    let _ = txn.rollback().await;
+                }
+                Err(err) => {
+                    checks.fail("pooler", err.to_string(), db.connection_hint());
+                    checks.skip(
+                        &["migrations", "fk-indexes"],
+                        "no transaction could be opened",
+                    );
+                }
+            }
             let _ = conn.close().await;
+            timeouts_check(&settings, &mut checks).await;
         }
-        None => checks.skip(&["migrations", "fk-indexes"], "no database connection"),
+        None => checks.skip(
+            &["pooler", "migrations", "fk-indexes", "timeouts"],
+            "no database connection",
+        ),
     }
     blob_check(&settings, &mut checks).await;
     finish(checks)
@@ -171,7 +202,11 @@ fn describe_blobs(blob: &vega_config::BlobSettings) -> String {
 }
 
 /// The `pg_isready` question, then a real connection. Returns the connection when both pass.
-async fn database_checks(db: &DatabaseSettings, checks: &mut Checks) -> Option<DatabaseConnection> {
+async fn database_checks(
+    db: &DatabaseSettings,
+    preamble: Option<&str>,
+    checks: &mut Checks,
+) -> Option<DatabaseConnection> {
     match (db.backend, db.host(), db.port()) {
         (Backend::Postgres, Some(host), Some(port)) => {
             let dial = tokio::net::TcpStream::connect((host.as_str(), port));
@@ -209,9 +244,12 @@ async fn database_checks(db: &DatabaseSettings, checks: &mut Checks) -> Option<D
         .max_connections(1)
         .min_connections(0)
         .acquire_timeout(STEP_TIMEOUT);
+    if db.backend == Backend::Postgres {
+        db.apply_session_settings(&mut options, Vec::new(), false, |o| o);
+    }
     match db.connect(options).await {
         Ok(conn) => {
-            let version = server_version(&conn).await.unwrap_or_default();
+            let version = server_version(&conn, preamble).await.unwrap_or_default();
             checks.pass("connect", format!("connected to {} {version}", db.target()));
             Some(conn)
         }
@@ -226,15 +264,33 @@ async fn database_checks(db: &DatabaseSettings, checks: &mut Checks) -> Option<D
     }
 }
 
-async fn server_version(conn: &DatabaseConnection) -> Result<String, DbErr> {
+/// Opens a transaction, sending `preamble` first when the pooler needs one.
+async fn begin(
+    conn: &DatabaseConnection,
+    preamble: Option<&str>,
+) -> Result<sea_orm::DatabaseTransaction, DbErr> {
+    let txn = conn.begin().await?;
+    if let Some(preamble) = preamble {
+        txn.execute_unprepared(preamble).await?;
+    }
+    Ok(txn)
+}
+
+async fn server_version(
+    conn: &DatabaseConnection,
+    preamble: Option<&str>,
+) -> Result<String, DbErr> {
     let backend = conn.get_database_backend();
     let sql = match backend {
         DbBackend::Postgres => "SELECT current_setting('server_version') AS v",
         _ => "SELECT sqlite_version() AS v",
     };
-    let row = conn
+    // In a transaction, as every statement behind a transaction-mode pooler must be.
+    let txn = begin(conn, preamble).await?;
+    let row = txn
         .query_one_raw(Statement::from_string(backend, sql))
         .await?;
+    txn.rollback().await?;
     Ok(row
         .map(|r| r.try_get::<String>("", "v"))
         .transpose()?
@@ -242,7 +298,112 @@ async fn server_version(conn: &DatabaseConnection) -> Result<String, DbErr> {
         .unwrap_or_default())
 }
 
-async fn migration_check(conn: &DatabaseConnection, checks: &mut Checks) {
+/// Whether a pooler or proxy answers in front of Postgres (the server listens on another port
+/// than the URL dials), and whether `VEGA_DB_POOLER` says so.
+async fn pooler_check(db: &DatabaseSettings, conn: &impl ConnectionTrait, checks: &mut Checks) {
+    if db.backend != Backend::Postgres {
+        checks.pass("pooler", "embedded SQLite; no pooler");
+        return;
+    }
+    let sql = "SELECT coalesce(inet_server_port()::text, '') AS port";
+    let row = conn
+        .query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
+        .await;
+    let server_port = match row {
+        Ok(Some(row)) => row.try_get::<String>("", "port").unwrap_or_default(),
+        Ok(None) => String::new(),
+        Err(err) => {
+            let hint = db
+                .pooler_hint(&err.to_string())
+                .unwrap_or_else(|| db.connection_hint());
+            checks.fail("pooler", err.to_string(), hint);
+            return;
+        }
+    };
+    let url_port = db.port().unwrap_or(5432).to_string();
+    let seen = !server_port.is_empty() && server_port != url_port;
+    let mode = format!("VEGA_DB_POOLER={}", db.pooler);
+    match (seen, db.pooler) {
+        (true, vega_config::Pooler::None) => checks.fail(
+            "pooler",
+            format!(
+                "a pooler or proxy answers on {url_port}; the server behind it listens on \
+                 {server_port}, and {mode}"
+            ),
+            "set VEGA_DB_POOLER to its pool mode (`session` or `transaction`): the application \
+             sends its timeouts in startup options, which PgBouncer and RDS Proxy refuse",
+        ),
+        (true, _) => checks.pass(
+            "pooler",
+            format!("a pooler answers on {url_port} for the server on {server_port}; {mode}"),
+        ),
+        (false, _) => checks.pass(
+            "pooler",
+            format!(
+                "the server answers on the URL's port {url_port} (a proxy on the same port, \
+                 such as RDS Proxy, cannot be told apart); {mode}"
+            ),
+        ),
+    }
+}
+
+/// The timeouts the server applies to the application's statements, read back through the
+/// application's own pool, against the `VEGA_DB_*` settings.
+async fn timeouts_check(settings: &Settings, checks: &mut Checks) {
+    if settings.database.backend != Backend::Postgres {
+        checks.pass(
+            "timeouts",
+            "SQLite: the busy timeout is VEGA_DB_LOCK_TIMEOUT",
+        );
+        return;
+    }
+    let read = async {
+        let store = vega_repository::Store::connect(settings).await?;
+        store.server_timeouts().await
+    };
+    let seen = match tokio::time::timeout(STEP_TIMEOUT, read).await {
+        Ok(Ok(Some(seen))) => seen,
+        Ok(Ok(None)) => return checks.pass("timeouts", "no server-side timeouts"),
+        Ok(Err(err)) => {
+            return checks.skip(&["timeouts"], &format!("the application's store: {err}"));
+        }
+        Err(_) => {
+            return checks.fail(
+                "timeouts",
+                format!("no answer in {STEP_TIMEOUT:?}"),
+                settings.database.connection_hint(),
+            );
+        }
+    };
+    let wanted = vega_repository::ServerTimeouts::wanted(&settings.pool);
+    let show = |t: &vega_repository::ServerTimeouts| {
+        format!(
+            "statement_timeout {}, lock_timeout {}, idle_in_transaction_session_timeout {}",
+            humantime::format_duration(t.statement),
+            humantime::format_duration(t.lock),
+            humantime::format_duration(t.idle_in_transaction),
+        )
+    };
+    if seen == wanted {
+        checks.pass(
+            "timeouts",
+            format!("as the server sees them: {}", show(&seen)),
+        );
+    } else {
+        checks.fail(
+            "timeouts",
+            format!(
+                "the server sees {}; the settings ask for {}",
+                show(&seen),
+                show(&wanted)
+            ),
+            "behind a pooler, set VEGA_DB_POOLER to its pool mode so the timeouts are sent as \
+             SQL; a role or database default (ALTER ROLE ... SET) does not override them",
+        );
+    }
+}
+
+async fn migration_check(conn: &impl ConnectionTrait, checks: &mut Checks) {
     let status = match SchemaStatus::read(conn).await {
         Ok(status) => status,
         Err(err) => {
@@ -286,7 +447,7 @@ async fn migration_check(conn: &DatabaseConnection, checks: &mut Checks) {
     }
 }
 
-async fn foreign_key_check(conn: &DatabaseConnection, checks: &mut Checks) {
+async fn foreign_key_check(conn: &impl ConnectionTrait, checks: &mut Checks) {
     let read = async {
         Ok::<_, DbErr>((
             catalog::foreign_keys(conn).await?,

@@ -98,12 +98,16 @@ async fn healthy_postgres_with_fs_blobs_passes_every_check() {
         "settings",
         "tcp",
         "connect",
+        "pooler",
         "migrations",
         "fk-indexes",
+        "timeouts",
         "blobs",
     ] {
         assert_eq!(check(&report, name).0, "pass", "{name}: {report:#}");
     }
+    let (_, timeouts) = check(&report, "timeouts");
+    assert!(timeouts.contains("statement_timeout 30s"), "{timeouts}");
     let (_, settings) = check(&report, "settings");
     assert!(
         settings.contains("from VEGA_PERSISTENCE_BACKEND"),
@@ -286,4 +290,30 @@ async fn rejected_credentials_and_stopped_s3_fail_the_blob_check() {
     let (verdict, text) = check(&report, "blobs");
     assert_eq!(verdict, "fail", "{report:#}");
     assert!(text.contains("AWS_ENDPOINT_URL"), "{text}");
+}
+
+/// Behind PgBouncer in transaction mode: told nothing, doctor finds the pooler and names the
+/// setting; told the mode, every check passes and the timeouts are the server's own reading.
+#[tokio::test]
+async fn a_pooler_in_the_path_is_found_and_its_mode_checked() {
+    use vega_tests::pgbouncer::{PgBouncer, PoolMode};
+    let db = TestDb::postgres().await;
+    let upstream = url::Url::parse(db.url()).unwrap();
+    let name = upstream.path().trim_start_matches('/').to_owned();
+    let bouncer = PgBouncer::start(upstream.port().unwrap_or(5432), PoolMode::Transaction, 2);
+    let url = bouncer.url(&name);
+
+    let (code, report) = doctor(&postgres(&url));
+    assert_eq!(code, Some(1), "{report:#}");
+    let (verdict, pooler) = check(&report, "pooler");
+    assert_eq!(verdict, "fail", "{report:#}");
+    assert!(pooler.contains("VEGA_DB_POOLER"), "{pooler}");
+
+    let mut vars = postgres(&url);
+    vars.push(("VEGA_DB_POOLER", "transaction"));
+    vars.push(("VEGA_DB_LOCK_TIMEOUT", "4s"));
+    let (code, report) = doctor(&vars);
+    assert_eq!(code, Some(0), "{report:#}");
+    let (_, timeouts) = check(&report, "timeouts");
+    assert!(timeouts.contains("lock_timeout 4s"), "{timeouts}");
 }

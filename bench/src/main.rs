@@ -14,6 +14,7 @@ pub(crate) type Result<T> = std::result::Result<T, Error>;
 mod blob;
 mod concurrency;
 mod copy;
+mod poolers;
 mod queue;
 mod reads;
 mod retention;
@@ -182,6 +183,14 @@ async fn main() -> Result<()> {
     }
     if wanted("queue") {
         queue::run(&store, &db, &url, args.queue_scans, args.runs, &mut rows).await?;
+    }
+    if wanted("poolers") {
+        let sizes = poolers::Sizes {
+            iterations: args.iterations,
+            scans: args.queue_scans / 4,
+            runs: args.runs,
+        };
+        poolers::run(&store, &db, &settings, &sizes, &mut rows).await?;
     }
     // After the queue: the scans it enqueues would otherwise join the worker loop's queue.
     if wanted("sessions") {
@@ -423,7 +432,7 @@ async fn ingest(
 }
 
 /// A project of its own for a scenario, owned by a user of its own.
-async fn bench_project(store: &Store, name: &str) -> Result<uuid::Uuid> {
+pub(crate) async fn bench_project(store: &Store, name: &str) -> Result<uuid::Uuid> {
     let owner = store
         .users()
         .create(NewUser {
@@ -445,7 +454,7 @@ async fn bench_project(store: &Store, name: &str) -> Result<uuid::Uuid> {
 }
 
 /// A git repository named `name` in the project.
-async fn git_repository(
+pub(crate) async fn git_repository(
     store: &Store,
     project_id: uuid::Uuid,
     name: &str,

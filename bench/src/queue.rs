@@ -100,7 +100,7 @@ pub(crate) async fn run(
 }
 
 /// Starts `workers` workers and waits for all of them; returns the scans they completed.
-async fn run_workers(
+pub(crate) async fn run_workers(
     workers: usize,
     spawn: impl Fn(usize) -> tokio::task::JoinHandle<Result<u64>>,
 ) -> Result<u64> {
@@ -112,7 +112,12 @@ async fn run_workers(
     Ok(done)
 }
 
-async fn enqueue(db: &DatabaseConnection, project: Uuid, repo: Uuid, n: u64) -> Result<()> {
+pub(crate) async fn enqueue(
+    db: &DatabaseConnection,
+    project: Uuid,
+    repo: Uuid,
+    n: u64,
+) -> Result<()> {
     db.execute_unprepared("DELETE FROM scans").await?;
     db.execute_unprepared(&format!(
         "INSERT INTO scans (id, project_id, repository_id, kind, trigger_kind, tracks_default_branch, status, \
@@ -126,7 +131,11 @@ async fn enqueue(db: &DatabaseConnection, project: Uuid, repo: Uuid, n: u64) -> 
 }
 
 /// Every scan succeeded exactly once, on its first claim.
-async fn check_each_claimed_once(db: &DatabaseConnection, n: u64, done: u64) -> Result<()> {
+pub(crate) async fn check_each_claimed_once(
+    db: &DatabaseConnection,
+    n: u64,
+    done: u64,
+) -> Result<()> {
     let row = db
         .query_one_raw(sea_orm::Statement::from_string(
             sea_orm::DbBackend::Postgres,
@@ -144,7 +153,7 @@ async fn check_each_claimed_once(db: &DatabaseConnection, n: u64, done: u64) -> 
     Ok(())
 }
 
-async fn repository_worker(store: Store, worker: String) -> Result<u64> {
+pub(crate) async fn repository_worker(store: Store, worker: String) -> Result<u64> {
     let mut done = 0;
     loop {
         let Some(claim) = store.scans().claim_next(&worker, 1, LEASE).await?.pop() else {

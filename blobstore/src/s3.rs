@@ -11,7 +11,8 @@ use aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
-    ConfigBag, Intercept, RequestChecksumCalculation, ResponseChecksumValidation, RuntimeComponents,
+    ConfigBag, Intercept, RequestChecksumCalculation, ResponseChecksumValidation,
+    RuntimeComponents, StalledStreamProtectionConfig,
 };
 use aws_sdk_s3::error::{BoxError, DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
@@ -34,6 +35,9 @@ const MIB: u64 = 1024 * 1024;
 /// S3's smallest part (except the last) and its largest part count.
 const MIN_PART: u64 = 5 * MIB;
 const MAX_PARTS: u64 = 10_000;
+/// The slowest link, in bytes per second, over which an upload is still given the time to
+/// finish (shared by the parts in flight).
+const SLOWEST_LINK: u64 = MIB;
 
 /// How the S3 backend uploads, and the bound on its calls.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,6 +183,10 @@ impl S3Store {
                     Some(("VEGA_S3_ATTEMPT_TIMEOUT", t.attempt))
                 }
                 SdkError::TimeoutError(_) => Some(("VEGA_S3_OPERATION_TIMEOUT", t.operation)),
+                // The stalled-stream protection of an upload, whose grace is the read timeout.
+                _ if message.contains("minimum throughput") => {
+                    Some(("VEGA_S3_READ_TIMEOUT", t.read))
+                }
                 SdkError::DispatchFailure(e) if e.is_timeout() => {
                     if message.contains("read timeout") {
                         Some(("VEGA_S3_READ_TIMEOUT", t.read))
@@ -201,16 +209,28 @@ impl S3Store {
         }
     }
 
-    /// The timeouts of a call that sends a body: the read timeout counts from the first byte
-    /// sent, so an upload gets the attempt's bound (the SDK's stalled-stream protection still
-    /// fails a body that stops moving).
-    fn upload_timeouts(&self) -> aws_sdk_s3::config::Builder {
-        let attempt = self.options.timeouts.attempt;
-        aws_sdk_s3::config::Builder::default().timeout_config(
-            TimeoutConfig::builder()
-                .read_timeout(attempt + Duration::from_secs(1))
-                .build(),
-        )
+    /// The timeouts of a call that sends a body of `length` bytes while `in_flight` bodies
+    /// share the link. The SDK's read timeout counts from the request's first byte, so the
+    /// time to send the body at [`SLOWEST_LINK`] is added to the configured read timeout
+    /// (within the attempt's bound): a small body to a silent endpoint fails in about the read
+    /// timeout, a large part over a slow link still has the time to go. A body that stops
+    /// moving altogether (the endpoint reads nothing once the socket buffers are full) fails
+    /// after the read timeout too, by the SDK's stalled-stream protection.
+    fn upload_timeouts(&self, length: u64, in_flight: usize) -> aws_sdk_s3::config::Builder {
+        let t = self.options.timeouts;
+        let sending =
+            Duration::from_secs_f64(length as f64 * in_flight.max(1) as f64 / SLOWEST_LINK as f64);
+        aws_sdk_s3::config::Builder::default()
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .read_timeout((t.read + sending).min(t.attempt))
+                    .build(),
+            )
+            .stalled_stream_protection(
+                StalledStreamProtectionConfig::enabled()
+                    .grace_period(t.read)
+                    .build(),
+            )
     }
 
     /// The part size an object of `size` bytes goes up in.
@@ -320,7 +340,7 @@ impl S3Store {
                     .map_err(|e| BlobError::Io(std::io::Error::other(e)))?,
             )
             .customize()
-            .config_override(self.upload_timeouts())
+            .config_override(self.upload_timeouts(stored.size, 1))
             .send()
             .await;
         match result {
@@ -343,6 +363,7 @@ impl S3Store {
         offset: u64,
         length: u64,
         sha256: [u8; 32],
+        in_flight: usize,
     ) -> Result<CompletedPart, BlobError> {
         let body = ByteStream::read_from()
             .path(path)
@@ -363,7 +384,7 @@ impl S3Store {
             .checksum_sha256(BASE64.encode(sha256))
             .body(body)
             .customize()
-            .config_override(self.upload_timeouts())
+            .config_override(self.upload_timeouts(length, in_flight))
             .send()
             .await
             .map_err(self.failed("UploadPart"))?;
@@ -405,11 +426,17 @@ impl S3Store {
                 // Part numbers start at 1; at most MAX_PARTS, so the cast cannot truncate.
                 (i as i32 + 1, offset, part_size.min(size - offset), *sha256)
             });
+            let in_flight = self
+                .options
+                .upload_concurrency
+                .clamp(1, hashed.parts.len().max(1));
             let mut parts: Vec<CompletedPart> = futures::stream::iter(slices)
                 .map(|(number, offset, length, sha256)| {
-                    self.upload_part(&full, &upload_id, path, number, offset, length, sha256)
+                    self.upload_part(
+                        &full, &upload_id, path, number, offset, length, sha256, in_flight,
+                    )
                 })
-                .buffer_unordered(self.options.upload_concurrency.max(1))
+                .buffer_unordered(in_flight)
                 .try_collect()
                 .await?;
             parts.sort_by_key(|p| p.part_number());

@@ -570,3 +570,70 @@ async fn a_cancelled_put_leaves_no_spool_file() {
     drop(tx);
     assert_eq!(store.head(&k).await.unwrap(), None);
 }
+
+/// With the default timeouts, a small object and one of 16 MiB to an endpoint that accepts
+/// connections and never answers both fail within a minute in all (every attempt included).
+#[tokio::test]
+async fn small_uploads_to_a_silent_endpoint_fail_within_a_minute_with_the_defaults() {
+    let silent = vega_tests::s3::SilentEndpoint::start().await;
+    let defaults = S3Options {
+        spool_dir: scratch("spool"),
+        ..S3Options::default()
+    };
+    assert_eq!(defaults.timeouts, vega_blobstore::S3Timeouts::default());
+    let store = silent.blob_store(defaults);
+    let endpoint = silent.endpoint();
+    let bound = std::time::Duration::from_secs(60);
+    let big = scratch("src").join("16mib");
+    std::fs::write(&big, bytes(16 * MIB, 3)).unwrap();
+    let small_key = key("small.json");
+    let big_key = key("big.tar.gz");
+    tokio::join!(
+        times_out(
+            "put (1 KB), default timeouts",
+            endpoint,
+            bound,
+            store.put_reader(&small_key, &[b'x'; 1024][..], "application/json"),
+        ),
+        times_out(
+            "put (16 MiB), default timeouts",
+            endpoint,
+            bound,
+            store.put_file(&big_key, &big, "application/gzip"),
+        ),
+    );
+}
+
+/// A 16 MiB object over a 1 MiB/s uplink takes longer than the read timeout to send, and
+/// still goes up with the default timeouts: the body's time is added to an upload's.
+#[tokio::test]
+async fn a_slow_upload_still_succeeds_with_the_defaults() {
+    let server = S3Server::start().await;
+    let port: u16 = server
+        .endpoint()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    let throttle = vega_tests::proxy::Throttle::start(port, MIB as u64).await;
+    let store = vega_tests::s3::blob_store_at(
+        &throttle.endpoint(),
+        S3Options {
+            spool_dir: scratch("spool"),
+            ..S3Options::default()
+        },
+    );
+    let path = scratch("src").join("slow");
+    let data = bytes(16 * MIB, 4);
+    std::fs::write(&path, &data).unwrap();
+    let started = std::time::Instant::now();
+    let k = key("slow.tar.gz");
+    let stored = store.put_file(&k, &path, "application/gzip").await.unwrap();
+    let took = started.elapsed();
+    println!("put (16 MiB) at 1 MiB/s with default timeouts: {took:?}");
+    assert_eq!(stored.size, data.len() as u64);
+    assert!(
+        took > vega_blobstore::S3Timeouts::default().read,
+        "the upload took {took:?}: not slower than the read timeout, so it proves nothing"
+    );
+}

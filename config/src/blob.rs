@@ -32,16 +32,17 @@ pub enum BlobSettings {
     },
 }
 
-/// How long S3 calls may take, cleanup calls included. The defaults are sized for a 16 MiB
-/// part on a slow link (about 1.1 Mbit/s) while a silent endpoint still fails within
-/// `max_attempts` × `read`.
+/// How long S3 calls may take, cleanup calls included. An upload's attempt may take `read`
+/// plus the time its body takes at 1 MiB/s (shared by the parts in flight), so a 16 MiB part
+/// still goes up over a slow link, while a body that stops moving fails after `read` (the
+/// SDK's stalled-stream protection). With the defaults, an object of up to 16 MiB sent to an
+/// endpoint that never answers fails within a minute, every attempt included.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct S3Timeouts {
     /// Opening a connection, TLS included (`VEGA_S3_CONNECT_TIMEOUT`, default 5 s).
     pub connect: Duration,
-    /// Waiting for the response to a request without a large body (`VEGA_S3_READ_TIMEOUT`,
-    /// default 30 s). Uploads are bounded by `attempt` instead, and by the SDK's stalled-stream
-    /// protection while their body moves.
+    /// Waiting for the response to a request (`VEGA_S3_READ_TIMEOUT`, default 10 s). An
+    /// upload gets this plus the time its body takes at 1 MiB/s, within `attempt`.
     pub read: Duration,
     /// One attempt of a call, an upload's body included (`VEGA_S3_ATTEMPT_TIMEOUT`, default
     /// 120 s).
@@ -57,7 +58,7 @@ impl Default for S3Timeouts {
     fn default() -> Self {
         Self {
             connect: Duration::from_secs(5),
-            read: Duration::from_secs(30),
+            read: Duration::from_secs(10),
             attempt: Duration::from_secs(120),
             operation: Duration::from_secs(300),
             max_attempts: 3,

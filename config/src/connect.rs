@@ -1,6 +1,6 @@
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 
-use crate::{Backend, DatabaseSettings};
+use crate::{Backend, DatabaseSettings, Pooler};
 
 /// A database that could not be reached, with the checks that usually find the cause.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +45,9 @@ impl DatabaseSettings {
             .await
             .map_err(|source| ConnectError::Connect {
                 target: self.target(),
-                hint: self.connection_hint(),
+                hint: self
+                    .pooler_hint(&source.to_string())
+                    .unwrap_or_else(|| self.connection_hint()),
                 source,
             })
     }
@@ -65,6 +67,35 @@ impl DatabaseSettings {
                 None => "sqlite (in memory)".into(),
             },
         }
+    }
+
+    /// The fix when `error` (a driver's message) comes from a pooler rather than from
+    /// Postgres: a refused startup parameter (PgBouncer, RDS Proxy), or a prepared statement
+    /// that a transaction-mode pool lost or duplicated.
+    pub fn pooler_hint(&self, error: &str) -> Option<String> {
+        let refused = [
+            "unsupported startup parameter",
+            "doesn't support command-line options",
+        ];
+        if refused.iter().any(|r| error.contains(r)) {
+            return Some(format!(
+                "a connection pooler (PgBouncer or RDS Proxy) refused a startup parameter; it is \
+                 not Postgres that is down. Set VEGA_DB_POOLER to its pool mode (`session` or \
+                 `transaction`; now `{}`), so that Vega sends its timeouts as SQL, and list \
+                 extra_float_digits in PgBouncer's ignore_startup_parameters",
+                self.pooler
+            ));
+        }
+        let statement = error.contains("prepared statement")
+            && (error.contains("already exists") || error.contains("does not exist"));
+        (statement && self.pooler != Pooler::Transaction).then(|| {
+            format!(
+                "a transaction-mode pooler hands each transaction another server connection, \
+                 which does not have this connection's prepared statements; set \
+                 VEGA_DB_POOLER=transaction (now `{}`) or put the pooler in session mode",
+                self.pooler
+            )
+        })
     }
 
     /// What to check when the database cannot be reached, in the order the checks usually

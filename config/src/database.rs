@@ -3,9 +3,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use sea_orm::ConnectOptions;
-use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::sqlx::{
+    self,
+    postgres::PgPoolOptions,
+    sqlite::{SqliteJournalMode, SqliteSynchronous},
+};
+use std::sync::Arc;
 
-use crate::{ConfigError, PoolOptions, Source, parts};
+use crate::{ConfigError, PoolOptions, Pooler, Source, parts, pooler};
 
 const BACKEND_VAR: &str = "VEGA_PERSISTENCE_BACKEND";
 const URL_VARS: [&str; 2] = ["VEGA_DATABASE_URL", "DATABASE_URL"];
@@ -129,6 +134,8 @@ pub struct DatabaseSettings {
     pub url: DatabaseUrl,
     /// Where [`Self::url`] came from.
     pub url_source: Source,
+    /// The pooler between Vega and Postgres, if any (`VEGA_DB_POOLER`).
+    pub pooler: Pooler,
 }
 
 impl DatabaseSettings {
@@ -147,6 +154,7 @@ impl DatabaseSettings {
             backend_source: Source::Given,
             url: DatabaseUrl::new(url),
             url_source: Source::Given,
+            pooler: Pooler::None,
         };
         settings.validate("the database URL")?;
         Ok(settings)
@@ -203,6 +211,7 @@ impl DatabaseSettings {
             backend_source,
             url: DatabaseUrl::new(url.trim()),
             url_source,
+            pooler: Pooler::from_lookup(lookup)?,
         };
         let var = match url_source {
             Source::Env(var) => var,
@@ -325,31 +334,85 @@ impl DatabaseSettings {
         self.options_with_busy_timeout(Duration::from_secs(5))
     }
 
-    /// [`Self::connect_options`] for application connections, every wait bounded by `pool`:
-    /// on Postgres the session's `statement_timeout`, `lock_timeout` and
-    /// `idle_in_transaction_session_timeout`, and TCP keepalives so the server drops a
-    /// vanished client's session (and its locks) within about 25 s; sent in the startup packet,
-    /// so they cost no round trip. On SQLite the lock bound is the busy timeout. The pool's
-    /// size and liveness checks are the repository layer's.
-    pub fn app_connect_options(&self, pool: &PoolOptions) -> ConnectOptions {
+    /// [`Self::connect_options`] for application connections, every wait bounded by `pool`.
+    ///
+    /// On Postgres reached directly, the session's `statement_timeout`, `lock_timeout` and
+    /// `idle_in_transaction_session_timeout` ride in the startup packet, which costs no round
+    /// trip, with TCP keepalives so the server drops a vanished client's session (and its
+    /// locks) within about 25 s. Behind a pooler, which refuses startup `options`, see
+    /// [`Pooler`]: session mode sets them once per new connection; transaction mode has no
+    /// statement cache, and the repository layer opens each transaction with
+    /// [`Self::transaction_preamble`]. On SQLite the lock bound is the busy timeout. `hooks`
+    /// adds the caller's own to the sqlx pool's options (the repository layer's release
+    /// check); the pool's size and liveness checks are the repository layer's.
+    pub fn app_connect_options(
+        &self,
+        pool: &PoolOptions,
+        hooks: impl Fn(PgPoolOptions) -> PgPoolOptions + Send + Sync + 'static,
+    ) -> ConnectOptions {
         let mut options = self.options_with_busy_timeout(pool.lock_timeout);
         options.connect_timeout(pool.acquire_timeout);
         if self.backend == Backend::Postgres {
-            let ms = |d: Duration| d.as_millis().to_string();
-            let gucs = [
-                ("statement_timeout", ms(pool.statement_timeout)),
-                ("lock_timeout", ms(pool.lock_timeout)),
-                (
-                    "idle_in_transaction_session_timeout",
-                    ms(pool.idle_in_transaction_timeout),
-                ),
-                ("tcp_keepalives_idle", "10".to_owned()),
-                ("tcp_keepalives_interval", "5".to_owned()),
-                ("tcp_keepalives_count", "3".to_owned()),
-            ];
-            options.map_sqlx_postgres_opts(move |o| o.options(gucs.clone()));
+            let timeouts = pooler::timeouts(pool).to_vec();
+            self.apply_session_settings(&mut options, timeouts, true, hooks);
         }
         options
+    }
+
+    /// The statement an application transaction must send first, when the pooler needs one
+    /// (transaction mode; see [`Pooler`]).
+    pub fn transaction_preamble(&self, pool: &PoolOptions) -> Option<String> {
+        (self.backend == Backend::Postgres && self.pooler == Pooler::Transaction)
+            .then(|| pooler::transaction_preamble(pool))
+    }
+
+    /// Gives every new Postgres connection `settings` the way the pooler lets them through: in
+    /// the startup packet (with server-side keepalives, when `keepalives`) when there is none,
+    /// a `SET` after connecting in session mode. Transaction mode turns the statement cache
+    /// off; its settings are per transaction (see [`Self::transaction_preamble`]). `hooks` is
+    /// applied to the sqlx pool's options after this method's own.
+    pub fn apply_session_settings(
+        &self,
+        options: &mut ConnectOptions,
+        mut settings: Vec<(&'static str, String)>,
+        keepalives: bool,
+        hooks: impl Fn(PgPoolOptions) -> PgPoolOptions + Send + Sync + 'static,
+    ) {
+        let mut setup: Option<Arc<str>> = None;
+        match self.pooler {
+            Pooler::None => {
+                if keepalives {
+                    settings.extend([
+                        ("tcp_keepalives_idle", "10".to_owned()),
+                        ("tcp_keepalives_interval", "5".to_owned()),
+                        ("tcp_keepalives_count", "3".to_owned()),
+                    ]);
+                }
+                if !settings.is_empty() {
+                    options.map_sqlx_postgres_opts(move |o| o.options(settings.clone()));
+                }
+            }
+            Pooler::Session if !settings.is_empty() => {
+                setup = Some(pooler::set_session(&settings).into());
+            }
+            Pooler::Session => {}
+            Pooler::Transaction => {
+                options.map_sqlx_postgres_opts(|o| o.statement_cache_capacity(0));
+            }
+        }
+        options.map_sqlx_postgres_pool_opts(move |o| {
+            let Some(sql) = setup.clone() else {
+                return hooks(o);
+            };
+            hooks(o.after_connect(move |conn, _| {
+                let sql = sql.clone();
+                Box::pin(async move {
+                    sqlx::Executor::execute(conn, sqlx::AssertSqlSafe(sql))
+                        .await
+                        .map(|_| ())
+                })
+            }))
+        });
     }
 
     fn options_with_busy_timeout(&self, busy_timeout: Duration) -> ConnectOptions {
@@ -375,6 +438,7 @@ impl DatabaseSettings {
             backend_source = %self.backend_source,
             url = %self.url,
             url_source = %self.url_source,
+            pooler = %self.pooler,
             "database settings"
         );
     }

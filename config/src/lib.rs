@@ -15,7 +15,9 @@
 //!   `s3` (`VEGA_S3_BUCKET` required, `VEGA_S3_PREFIX` optional, every call bounded by
 //!   `VEGA_S3_*_TIMEOUT` and `VEGA_S3_MAX_ATTEMPTS` ([`S3Timeouts`]), streams spooled under
 //!   `VEGA_SPOOL_DIR`; region, endpoint and credentials come from the AWS SDK's own variables);
-//! - the application pool's size and timeouts come from `VEGA_DB_*` ([`PoolOptions`]).
+//! - the application pool's size and timeouts come from `VEGA_DB_*` ([`PoolOptions`]), and
+//!   `VEGA_DB_POOLER` says whether PgBouncer or RDS Proxy sits in front of Postgres and in
+//!   which pool mode ([`Pooler`]).
 //!
 //! A wrong setting is a [`ConfigError`] naming the variable and the fix, never a silent fallback:
 //! a postgres backend whose URL says `sqlite:` is refused rather than quietly run on a file.
@@ -28,6 +30,7 @@ mod database;
 mod error;
 mod parts;
 mod pool;
+mod pooler;
 mod vars;
 
 pub use blob::{BlobSettings, S3Timeouts, default_spool_dir};
@@ -35,6 +38,7 @@ pub use connect::ConnectError;
 pub use database::{Backend, DatabaseSettings, DatabaseUrl};
 pub use error::ConfigError;
 pub use pool::PoolOptions;
+pub use pooler::Pooler;
 
 /// Where a setting's value came from, printed beside it so that "which variable won?" is never a
 /// guess.

@@ -33,6 +33,14 @@ pub struct PoolOptions {
     pub idle_check_after: Duration,
     /// Statements slower than this are logged at WARN (`VEGA_DB_SLOW_STATEMENT`, default 1 s).
     pub slow_statement: Duration,
+    /// How often the failure monitor asks the server whether it is still the live writer
+    /// (`VEGA_DB_PROBE_INTERVAL`, default 1 s), on a connection of its own.
+    pub probe_interval: Duration,
+    /// How long a probe may go unanswered before the server is taken for gone
+    /// (`VEGA_DB_PROBE_TIMEOUT`, default 2 s): the calls in flight on the pool's connections
+    /// are then abandoned and the connections replaced, instead of each waiting out its
+    /// statement deadline on a host that will never answer.
+    pub probe_timeout: Duration,
 }
 
 impl Default for PoolOptions {
@@ -45,6 +53,8 @@ impl Default for PoolOptions {
             idle_in_transaction_timeout: Duration::from_secs(60),
             idle_check_after: Duration::from_secs(1),
             slow_statement: Duration::from_secs(1),
+            probe_interval: Duration::from_secs(1),
+            probe_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -77,6 +87,8 @@ impl PoolOptions {
             )?,
             idle_check_after: duration("VEGA_DB_IDLE_CHECK_AFTER", d.idle_check_after)?,
             slow_statement: duration("VEGA_DB_SLOW_STATEMENT", d.slow_statement)?,
+            probe_interval: duration("VEGA_DB_PROBE_INTERVAL", d.probe_interval)?,
+            probe_timeout: duration("VEGA_DB_PROBE_TIMEOUT", d.probe_timeout)?,
         })
     }
 }

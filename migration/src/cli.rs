@@ -148,6 +148,14 @@ pub enum CliError {
     /// `generate` failed.
     #[error("generate: {0}")]
     Generate(String),
+    /// Migrations cannot run through a transaction-mode pooler.
+    #[error(
+        "VEGA_DB_POOLER=transaction: vega-migrate needs one server session for the whole run \
+         (its advisory lock, and CREATE INDEX CONCURRENTLY outside a transaction), which a \
+         transaction-mode pool does not give; point vega-migrate at Postgres itself or at a \
+         session-mode pool (VEGA_DB_POOLER=session or none, with that URL)"
+    )]
+    TransactionPooler,
 }
 
 impl CliError {
@@ -187,7 +195,10 @@ impl Cli {
         }
 
         let settings = match &self.database_url {
-            Some(url) => DatabaseSettings::for_url(url.clone())?,
+            Some(url) => DatabaseSettings {
+                pooler: vega_config::Pooler::from_env()?,
+                ..DatabaseSettings::for_url(url.clone())?
+            },
             None => Settings::from_env()?.database,
         };
         settings.log_effective();
@@ -245,21 +256,25 @@ impl Cli {
     }
 
     async fn connect(&self, settings: &DatabaseSettings) -> Result<DatabaseConnection, CliError> {
+        if settings.backend == vega_config::Backend::Postgres
+            && settings.pooler == vega_config::Pooler::Transaction
+        {
+            return Err(CliError::TransactionPooler);
+        }
         let mut options = settings.connect_options();
         // One session for the lock, one for the migrations.
         options.max_connections(2).min_connections(0);
         if settings.backend == vega_config::Backend::Postgres {
-            let timeouts = self.session_settings();
-            options.map_sqlx_postgres_opts(move |o| o.options(timeouts.clone()));
+            settings.apply_session_settings(&mut options, self.session_settings(), false, |o| o);
         }
         Ok(settings.connect(options).await?)
     }
 
     /// The Postgres settings every migration session runs with.
-    fn session_settings(&self) -> Vec<(String, String)> {
+    fn session_settings(&self) -> Vec<(&'static str, String)> {
         vec![
-            ("lock_timeout".into(), self.lock_timeout.clone()),
-            ("statement_timeout".into(), self.statement_timeout.clone()),
+            ("lock_timeout", self.lock_timeout.clone()),
+            ("statement_timeout", self.statement_timeout.clone()),
         ]
     }
 
@@ -283,7 +298,11 @@ impl Cli {
             self.known_status(settings).await?.pending
         };
         let session = match backend {
-            DbBackend::Postgres => self.session_settings(),
+            DbBackend::Postgres => self
+                .session_settings()
+                .into_iter()
+                .map(|(name, value)| (name.to_owned(), value))
+                .collect(),
             _ => Vec::new(),
         };
         let script = crate::preview::render(backend, &versions, session).await?;

@@ -291,3 +291,52 @@ fn sql_all_needs_no_database() {
         known_versions().len()
     );
 }
+
+fn migrate_through(url: &str, pooler: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vega-migrate"))
+        .arg("--database-url")
+        .arg(url)
+        .args(args)
+        .env_remove("VEGA_PERSISTENCE_BACKEND")
+        .env_remove("VEGA_DATABASE_URL")
+        .env_remove("DATABASE_URL")
+        .env("VEGA_DB_POOLER", pooler)
+        .output()
+        .expect("run vega-migrate")
+}
+
+/// Through Debian's PgBouncer as its users configure it: session mode migrates when told it
+/// is there; told nothing, the refusal names the pooler and the setting; transaction mode is
+/// refused before connecting, with the fix.
+#[tokio::test]
+async fn migrations_run_through_pgbouncer_in_session_mode() {
+    use vega_tests::pgbouncer::{PgBouncer, PoolMode};
+    let db = TestDb::postgres_empty().await;
+    let upstream = url::Url::parse(db.url()).unwrap();
+    let name = upstream.path().trim_start_matches('/').to_owned();
+    let port = upstream.port().unwrap_or(5432);
+
+    let session = PgBouncer::start(port, PoolMode::Session, 2);
+    let out = migrate_through(&session.url(&name), "none", &["up"]);
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(err.contains("unsupported startup parameter"), "{err}");
+    assert!(
+        err.contains("VEGA_DB_POOLER") && !err.contains("pg_isready"),
+        "{err}"
+    );
+
+    let out = migrate_through(&session.url(&name), "session", &["up"]);
+    assert_exit(&out, 0);
+    let out = migrate_through(&session.url(&name), "session", &["check"]);
+    assert_exit(&out, 0);
+
+    let transaction = PgBouncer::start(port, PoolMode::Transaction, 2);
+    let out = migrate_through(&transaction.url(&name), "transaction", &["status"]);
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains("transaction-mode pool") && err.contains("VEGA_DB_POOLER=session"),
+        "{err}"
+    );
+}

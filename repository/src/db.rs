@@ -31,12 +31,16 @@ use crate::{Error, Result};
 const CONFLICT_ATTEMPTS: u32 = 5;
 
 /// When the pool last saw a connection die, so that connections older than that are not
-/// handed out again. Shared by [`Db`] and the pool's `before_acquire` hook.
+/// handed out again, and when the server was last found gone, so that calls still waiting on
+/// it are abandoned. Shared by [`Db`], the pool's `before_acquire` hook and the failure
+/// monitor (`monitor.rs`).
 #[derive(Debug)]
 pub(crate) struct Health {
     opened: Instant,
     /// Nanoseconds after `opened` of the last condemning failure; 0 for none.
     condemned_at: AtomicU64,
+    /// Counts the times the server was found gone ([`Health::fail_over`]); a call watches it.
+    failovers: tokio::sync::watch::Sender<u64>,
     /// Who wants a connection, for the pool's waiters gauge.
     pub(crate) demand: Demand,
 }
@@ -46,6 +50,7 @@ impl Health {
         Arc::new(Self {
             opened: Instant::now(),
             condemned_at: AtomicU64::new(0),
+            failovers: tokio::sync::watch::Sender::new(0),
             demand: Demand::default(),
         })
     }
@@ -54,6 +59,19 @@ impl Health {
     pub(crate) fn condemn(&self) {
         let now = u64::try_from(self.opened.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.condemned_at.fetch_max(now.max(1), Ordering::Relaxed);
+    }
+
+    /// Records that the server the pool's connections reach is gone (it stopped answering,
+    /// or the endpoint now leads to another): they are condemned, and every call still
+    /// waiting on one is abandoned with a retryable error.
+    pub(crate) fn fail_over(&self, why: &str) {
+        self.condemn();
+        self.failovers.send_modify(|n| *n += 1);
+        metrics::failover();
+        tracing::warn!(
+            why,
+            "abandoning the calls in flight on the old server's connections"
+        );
     }
 
     /// True when a connection of this age was opened before the last condemning failure.
@@ -77,15 +95,25 @@ pub(crate) struct Bounds {
 /// The pool, as the repositories use it (see the module docs).
 #[derive(Debug, Clone)]
 pub(crate) struct Db {
-    conn: DatabaseConnection,
+    conn: Pool,
     bounds: Bounds,
     health: Arc<Health>,
 }
 
 impl Db {
-    pub(crate) fn new(conn: DatabaseConnection, bounds: Bounds, health: Arc<Health>) -> Self {
+    /// `preamble` is what each transaction sends first behind a transaction-mode pooler
+    /// ([`vega_config::DatabaseSettings::transaction_preamble`]).
+    pub(crate) fn new(
+        conn: DatabaseConnection,
+        bounds: Bounds,
+        health: Arc<Health>,
+        preamble: Option<String>,
+    ) -> Self {
         Self {
-            conn,
+            conn: Pool {
+                conn,
+                preamble: preamble.map(Arc::from),
+            },
             bounds,
             health,
         }
@@ -93,7 +121,7 @@ impl Db {
 
     #[cfg(feature = "test-support")]
     pub(crate) fn connection(&self) -> &DatabaseConnection {
-        &self.conn
+        &self.conn.conn
     }
 
     /// A pool call has no transaction to mark when it fails.
@@ -115,12 +143,7 @@ impl Db {
         let started = Instant::now();
         let txn = {
             let _wanting = self.health.demand.call();
-            bounded(
-                &self.health,
-                self.call_bound(),
-                self.conn.begin_with_options(options),
-            )
-            .await?
+            bounded(&self.health, self.call_bound(), self.conn.begin(options)).await?
         };
         metrics::acquire(started.elapsed());
         Ok(Tx::new(txn, self.bounds, self.health.clone(), true))
@@ -128,9 +151,10 @@ impl Db {
 
     /// The pool's connections now: (open, idle, maximum).
     pub(crate) fn pool_state(&self) -> (u32, u32, u32) {
-        match self.conn.get_database_backend() {
+        let conn = &self.conn.conn;
+        match conn.get_database_backend() {
             DbBackend::Postgres => {
-                let pool = self.conn.get_postgres_connection_pool();
+                let pool = conn.get_postgres_connection_pool();
                 (
                     pool.size(),
                     to_u32(pool.num_idle()),
@@ -138,7 +162,7 @@ impl Db {
                 )
             }
             DbBackend::Sqlite => {
-                let pool = self.conn.get_sqlite_connection_pool();
+                let pool = conn.get_sqlite_connection_pool();
                 (
                     pool.size(),
                     to_u32(pool.num_idle()),
@@ -157,6 +181,70 @@ impl Db {
     /// A pool call wants a connection until it returns.
     fn claim(&self) -> Option<Claim<'_>> {
         Some(self.health.demand.call())
+    }
+}
+
+/// The pool as one statement reaches it: directly, or behind a transaction-mode pooler in a
+/// transaction of its own that starts with the preamble (see [`vega_config::Pooler`]: the
+/// server connection may change between transactions, so nothing may outlive one).
+#[derive(Debug, Clone)]
+struct Pool {
+    conn: DatabaseConnection,
+    preamble: Option<Arc<str>>,
+}
+
+impl Pool {
+    async fn begin(&self, options: TransactionOptions) -> Result<DatabaseTransaction, DbErr> {
+        let txn = self.conn.begin_with_options(options).await?;
+        if let Some(preamble) = &self.preamble {
+            txn.execute_unprepared(preamble).await?;
+        }
+        Ok(txn)
+    }
+}
+
+/// `$call` with `$c` bound to the pool, or to a transaction of its own behind a
+/// transaction-mode pooler.
+macro_rules! alone {
+    ($pool:expr, $c:ident => $call:expr) => {
+        match &$pool.preamble {
+            None => {
+                let $c = &$pool.conn;
+                $call.await
+            }
+            Some(_) => {
+                let txn = $pool.begin(TransactionOptions::default()).await?;
+                let result = {
+                    let $c = &txn;
+                    $call.await?
+                };
+                txn.commit().await?;
+                Ok(result)
+            }
+        }
+    };
+}
+
+#[async_trait::async_trait]
+impl ConnectionTrait for Pool {
+    fn get_database_backend(&self) -> DbBackend {
+        self.conn.get_database_backend()
+    }
+
+    async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
+        alone!(self, c => c.execute_raw(stmt))
+    }
+
+    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+        alone!(self, c => c.execute_unprepared(sql))
+    }
+
+    async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
+        alone!(self, c => c.query_one_raw(stmt))
+    }
+
+    async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        alone!(self, c => c.query_all_raw(stmt))
     }
 }
 
@@ -337,17 +425,34 @@ async fn bounded<T>(
     call: impl Future<Output = Result<T, DbErr>>,
 ) -> Result<T, DbErr> {
     let started = Instant::now();
-    let result = match tokio::time::timeout(limit, call).await {
-        Ok(result) => result,
-        Err(_) => Err(DbErr::Query(RuntimeErr::SqlxError(Arc::new(
-            sqlx::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!(
-                    "no answer from the database within {limit:?} (VEGA_DB_STATEMENT_TIMEOUT, \
-                     VEGA_DB_ACQUIRE_TIMEOUT)"
-                ),
-            )),
-        )))),
+    let mut failovers = health.failovers.subscribe();
+    let io_error = |kind, message: String| {
+        Err(DbErr::Query(RuntimeErr::SqlxError(Arc::new(
+            sqlx::Error::Io(std::io::Error::new(kind, message)),
+        ))))
+    };
+    let result = tokio::select! {
+        result = tokio::time::timeout(limit, call) => match result {
+            Ok(result) => result,
+            Err(_) => {
+                // Postgres ends a statement at statement_timeout itself; silence past the
+                // client's deadline means the connection, not the statement, is stuck.
+                health.condemn();
+                io_error(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "no answer from the database within {limit:?} \
+                         (VEGA_DB_STATEMENT_TIMEOUT, VEGA_DB_ACQUIRE_TIMEOUT)"
+                    ),
+                )
+            }
+        },
+        _ = failovers.changed() => io_error(
+            std::io::ErrorKind::ConnectionAborted,
+            "abandoned: the database server stopped answering or the endpoint moved to \
+             another server (failure monitor, VEGA_DB_PROBE_TIMEOUT)"
+                .to_owned(),
+        ),
     };
     metrics::statement(started.elapsed(), &result);
     if let Err(err) = &result

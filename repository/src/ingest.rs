@@ -399,13 +399,23 @@ async fn record_deltas(txn: &impl ConnectionTrait, scan: &scans::Model) -> Resul
     ))
     .await?;
     if scan.kind == ScanKind::Full.as_str() {
-        txn.execute_raw(statement(
-            txn,
+        // `OFFSET 0` keeps Postgres from turning the NOT EXISTS into an anti-join: with the
+        // repository's findings newer than its statistics (estimated at one row), it chose a
+        // nested loop whose inner side read every occurrence of the scan for each finding
+        // (100,000 × 150,000 comparisons; the full bench's compare rows hit the statement
+        // timeout). Kept a subquery, it is one primary-key probe per finding whatever the
+        // estimate. SQLite has no OFFSET without LIMIT, and probes the key by itself.
+        let fence = if is_postgres(txn) { " OFFSET 0" } else { "" };
+        let sql = format!(
             "INSERT INTO scan_deltas (scan_id, delta, finding_id) \
              SELECT $1, 'absent', f.id FROM findings f \
               WHERE f.repository_id = $2 AND f.status = 'open' AND f.on_default_branch \
                 AND NOT EXISTS (SELECT 1 FROM finding_occurrences o \
-                                 WHERE o.scan_id = $1 AND o.finding_id = f.id)",
+                                 WHERE o.scan_id = $1 AND o.finding_id = f.id{fence})"
+        );
+        txn.execute_raw(statement(
+            txn,
+            &sql,
             [scan.id.into(), scan.repository_id.into()],
         ))
         .await?;

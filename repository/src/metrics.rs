@@ -7,6 +7,8 @@
 //! - `vega_db_errors_total{kind}`: failed statements by [`Error::kind`];
 //! - `vega_db_pool_acquire_seconds`: time to open a transaction (taking a connection and its
 //!   `BEGIN`);
+//! - `vega_db_failovers_total`: times the failure monitor found the server gone and abandoned
+//!   the calls in flight on its connections;
 //! - gauges sampled at scrape time ([`crate::Store::record_gauges`]): the pool's connections
 //!   by state, its maximum and its waiters; the queue's depth by status and priority, the age
 //!   of the oldest due scan and the expired leases.
@@ -36,6 +38,11 @@ pub(crate) fn statement<T>(elapsed: Duration, result: &Result<T, DbErr>) {
 /// Records the time a transaction took to open.
 pub(crate) fn acquire(elapsed: Duration) {
     metrics::histogram!("vega_db_pool_acquire_seconds").record(elapsed.as_secs_f64());
+}
+
+/// Counts one failover seen by the failure monitor.
+pub(crate) fn failover() {
+    metrics::counter!("vega_db_failovers_total").increment(1);
 }
 
 /// Sets the pool's gauges.

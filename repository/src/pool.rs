@@ -1,6 +1,7 @@
-//! Opening the application pool: sizes and bounds from [`PoolOptions`], and a `before_acquire`
+//! Opening the application pool: sizes and bounds from [`PoolOptions`], a `before_acquire`
 //! check that keeps dead connections from being handed out without costing a busy pool a
-//! round trip.
+//! round trip, and an `after_release` check that closes condemned connections as they come
+//! back.
 //!
 //! A connection is checked before it is handed out only when it is suspect:
 //! - opened before a failure that condemned the pool's connections ([`Health`]): closed,
@@ -24,7 +25,17 @@ pub(crate) async fn open(
     pool: &PoolOptions,
     health: Arc<Health>,
 ) -> Result<DatabaseConnection> {
-    let mut options = settings.app_connect_options(pool);
+    let released = health.clone();
+    let mut options = settings.app_connect_options(pool, move |o| {
+        let health = released.clone();
+        // A connection handed back after its call was abandoned (deadline, failover) has a
+        // reply pending from a server that may never send it: sqlx would ping it on release
+        // with no deadline, holding a pool slot for good. Condemned ones are closed instead.
+        o.after_release(move |_, meta| {
+            let keep = !health.is_condemned(meta.age);
+            Box::pin(async move { Ok(keep) })
+        })
+    });
     // Statements are logged at TRACE (free unless enabled), slow ones at WARN; sea-orm only
     // honours the slow-statement threshold when statement logging is on.
     options

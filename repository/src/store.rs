@@ -1,6 +1,8 @@
-use sea_orm::DatabaseConnection;
+use std::time::Duration;
+
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use vega_blobstore::BlobStore;
-use vega_config::{PoolOptions, Settings};
+use vega_config::{Backend, PoolOptions, Pooler, Settings};
 use vega_migration::status::SchemaStatus;
 
 use crate::db::{Bounds, Db, Health};
@@ -24,7 +26,9 @@ pub struct Store {
 
 impl Store {
     /// Connects with the given settings (the pool's size and bounds are `settings.pool`) and
-    /// checks that the schema matches this build.
+    /// checks that the schema matches this build. On Postgres reached directly it also starts
+    /// the failure monitor, which abandons the calls in flight on a server that stopped
+    /// answering or was replaced (`VEGA_DB_PROBE_INTERVAL`, `VEGA_DB_PROBE_TIMEOUT`).
     ///
     /// Fails with [`Error::Unavailable`] (with the checks to run) when the database cannot be
     /// reached, and with [`Error::SchemaOutdated`] listing the versions when migrations are
@@ -35,14 +39,23 @@ impl Store {
         let blobs = BlobStore::from_settings(&settings.blob).await?;
         let health = Health::new();
         let conn = crate::pool::open(&settings.database, &settings.pool, health.clone()).await?;
-        Self::checked(Db::new(conn, bounds(&settings.pool), health), blobs).await
+        // Behind a pooler its server connections are the pooler's to watch, and a probe may
+        // queue for one of them under load: a wait that is not a failure.
+        if settings.database.backend == Backend::Postgres
+            && settings.database.pooler == Pooler::None
+        {
+            crate::monitor::spawn(&conn, &health, &settings.pool);
+        }
+        let preamble = settings.database.transaction_preamble(&settings.pool);
+        let db = Db::new(conn, bounds(&settings.pool), health, preamble);
+        Self::checked(db, blobs).await
     }
 
     /// Wraps an existing connection and blob store after checking the schema (tests, tools).
     /// Calls are bounded by [`PoolOptions::default`]'s timeouts; the connection's own pool
     /// settings are kept.
     pub async fn from_parts(db: DatabaseConnection, blobs: BlobStore) -> Result<Self> {
-        let db = Db::new(db, bounds(&PoolOptions::default()), Health::new());
+        let db = Db::new(db, bounds(&PoolOptions::default()), Health::new(), None);
         Self::checked(db, blobs).await
     }
 
@@ -87,6 +100,39 @@ impl Store {
         });
         crate::metrics::queue(&summary, oldest);
         Ok(())
+    }
+
+    /// The timeouts Postgres applies to this store's statements, read back through whatever
+    /// pooler is in between (`VEGA_DB_POOLER`); `None` on SQLite, which has no such settings.
+    /// A zero means the setting did not reach the server.
+    #[tracing::instrument(name = "store.server_timeouts", skip(self))]
+    pub async fn server_timeouts(&self) -> Result<Option<ServerTimeouts>> {
+        if self.db.get_database_backend() != DbBackend::Postgres {
+            return Ok(None);
+        }
+        let sql = "SELECT (SELECT setting FROM pg_settings WHERE name = 'statement_timeout') AS s, \
+                   (SELECT setting FROM pg_settings WHERE name = 'lock_timeout') AS l, \
+                   (SELECT setting FROM pg_settings \
+                     WHERE name = 'idle_in_transaction_session_timeout') AS i";
+        let row = self
+            .db
+            .query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                entity: "setting",
+                key: "statement_timeout".into(),
+            })?;
+        let ms = |column: &str| -> Result<Duration> {
+            let text: String = row.try_get("", column)?;
+            text.parse::<u64>()
+                .map(Duration::from_millis)
+                .map_err(|_| Error::invalid(column, format!("{text:?} is not milliseconds")))
+        };
+        Ok(Some(ServerTimeouts {
+            statement: ms("s")?,
+            lock: ms("l")?,
+            idle_in_transaction: ms("i")?,
+        }))
     }
 
     /// The underlying connection, for the tests' own queries.
@@ -169,6 +215,28 @@ impl Store {
     /// Workers: their credentials and heartbeats.
     pub fn workers(&self) -> Workers<'_> {
         self.system().workers()
+    }
+}
+
+/// The server-side timeouts of a store's statements ([`Store::server_timeouts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerTimeouts {
+    /// `statement_timeout`.
+    pub statement: Duration,
+    /// `lock_timeout`.
+    pub lock: Duration,
+    /// `idle_in_transaction_session_timeout`.
+    pub idle_in_transaction: Duration,
+}
+
+impl ServerTimeouts {
+    /// What `pool` asks the server for.
+    pub fn wanted(pool: &PoolOptions) -> Self {
+        Self {
+            statement: pool.statement_timeout,
+            lock: pool.lock_timeout,
+            idle_in_transaction: pool.idle_in_transaction_timeout,
+        }
     }
 }
 

@@ -533,6 +533,56 @@ async fn check_all(fx: &Fixture) {
     )
     .await;
 
+    // A branch's full scan of a repository whose findings are newer than the statistics: the
+    // kept comparison's "absent" part once joined every finding to every occurrence of the
+    // scan. Each of its statements may read a few rows per finding, and no filter may discard
+    // more than it keeps.
+    let fresh = store
+        .repositories()
+        .add(vega_repository::NewRepository {
+            project_id: fx.project,
+            provider: vega_entity::Provider::Upload,
+            provider_xid: None,
+            full_name: None,
+            clone_url: None,
+            default_branch: Some("main".into()),
+        })
+        .await
+        .unwrap();
+    let findings = |from: usize| {
+        (from..from + MANY / 4)
+            .map(|i| common::finding(&format!("fresh-{i}"), "src/fresh.py", Severity::High))
+            .collect::<Vec<_>>()
+    };
+    // The default branch's first scan (its fix-up passes over what it just wrote, so only
+    // its indexes are checked), then the branch's, counted.
+    let budgets = [
+        ("main", 0, Budget::Indexed),
+        ("feature", MANY / 8, Budget::Write(MANY as u64 / 4)),
+    ];
+    for (branch, from, budget) in budgets {
+        let scan = store
+            .scans()
+            .enqueue(NewScan::full(
+                fresh.id,
+                TriggerKind::Api,
+                Some(branch.into()),
+            ))
+            .await
+            .unwrap();
+        let claim = store
+            .scans()
+            .claim(scan.id, "plans", Duration::from_secs(600))
+            .await
+            .unwrap();
+        let seen = findings(from);
+        let what = format!("scans.complete ({branch}, fresh repository)");
+        checked(fx, &mut report, &what, budget, || async {
+            store.scans().complete(&claim.lease, seen).await
+        })
+        .await;
+    }
+
     println!(
         "{:<34} {:>10} {:>10} {:>8} {:>8}",
         "method", "statements", "rows read", "removed", "buffers"

@@ -19,6 +19,9 @@
 //!
 //! **A server of the test's own.** [`pg::PgServer`] `initdb`s a throwaway cluster on a free
 //! port for tests that restart, freeze or kill it; the shared server is never touched.
+//! [`pgbouncer::PgBouncer`] runs Debian's PgBouncer on a free port in front of a server;
+//! [`pg::PgServer::standby_of`] adds a streaming standby, and [`proxy::Proxy`] stands for a
+//! cluster endpoint that can fence its host and switch to another.
 //!
 //! **S3.** [`s3::S3Server`] serves s3s-fs on a real TCP listener at 127.0.0.1:0 inside the
 //! test process; [`s3::MotoServer`] runs moto's S3 server, a second and independent
@@ -29,6 +32,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod pg;
+pub mod pgbouncer;
+pub mod proxy;
 pub mod s3;
 pub mod scrape;
 

@@ -64,6 +64,56 @@ impl PgServer {
         server
     }
 
+    /// A streaming standby of `primary` (`pg_basebackup -R`, WAL streamed during the copy),
+    /// started on a free port of its own; [`Self::promote`] makes it a writer.
+    pub fn standby_of(primary: &PgServer) -> Self {
+        let dir = std::env::temp_dir().join(format!("vega-pg-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("create the standby directory");
+        let server = Self {
+            dir,
+            bin: primary.bin.clone(),
+            port: crate::free_port(),
+            as_postgres_user: primary.as_postgres_user,
+        };
+        if server.as_postgres_user {
+            run(Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(&server.dir));
+        }
+        run(server
+            .command("pg_basebackup")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-X",
+                "stream",
+                "-R",
+                "--no-sync",
+            ])
+            .arg("--checkpoint=fast")
+            .args(["-p", &primary.port.to_string(), "-D"])
+            .arg(server.data()));
+        // The copy brought the primary's port and socket directory; -R appended the
+        // connection to it. Later lines win.
+        let conf_path = server.data().join("postgresql.auto.conf");
+        let mut conf = std::fs::read_to_string(&conf_path).expect("read postgresql.auto.conf");
+        conf.push_str(&format!(
+            "port = {}\nunix_socket_directories = '{}'\n",
+            server.port,
+            server.dir.display()
+        ));
+        std::fs::write(&conf_path, conf).expect("write postgresql.auto.conf");
+        server.pg_ctl(&["start"]);
+        server
+    }
+
+    /// Promotes a standby to a writer; returns when it accepts writes.
+    pub fn promote(&self) {
+        self.pg_ctl(&["promote"]);
+    }
+
     /// The server's port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port
@@ -232,7 +282,7 @@ fn run(command: &mut Command) {
     );
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()

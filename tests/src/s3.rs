@@ -210,6 +210,12 @@ fn aws_env(endpoint: &str) -> [(&'static str, String); 4] {
     ]
 }
 
+/// A blob store on [`BUCKET`] that reaches a test server through `endpoint` (a
+/// [`crate::proxy::Throttle`] in front of it, say).
+pub fn blob_store_at(endpoint: &str, options: S3Options) -> BlobStore {
+    blob_store(endpoint, None, options)
+}
+
 fn blob_store(endpoint: &str, prefix: Option<&str>, options: S3Options) -> BlobStore {
     BlobStore::s3(client(endpoint), BUCKET, prefix.map(str::to_owned), options)
         .expect("a blob store over the test server")
