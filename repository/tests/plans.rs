@@ -347,8 +347,9 @@ async fn complete(
 enum Budget {
     /// A page (or a lookup) of this many rows with its look-ahead row: reads bounded by it.
     Page(u64),
-    /// A write of this many rows: its reads bounded as a page's; its buffers are not, as each
-    /// of the table's indexes takes its own.
+    /// A write of this many rows: its reads bounded as a page's, and its filters may discard
+    /// at most that many; its buffers are not bounded, as each of the table's indexes takes
+    /// its own.
     Write(u64),
     /// Work in proportion to its input (a completion): only the indexes are checked.
     Indexed,
@@ -680,7 +681,13 @@ where
             if matches!(budget, Budget::Page(_)) && c.buffers > BUFFERS_PER_PAGE_ROW * rows {
                 problems.push(format!("reads {} buffers for a page of {rows}", c.buffers));
             }
-            if c.removed > c.returned.max(1) {
+            // A write returns nothing to count against: its filters may discard up to the
+            // rows it was given.
+            let kept = match budget {
+                Budget::Write(_) => c.returned.max(rows),
+                _ => c.returned.max(1),
+            };
+            if c.removed > kept {
                 problems.push(format!(
                     "a filter removes {} rows where it returns {}",
                     c.removed, c.returned
