@@ -570,3 +570,59 @@ async fn sarif_imported_and_exported_on_postgres() {
 async fn sarif_imported_and_exported_on_sqlite() {
     sarif_imported_and_exported(false).await;
 }
+
+/// The accounts commands through Debian's PgBouncer in transaction mode (fewer server
+/// connections than the commands open, so their transactions change server connections), as
+/// an operator runs them against a pooled RDS endpoint.
+#[tokio::test]
+async fn accounts_through_pgbouncer_in_transaction_mode() {
+    use vega_tests::pgbouncer::{PgBouncer, PoolMode};
+    let db = TestDb::postgres().await;
+    let upstream = url::Url::parse(db.url()).unwrap();
+    let name = upstream.path().trim_start_matches('/').to_owned();
+    let bouncer = PgBouncer::start(upstream.port().unwrap_or(5432), PoolMode::Transaction, 2);
+    let url = bouncer.url(&name);
+    let admin = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_vega-admin"))
+            .args(args)
+            .env_remove("VEGA_PERSISTENCE_BACKEND")
+            .env_remove("DATABASE_URL")
+            .env("VEGA_DATABASE_URL", &url)
+            .env("VEGA_DB_POOLER", "transaction")
+            .env(
+                "VEGA_BLOB_DIR",
+                std::env::temp_dir().join("vega-admin-blobs"),
+            )
+            .env_remove("VEGA_BLOB_BACKEND")
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {stderr}\n{}",
+            bouncer.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    admin(&[
+        "users",
+        "create",
+        "--email",
+        "ada@example.com",
+        "--name",
+        "Ada",
+    ]);
+    let issued = admin(&["keys", "issue", "--user", "ada@example.com", "--name", "ci"]);
+    assert!(issued.contains("vgk_"), "{issued}");
+    let keys: serde_json::Value = serde_json::from_str(&admin(&[
+        "--json",
+        "keys",
+        "list",
+        "--user",
+        "ada@example.com",
+    ]))
+    .unwrap();
+    assert_eq!(keys.as_array().map(Vec::len), Some(1), "{keys}");
+}

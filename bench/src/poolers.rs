@@ -37,14 +37,6 @@ pub(crate) async fn run(
     let name = url.path().trim_start_matches('/').to_owned();
     let project = crate::bench_project(direct, "poolers").await?;
     let repo = crate::git_repository(direct, project, "poolers", Some("main")).await?;
-    let scan = direct
-        .scans()
-        .enqueue(NewScan::full(
-            repo.id,
-            TriggerKind::Api,
-            Some("main".into()),
-        ))
-        .await?;
     let owner = direct
         .users()
         .create(NewUser {
@@ -81,6 +73,15 @@ pub(crate) async fn run(
         })
         .await?;
         let label = format!("through PgBouncer, {pooler} mode");
+        // Enqueued per mode: the worker loop below starts from an empty scans table.
+        let scan = direct
+            .scans()
+            .enqueue(NewScan::full(
+                repo.id,
+                TriggerKind::Api,
+                Some("main".into()),
+            ))
+            .await?;
 
         let get = |store: &Store| {
             let store = store.clone();
