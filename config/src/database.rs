@@ -1,5 +1,6 @@
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sea_orm::ConnectOptions;
@@ -8,7 +9,6 @@ use sea_orm::sqlx::{
     postgres::PgPoolOptions,
     sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
-use std::sync::Arc;
 
 use crate::{ConfigError, PoolOptions, Pooler, Source, parts, pooler};
 
