@@ -614,7 +614,16 @@ async fn accounts_through_pgbouncer_in_transaction_mode() {
         "--name",
         "Ada",
     ]);
-    let issued = admin(&["keys", "issue", "--user", "ada@example.com", "--name", "ci"]);
+    let issued = admin(&[
+        "keys",
+        "issue",
+        "--user",
+        "ada@example.com",
+        "--name",
+        "ci",
+        "--scope",
+        "projects:read",
+    ]);
     assert!(issued.contains("vgk_"), "{issued}");
     let keys: serde_json::Value = serde_json::from_str(&admin(&[
         "--json",
