@@ -80,11 +80,17 @@ struct Out {
 }
 
 fn admin_at(url: &str, args: &[&str]) -> Out {
+    admin_through(url, "none", args)
+}
+
+/// `vega-admin` with `VEGA_DB_POOLER` set to `pooler`.
+fn admin_through(url: &str, pooler: &str, args: &[&str]) -> Out {
     let out = Command::new(env!("CARGO_BIN_EXE_vega-admin"))
         .args(args)
         .env_remove("VEGA_PERSISTENCE_BACKEND")
         .env_remove("DATABASE_URL")
         .env("VEGA_DATABASE_URL", url)
+        .env("VEGA_DB_POOLER", pooler)
         .env(
             "VEGA_BLOB_DIR",
             std::env::temp_dir().join("vega-admin-blobs"),
@@ -583,28 +589,15 @@ async fn accounts_through_pgbouncer_in_transaction_mode() {
     let bouncer = PgBouncer::start(upstream.port().unwrap_or(5432), PoolMode::Transaction, 2);
     let url = bouncer.url(&name);
     let admin = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_vega-admin"))
-            .args(args)
-            .env_remove("VEGA_PERSISTENCE_BACKEND")
-            .env_remove("DATABASE_URL")
-            .env("VEGA_DATABASE_URL", &url)
-            .env("VEGA_DB_POOLER", "transaction")
-            .env(
-                "VEGA_BLOB_DIR",
-                std::env::temp_dir().join("vega-admin-blobs"),
-            )
-            .env_remove("VEGA_BLOB_BACKEND")
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let out = admin_through(&url, "transaction", args);
         assert_eq!(
-            out.status.code(),
+            out.code,
             Some(0),
-            "{args:?}: {stderr}\n{}",
+            "{args:?}: {}\n{}",
+            out.stderr,
             bouncer.log()
         );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        out.stdout
     };
     admin(&[
         "users",

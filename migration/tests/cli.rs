@@ -11,6 +11,11 @@ use vega_migration::status::known_versions;
 use vega_tests::TestDb;
 
 fn migrate(url: &str, args: &[&str]) -> Output {
+    migrate_through(url, "none", args)
+}
+
+/// `vega-migrate` with `VEGA_DB_POOLER` set to `pooler`.
+fn migrate_through(url: &str, pooler: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vega-migrate"))
         .arg("--database-url")
         .arg(url)
@@ -18,6 +23,7 @@ fn migrate(url: &str, args: &[&str]) -> Output {
         .env_remove("VEGA_PERSISTENCE_BACKEND")
         .env_remove("VEGA_DATABASE_URL")
         .env_remove("DATABASE_URL")
+        .env("VEGA_DB_POOLER", pooler)
         .output()
         .expect("run vega-migrate")
 }
@@ -290,19 +296,6 @@ fn sql_all_needs_no_database() {
         stdout(&out).matches("COMMIT;").count(),
         known_versions().len()
     );
-}
-
-fn migrate_through(url: &str, pooler: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vega-migrate"))
-        .arg("--database-url")
-        .arg(url)
-        .args(args)
-        .env_remove("VEGA_PERSISTENCE_BACKEND")
-        .env_remove("VEGA_DATABASE_URL")
-        .env_remove("DATABASE_URL")
-        .env("VEGA_DB_POOLER", pooler)
-        .output()
-        .expect("run vega-migrate")
 }
 
 /// Through Debian's PgBouncer as its users configure it: session mode migrates when told it
