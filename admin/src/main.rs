@@ -192,7 +192,7 @@ async fn run(cli: Cli) -> Result<u8, Box<dyn std::error::Error>> {
             grace,
             verify_content,
         } => {
-            let report = artifacts.audit(grace, verify_content).await?;
+            let report = artifacts.check_integrity(grace, verify_content).await?;
             print(cli.json, &report, || {
                 let mut lines = vec![format!("checked {} committed objects", report.checked)];
                 for (label, keys) in [

@@ -1,6 +1,6 @@
 //! `vega-admin maintain`: the periodic jobs, in one long-running process that is safe to run
 //! as several replicas. One replica leads, holding the `maintain` leader lease
-//! (`store.leases()`) and renewing it between jobs and batches; the others wait, and one takes
+//! (`store.leader_leases()`) and renewing it between jobs and batches; the others wait, and one takes
 //! over at most one lease after the leader dies. Every job is also safe to overlap (rescue is
 //! fenced per scan, purge claims its entries, gc, prune and expiry are idempotent, a retention
 //! batch commits or leaves nothing), so a leader that stalls past its lease costs duplicated
@@ -138,7 +138,7 @@ impl Runner<'_> {
     async fn renew(&self) -> bool {
         match self
             .store
-            .leases()
+            .leader_leases()
             .hold(LEASE, &self.holder, self.args.lease)
             .await
         {
@@ -369,7 +369,7 @@ pub async fn run(store: &Store, args: MaintainArgs) -> Result<u8, Box<dyn std::e
         }
     }
     if leading {
-        store.leases().release(LEASE, &runner.holder).await?;
+        store.leader_leases().release(LEASE, &runner.holder).await?;
     }
     tracing::info!(holder = %runner.holder, "maintain stopped");
     Ok(0)

@@ -5,6 +5,18 @@ use vega_blobstore::BlobError;
 /// Everything a repository method can fail with. Variants say what went wrong in the storage's
 /// terms (a handler maps them to its protocol: the example API's `ApiError`), and
 /// [`Error::is_retryable`] says whether repeating the call may help.
+///
+/// Whose fault, by variant:
+///
+/// - the caller's: [`NotFound`](Error::NotFound), [`Conflict`](Error::Conflict),
+///   [`Invalid`](Error::Invalid), [`Forbidden`](Error::Forbidden),
+///   [`LeaseLost`](Error::LeaseLost), [`Aborted`](Error::Aborted);
+/// - the deployment's: [`SchemaOutdated`](Error::SchemaOutdated) (run the migrations);
+/// - a passing condition of the database: [`Unavailable`](Error::Unavailable), retryable;
+/// - the database's: [`Database`](Error::Database), an error it returned that none of the
+///   above explains;
+/// - the blob store's: [`Blob`](Error::Blob);
+/// - this library's: [`Internal`](Error::Internal).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The row does not exist .
@@ -77,6 +89,10 @@ pub enum Error {
     /// The blob store failed.
     #[error(transparent)]
     Blob(#[from] BlobError),
+    /// A fault of this library, not of the input, the database or the blob store: a worker
+    /// thread of the call ended without its answer. Nothing was committed.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 /// The sentence for [`Error::SchemaOutdated`]: what is wrong and the command that fixes it.
@@ -133,6 +149,7 @@ impl Error {
             Error::Database(_) => "database",
             Error::Blob(BlobError::Timeout { .. }) => "blob_timeout",
             Error::Blob(_) => "blob",
+            Error::Internal(_) => "internal",
         }
     }
 

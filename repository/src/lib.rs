@@ -21,67 +21,75 @@
 //! - every method runs in a `tracing` span named `table.method`;
 //! - SQL that both engines accept is written once; where Postgres has a better tool
 //!   (`FOR UPDATE SKIP LOCKED`) it is used there, with a correct SQLite form beside it.
+//!
+//! The modules are rooms by concern (`db`, `context`, `objects`, `activity`, `accounts`,
+//! `findings`, `sources`, `queue`, `reports`), in that import order: ARCHITECTURE.md maps
+//! them, and a test holds every `use crate::` to the order. This file only re-exports the
+//! public API, grouped by room.
 
-mod api_keys;
-mod artifacts;
-mod audit;
+mod accounts;
+mod activity;
+mod context;
 mod db;
 mod error;
-mod event_archives;
-mod events;
 mod findings;
-mod fingerprint;
-mod ingest;
-mod leases;
+mod leader_leases;
 mod metrics;
-mod monitor;
-mod page;
-mod pool;
-mod principal;
-mod projects;
-mod queue_view;
-mod repositories;
-mod sarif;
-mod scans;
+mod objects;
+mod queue;
+mod reports;
 mod session;
-mod snapshots;
-mod sql;
+mod sources;
 mod store;
-mod token;
-mod usage;
-mod users;
-mod validate;
-mod workers;
 
-pub use api_keys::{ApiKeys, IssuedKey, LAST_USED_THROTTLE, NewApiKey, SCOPES};
-pub use artifacts::{
-    Artifacts, AuditReport, GcOptions, GcReport, PresignedUpload, PurgeFailure, PurgeReport,
-    ScanObject,
-};
-pub use audit::Action;
+// The store, its sessions, and errors.
 pub use error::{Error, Result, Transient};
-pub use event_archives::{ArchivedBatch, EventArchives, MAX_ARCHIVE_EVENTS};
-pub use events::{EventCursor, EventFeed, Events, NewEvent};
-pub use findings::{
-    Delta, Dismissal, FindingCursor, Findings, Overdue, ScanFinding, SeverityCounts, SlaPolicy,
-    TriageState,
-};
-pub use fingerprint::{FINGERPRINT_VERSION, fingerprint};
-pub use ingest::NewFinding;
-pub use leases::Leases;
-pub use page::{MAX_PAGE_SIZE, Page};
-pub use principal::{Principal, PrincipalKind};
-pub use projects::{LatestScan, NewProject, ProjectSummary, Projects};
-pub use queue_view::{FailedScan, QueueDepth, QueueSummary, WorkerLoad};
-pub use repositories::{NewRepository, Repositories};
-pub use sarif::Reports;
-pub use scans::{CancelOutcome, Claim, Heartbeat, Lease, NewScan, RETRY_ATTEMPTS, Rescued, Scans};
 pub use session::{Session, Transaction, Work};
-pub use snapshots::{NewSnapshot, Snapshots};
 pub use store::{ServerTimeouts, Store};
-pub use token::ApiToken;
-pub use usage::{MeterTotal, NewUsage, Recorded, Usage};
-pub use users::{NewUser, Users};
 pub use vega_blobstore::BlobError;
 pub use vega_config::PoolOptions;
-pub use workers::{IssuedCredential, WorkerBeat, WorkerCredential, Workers};
+
+// db: pages of every list.
+pub use db::page::{MAX_PAGE_SIZE, Page};
+
+// context: who acts, and the audit trail's catalog.
+pub use context::principal::{Principal, PrincipalKind};
+pub use context::trail::Action;
+
+// objects.
+pub use objects::artifacts::{Artifacts, PresignedUpload, ScanObject};
+pub use objects::maintenance::{GcOptions, GcReport, IntegrityReport, PurgeFailure, PurgeReport};
+
+// activity.
+pub use activity::events::{EventCursor, EventFeed, Events, NewEvent};
+pub use activity::retention::{ArchivedBatch, EventArchives, MAX_ARCHIVE_EVENTS};
+pub use activity::usage::{MeterTotal, NewUsage, Recorded, Usage};
+
+// accounts.
+pub use accounts::api_keys::{ApiKeys, IssuedKey, LAST_USED_THROTTLE, NewApiKey, SCOPES};
+pub use accounts::token::ApiToken;
+pub use accounts::users::{NewUser, Users};
+pub use accounts::workers::{IssuedCredential, WorkerBeat, WorkerCredential, Workers};
+
+// findings.
+pub use findings::fingerprint::{FINGERPRINT_VERSION, fingerprint};
+pub use findings::ingest::NewFinding;
+pub use findings::reads::{Delta, FindingCursor, Findings, ScanFinding, SeverityCounts};
+pub use findings::sla::{Overdue, SlaPolicy};
+pub use findings::triage::{Dismissal, TriageState};
+
+// sources.
+pub use sources::projects::{LatestScan, NewProject, ProjectSummary, Projects};
+pub use sources::repositories::{NewRepository, Repositories};
+pub use sources::snapshots::{NewSnapshot, Snapshots};
+
+// queue.
+pub use queue::lease::{Claim, Heartbeat, Lease, Rescued};
+pub use queue::scans::{CancelOutcome, NewScan, RETRY_ATTEMPTS, Scans};
+pub use queue::view::{FailedScan, QueueDepth, QueueSummary, WorkerLoad};
+
+// reports.
+pub use reports::import::Reports;
+
+// Leader leases of singleton jobs.
+pub use leader_leases::LeaderLeases;

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use sea_orm::DbErr;
 
-use crate::{Error, QueueSummary};
+use crate::error::Error;
 
 /// Records one statement (or `BEGIN`/`COMMIT`) that took `elapsed`.
 pub(crate) fn statement<T>(elapsed: Duration, result: &Result<T, DbErr>) {
@@ -54,16 +54,20 @@ pub(crate) fn pool(open: u32, idle: u32, max: u32, waiters: i64) {
     metrics::gauge!("vega_db_pool_waiters").set(waiters as f64);
 }
 
-/// Sets the queue's gauges from its summary.
-pub(crate) fn queue(summary: &QueueSummary, oldest_due_seconds: f64) {
+/// The queue's gauges: scans by `(status, priority)`, and the summary's scalars.
+pub(crate) fn queue(
+    depth: &[(String, i16, i64)],
+    oldest_due_seconds: f64,
+    scheduled_later: u64,
+    expired_leases: u64,
+) {
     // A status and priority that emptied has no row in the summary: its gauge goes to 0
     // rather than keep its last value.
     static SEEN: Mutex<BTreeSet<(String, i16)>> = Mutex::new(BTreeSet::new());
     let mut seen = SEEN.lock().unwrap_or_else(PoisonError::into_inner);
-    let now: BTreeMap<(String, i16), i64> = summary
-        .depth
+    let now: BTreeMap<(String, i16), i64> = depth
         .iter()
-        .map(|row| ((row.status.clone(), row.priority), row.scans))
+        .map(|(status, priority, scans)| ((status.clone(), *priority), *scans))
         .collect();
     seen.extend(now.keys().cloned());
     for key in seen.iter() {
@@ -76,8 +80,8 @@ pub(crate) fn queue(summary: &QueueSummary, oldest_due_seconds: f64) {
         .set(now.get(key).copied().unwrap_or(0) as f64);
     }
     metrics::gauge!("vega_queue_oldest_due_seconds").set(oldest_due_seconds);
-    metrics::gauge!("vega_queue_scheduled_later").set(summary.scheduled_later as f64);
-    metrics::gauge!("vega_queue_expired_leases").set(summary.expired_leases as f64);
+    metrics::gauge!("vega_queue_scheduled_later").set(scheduled_later as f64);
+    metrics::gauge!("vega_queue_expired_leases").set(expired_leases as f64);
 }
 
 /// Who wants a pooled connection: calls on the pool in flight and open transactions. With the

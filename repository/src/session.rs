@@ -4,68 +4,28 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use sea_orm::{EntityTrait, FromQueryResult, Value};
 use vega_blobstore::BlobStore;
 
-use crate::db::{Conn, Db, Tx};
-use crate::principal::{Table, and_reach};
-use crate::sql::statement;
-use crate::{
-    ApiKeys, Artifacts, EventArchives, Events, Findings, Leases, Principal, Projects, Repositories,
-    Result, Scans, Snapshots, Usage, Users, Workers,
-};
+use crate::accounts::api_keys::ApiKeys;
+use crate::accounts::users::Users;
+use crate::accounts::workers::Workers;
+use crate::activity::events::Events;
+use crate::activity::retention::EventArchives;
+use crate::activity::usage::Usage;
+use crate::context::cx::Cx;
+use crate::context::principal::Principal;
+use crate::db::connection::{Conn, Db, Tx};
+use crate::error::Result;
+use crate::findings::reads::Findings;
+use crate::leader_leases::LeaderLeases;
+use crate::objects::artifacts::Artifacts;
+use crate::queue::scans::Scans;
+use crate::sources::projects::Projects;
+use crate::sources::repositories::Repositories;
+use crate::sources::snapshots::Snapshots;
 
 /// The work of [`Session::transaction`]: a boxed, `Send` future borrowing the transaction.
 pub type Work<'t, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 't>>;
-
-/// What every repository holds: where its statements go and who acts.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Cx<'a> {
-    db: Conn<'a>,
-    pub who: &'a Principal,
-}
-
-impl<'a> Cx<'a> {
-    pub(crate) fn new(db: Conn<'a>, who: &'a Principal) -> Self {
-        Self { db, who }
-    }
-
-    /// The connection, for `statement`, `.one(...)` and `execute_raw`.
-    pub(crate) fn db(&self) -> &Conn<'a> {
-        &self.db
-    }
-
-    /// The rows of `table` (aliased `x`) that match `filter` and are in the principal's reach,
-    /// followed by `tail` (`ORDER BY ...`, a limit): the one shape of every scoped read.
-    pub(crate) async fn select<E: EntityTrait>(
-        &self,
-        table: Table,
-        filter: &str,
-        mut values: Vec<Value>,
-        tail: &str,
-    ) -> Result<Vec<E::Model>> {
-        let reach = and_reach(self.who, table, "x", &mut values);
-        let sql = format!(
-            "SELECT x.* FROM {} x WHERE {filter}{reach} {tail}",
-            table.name()
-        );
-        Ok(
-            E::Model::find_by_statement(statement(&self.db, &sql, values))
-                .all(&self.db)
-                .await?,
-        )
-    }
-
-    /// The one row of [`Cx::select`], if any.
-    pub(crate) async fn select_one<E: EntityTrait>(
-        &self,
-        table: Table,
-        filter: &str,
-        values: Vec<Value>,
-    ) -> Result<Option<E::Model>> {
-        Ok(self.select::<E>(table, filter, values, "").await?.pop())
-    }
-}
 
 /// The accessors of the repositories whose work is rows, for a type with a `cx()`.
 macro_rules! row_repositories {
@@ -91,8 +51,8 @@ macro_rules! row_repositories {
         }
 
         /// Leader leases of singleton jobs.
-        pub fn leases(&self) -> Leases<$lt> {
-            Leases { cx: self.cx() }
+        pub fn leader_leases(&self) -> LeaderLeases<$lt> {
+            LeaderLeases { cx: self.cx() }
         }
 
         /// Scans and the scan queue.
@@ -180,8 +140,8 @@ impl<'s> Session<'s> {
 
     /// SARIF reports: a scan completed from one, findings exported as one. Not offered
     /// inside a [`Transaction`]: a report is stored in the blob store.
-    pub fn reports(&self) -> crate::Reports<'s> {
-        crate::Reports {
+    pub fn reports(&self) -> crate::reports::import::Reports<'s> {
+        crate::reports::import::Reports {
             cx: self.cx(),
             blobs: self.blobs,
         }

@@ -5,11 +5,23 @@ use vega_blobstore::BlobStore;
 use vega_config::{Backend, PoolOptions, Pooler, Settings};
 use vega_migration::status::SchemaStatus;
 
-use crate::db::{Bounds, Db, Health};
-use crate::{
-    ApiKeys, Artifacts, Error, EventArchives, Events, Findings, Leases, Principal, Projects,
-    Repositories, Result, Scans, Session, Snapshots, Usage, Users, Workers,
-};
+use crate::accounts::api_keys::ApiKeys;
+use crate::accounts::users::Users;
+use crate::accounts::workers::Workers;
+use crate::activity::events::Events;
+use crate::activity::retention::EventArchives;
+use crate::activity::usage::Usage;
+use crate::context::principal::Principal;
+use crate::db::connection::{Bounds, Db, Health};
+use crate::error::{Error, Result};
+use crate::findings::reads::Findings;
+use crate::leader_leases::LeaderLeases;
+use crate::objects::artifacts::Artifacts;
+use crate::queue::scans::Scans;
+use crate::session::Session;
+use crate::sources::projects::Projects;
+use crate::sources::repositories::Repositories;
+use crate::sources::snapshots::Snapshots;
 
 /// The entry point: a cheap-to-clone handle on the database pool and the blob store.
 ///
@@ -38,13 +50,14 @@ impl Store {
         settings.log_effective();
         let blobs = BlobStore::from_settings(&settings.blob).await?;
         let health = Health::new();
-        let conn = crate::pool::open(&settings.database, &settings.pool, health.clone()).await?;
+        let conn =
+            crate::db::pool::open(&settings.database, &settings.pool, health.clone()).await?;
         // Behind a pooler its server connections are the pooler's to watch, and a probe may
         // queue for one of them under load: a wait that is not a failure.
         if settings.database.backend == Backend::Postgres
             && settings.database.pooler == Pooler::None
         {
-            crate::monitor::spawn(&conn, &health, &settings.pool);
+            crate::db::monitor::spawn(&conn, &health, &settings.pool);
         }
         let preamble = settings.database.transaction_preamble(&settings.pool);
         let db = Db::new(conn, bounds(&settings.pool), health, preamble);
@@ -98,7 +111,17 @@ impl Store {
                 .max(0) as f64
                 / 1000.0
         });
-        crate::metrics::queue(&summary, oldest);
+        let depth: Vec<_> = summary
+            .depth
+            .iter()
+            .map(|row| (row.status.clone(), row.priority, row.scans))
+            .collect();
+        crate::metrics::queue(
+            &depth,
+            oldest,
+            summary.scheduled_later,
+            summary.expired_leases,
+        );
         Ok(())
     }
 
@@ -153,7 +176,7 @@ impl Store {
     }
 
     /// SARIF reports in and out.
-    pub fn reports(&self) -> crate::Reports<'_> {
+    pub fn reports(&self) -> crate::reports::import::Reports<'_> {
         self.system().reports()
     }
 
@@ -183,8 +206,8 @@ impl Store {
     }
 
     /// Leader leases of singleton jobs (`vega-admin maintain`).
-    pub fn leases(&self) -> Leases<'_> {
-        self.system().leases()
+    pub fn leader_leases(&self) -> LeaderLeases<'_> {
+        self.system().leader_leases()
     }
 
     /// Scans and the scan queue.

@@ -15,6 +15,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+/// The fixtures of the main test binary; this one uses a few of them.
+#[allow(dead_code)]
+#[path = "it/common.rs"]
 mod common;
 
 use std::sync::{Mutex, OnceLock};

@@ -1,0 +1,7 @@
+//! The example API's integration tests, one binary. `metrics.rs` is its own binary: it installs the
+//! process-wide metrics recorder and counts what every request did.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod http;
+mod startup;

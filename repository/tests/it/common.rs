@@ -1,0 +1,93 @@
+//! Fixtures shared by the repository tests.
+
+use vega_entity::{FindingCategory, Provider, Severity, projects, repositories, users};
+use vega_repository::{NewFinding, NewProject, NewRepository, NewUser, Store};
+use vega_tests::TestDb;
+
+/// Settings for the database at `url`, a scratch blob directory and these pool options.
+pub fn settings(url: &str, pool: vega_config::PoolOptions) -> vega_config::Settings {
+    vega_config::Settings {
+        database: vega_config::DatabaseSettings::for_url(url).unwrap(),
+        blob: vega_config::BlobSettings::Fs {
+            root: std::env::temp_dir().join(format!("vega-blobs-{}", uuid::Uuid::new_v4())),
+            root_source: vega_config::Source::Given,
+        },
+        pool,
+    }
+}
+
+pub async fn store(db: &TestDb) -> Store {
+    Store::from_parts(db.conn().clone(), vega_tests::scratch_blob_store())
+        .await
+        .unwrap()
+}
+
+pub async fn user(store: &Store) -> users::Model {
+    store
+        .users()
+        .create(NewUser {
+            email: format!("{}@Example.com", uuid::Uuid::new_v4().simple()),
+            display_name: Some("Ada".into()),
+            is_admin: false,
+        })
+        .await
+        .unwrap()
+}
+
+pub async fn project(store: &Store, owner: &users::Model, slug: &str) -> projects::Model {
+    store
+        .projects()
+        .create(NewProject {
+            owner_id: owner.id,
+            name: format!("Project {slug}"),
+            slug: slug.into(),
+            description: None,
+        })
+        .await
+        .unwrap()
+}
+
+/// A user, a project and a GitHub repository whose default branch is `main`.
+pub async fn repository(store: &Store) -> repositories::Model {
+    let owner = user(store).await;
+    let project = project(store, &owner, "web").await;
+    store
+        .repositories()
+        .add(NewRepository {
+            project_id: project.id,
+            provider: Provider::Github,
+            provider_xid: Some(uuid::Uuid::new_v4().to_string()),
+            full_name: Some("acme/web".into()),
+            clone_url: Some("https://github.com/acme/web.git".into()),
+            default_branch: Some("main".into()),
+        })
+        .await
+        .unwrap()
+}
+
+pub fn finding(rule: &str, path: &str, severity: Severity) -> NewFinding {
+    NewFinding {
+        scanner: "semgrep".into(),
+        category: FindingCategory::Sast,
+        rule_id: rule.into(),
+        title: format!("{rule} in {path}"),
+        severity,
+        file_path: Some(path.into()),
+        start_line: Some(10),
+        end_line: Some(12),
+        location_key: "match-0".into(),
+        cwe: Some(95),
+        cve: None,
+        package_name: None,
+        package_version: None,
+        details: None,
+    }
+}
+
+/// The name this binary's test filter knows the test `name` of module `module` (its
+/// `module_path!()`) by: the path without the crate's name, for a test that runs a child of
+/// itself with `--exact`.
+pub fn test_name(module: &str, name: &str) -> String {
+    let module = module.split_once("::").map_or("", |(_, m)| m);
+    format!("{module}::{name}")
+}

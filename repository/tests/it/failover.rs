@@ -1,0 +1,168 @@
+//! A writer failover to another host, as Aurora does it: a primary with a synchronous
+//! streaming standby, both throwaway clusters, behind a loopback proxy that stands for the
+//! cluster endpoint. Under load the standby is promoted, the old writer fenced (its
+//! connections go silent, nothing is reset) and the endpoint switched. The figures it prints
+//! (`--nocapture`) are the closing note's.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use vega_config::PoolOptions;
+use vega_repository::{NewUser, Store};
+use vega_tests::pg::PgServer;
+use vega_tests::proxy::Proxy;
+
+use crate::common;
+
+const CLIENTS: usize = 8;
+const BEFORE: Duration = Duration::from_secs(6);
+const AFTER: Duration = Duration::from_secs(12);
+/// The recovery bound: calls begun this long after the switch all succeed, at at least half
+/// the rate before it.
+const RECOVERY: Duration = Duration::from_secs(5);
+
+/// One call as a handler makes it: a write, then a read of what it wrote. Returns the user's
+/// email when the write was acknowledged.
+async fn call(store: &Store) -> Result<String, vega_repository::Error> {
+    let user = store
+        .users()
+        .create(NewUser {
+            email: format!("{}@example.com", uuid::Uuid::new_v4().simple()),
+            display_name: None,
+            is_admin: false,
+        })
+        .await?;
+    store.users().get(user.id).await?;
+    Ok(user.email)
+}
+
+struct Call {
+    begun: Duration,
+    ended: Duration,
+    written: Option<String>,
+    error: Option<String>,
+}
+
+async fn sql(url: &str, statement: &str) -> Vec<sea_orm::QueryResult> {
+    let db = sea_orm::Database::connect(url).await.unwrap();
+    let rows = db
+        .query_all_raw(Statement::from_string(DbBackend::Postgres, statement))
+        .await
+        .unwrap();
+    db.close().await.ok();
+    rows
+}
+
+#[tokio::test]
+async fn calls_recover_within_seconds_of_a_writer_failover_to_another_host() {
+    let setup = Instant::now();
+    let primary = PgServer::start(&[]);
+    let url = primary.migrated_database("vega").await;
+    let standby = PgServer::standby_of(&primary);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sql(
+        &url,
+        "SELECT 1 FROM pg_stat_replication WHERE state = 'streaming'",
+    )
+    .await
+    .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the standby never streamed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sql(&url, "ALTER SYSTEM SET synchronous_standby_names = '*'").await;
+    sql(&url, "SELECT pg_reload_conf()").await;
+
+    let proxy = Proxy::start(primary.port()).await;
+    let endpoint = format!("postgres://postgres@127.0.0.1:{}/vega", proxy.port());
+    let store = Store::connect(&common::settings(&endpoint, PoolOptions::default()))
+        .await
+        .unwrap();
+
+    println!("primary, standby and proxy ready in {:?}", setup.elapsed());
+    let started = Instant::now();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let stop_at = BEFORE + AFTER;
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let store = store.clone();
+            let log = log.clone();
+            tokio::spawn(async move {
+                while started.elapsed() < stop_at {
+                    let begun = started.elapsed();
+                    let result = call(&store).await;
+                    let ended = started.elapsed();
+                    let (written, error) = match result {
+                        Ok(email) => (Some(email), None),
+                        Err(err) => (None, Some(err.to_string())),
+                    };
+                    log.lock().unwrap().push(Call {
+                        begun,
+                        ended,
+                        written,
+                        error,
+                    });
+                }
+            })
+        })
+        .collect();
+
+    tokio::time::sleep(BEFORE.saturating_sub(started.elapsed())).await;
+    standby.promote();
+    proxy.fence();
+    proxy.switch(standby.port());
+    let switched = started.elapsed();
+    for client in clients {
+        client.await.unwrap();
+    }
+    println!("load ended {:?} after it began", started.elapsed());
+
+    let log = std::mem::take(&mut *log.lock().unwrap());
+    let rate = |from: Duration, to: Duration| {
+        let n = log
+            .iter()
+            .filter(|c| c.error.is_none() && c.ended >= from && c.ended < to)
+            .count();
+        n as f64 / (to - from).as_secs_f64()
+    };
+    let before = rate(Duration::from_secs(1), switched);
+    // The first second after the switch from which the rate holds at half the earlier one.
+    let recovered = (0..AFTER.as_secs() - 1)
+        .map(Duration::from_secs)
+        .find(|s| rate(switched + *s, switched + *s + Duration::from_secs(1)) >= before / 2.0);
+    let after = rate(switched + RECOVERY, started.elapsed());
+    let failed_late: Vec<_> = log
+        .iter()
+        .filter(|c| c.begun >= switched + RECOVERY && c.error.is_some())
+        .map(|c| c.error.clone().unwrap_or_default())
+        .collect();
+    let failed: Vec<_> = log.iter().filter(|c| c.error.is_some()).collect();
+    let slowest_failure = failed.iter().map(|c| c.ended - c.begun).max();
+    println!(
+        "failover after {switched:?}: {before:.0} calls/s before, {after:.0} calls/s from \
+         {RECOVERY:?} after; rate back to half within {recovered:?} of the switch; {} calls \
+         failed (slowest took {slowest_failure:?}), {} of them begun {RECOVERY:?} or more \
+         after the switch",
+        failed.len(),
+        failed_late.len()
+    );
+    assert!(
+        recovered.is_some_and(|r| r < RECOVERY),
+        "the rate did not recover to half within {RECOVERY:?}"
+    );
+    assert!(after >= before / 2.0, "{after} calls/s against {before}");
+    assert!(failed_late.is_empty(), "{failed_late:?}");
+
+    // Every acknowledged write is on the new writer (the standby was synchronous).
+    let written: Vec<&String> = log.iter().filter_map(|c| c.written.as_ref()).collect();
+    let new_writer = standby.url("vega");
+    let present = sql(&new_writer, "SELECT email FROM users").await;
+    let present: std::collections::HashSet<String> = present
+        .iter()
+        .map(|r| r.try_get::<String>("", "email").unwrap())
+        .collect();
+    let lost: Vec<_> = written.iter().filter(|e| !present.contains(**e)).collect();
+    assert!(lost.is_empty(), "{} acknowledged writes lost", lost.len());
+    drop(store);
+}
