@@ -12,7 +12,9 @@ pg_admin_url=${VEGA_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgr
 # Keep in step with the sea-orm version in Cargo.lock: generated entities carry its banner.
 sea_orm_cli_version=2.0.4
 
-log() { printf '==> %s\n' "$*" >&2; }
+# Seconds since the outermost script started, on every step's line (nested scripts share it).
+export VEGA_SCRIPT_START=${VEGA_SCRIPT_START:-$(date +%s)}
+log() { printf '==> [%4ss] %s\n' "$(( $(date +%s) - VEGA_SCRIPT_START ))" "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # Postgres on 127.0.0.1:5432: start the installed cluster if it is stopped, install it if it

@@ -38,7 +38,8 @@ pub enum ScansCommand {
         backoff: Duration,
     },
     /// Import SARIF 2.1.0 logs as one scan: enqueue, claim and complete from the logs as the
-    /// system, then print the scan and its counts. A refused log fails the scan and exits 1.
+    /// system, then print the scan, its counts and the deviations from SARIF taken with a
+    /// fallback (one line per kind). A refused log fails the scan and exits 1.
     ImportSarif {
         /// The repository scanned.
         #[arg(long)]
@@ -243,8 +244,9 @@ pub async fn scans(store: &Store, json: bool, command: ScansCommand) -> Result<(
             files,
         } => {
             let scan = import_sarif(store, repository, ref_name, full, &files).await?;
+            let warnings = store.reports().import_warnings(scan.id).await?;
             print(json, &scan, || {
-                format!(
+                let mut text = format!(
                     "scan {} succeeded: {} findings ({} new, {} fixed; critical {}, high {}, \
                      medium {}, low {}, info {}, unknown {}; {} dismissed)",
                     scan.id,
@@ -258,7 +260,15 @@ pub async fn scans(store: &Store, json: bool, command: ScansCommand) -> Result<(
                     scan.count_info,
                     scan.count_unknown,
                     scan.count_dismissed
-                )
+                );
+                // What the log did not say as SARIF 2.1.0 does, and what was taken instead.
+                for w in &warnings {
+                    text.push_str(&format!(
+                        "\nwarning: {} in {} result(s), first at {}",
+                        w.kind, w.count, w.pointer
+                    ));
+                }
+                text
             });
         }
     }

@@ -90,6 +90,7 @@ pub use queue::view::{FailedScan, QueueDepth, QueueSummary, WorkerLoad};
 
 // reports.
 pub use reports::import::Reports;
+pub use reports::warnings::ImportWarning;
 
 // Leader leases of singleton jobs.
 pub use leader_leases::LeaderLeases;

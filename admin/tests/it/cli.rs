@@ -517,9 +517,29 @@ async fn sarif_imported_and_exported(postgres: bool) {
         scan["id"].as_str()
     );
 
+    // A log a real tool wrote that deviates from SARIF imports, and says what it took.
+    let gitleaks = format!("{fixtures}/real/gitleaks.sarif");
+    let out = admin_at(
+        &url,
+        &[
+            "scans",
+            "import-sarif",
+            "--repository",
+            &repository,
+            &gitleaks,
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains("warning: no_rule_id in 8 result(s), first at /runs/0/results/0/ruleId"),
+        "{}",
+        out.stdout
+    );
+
     // A refused log exits 1, names the pointer, and leaves a failed scan, not a running one.
     let bad = std::env::temp_dir().join(format!("vega-bad-{}.sarif", uuid::Uuid::new_v4()));
-    std::fs::write(&bad, r#"{"version":"2.1.0","runs":[{"tool":{"driver":{"name":"x"}},"results":[{"message":{"text":"m"}}]}]}"#).unwrap();
+    std::fs::write(&bad, r#"{"version":"2.1.0","runs":[{"tool":{"driver":{"name":"x"}},"results":[{"level":"error"}]}]}"#).unwrap();
     let out = admin_at(
         &url,
         &[

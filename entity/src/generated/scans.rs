@@ -52,6 +52,8 @@ pub struct Model {
     pub created_at: DateTimeWithTimeZone,
     pub updated_at: DateTimeWithTimeZone,
     pub count_dismissed: i32,
+    #[sea_orm(column_type = "JsonBinary", nullable)]
+    pub import_warnings: Option<Json>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

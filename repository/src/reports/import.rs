@@ -13,10 +13,12 @@
 //!
 //! The mapping of a result to a finding is `map.rs`'s; the export is `export.rs`.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::io::{Seek, SeekFrom};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
+use sea_orm::ConnectionTrait;
 use tokio::io::AsyncRead;
 use tracing::instrument;
 use uuid::Uuid;
@@ -26,7 +28,7 @@ use vega_entity::{ArtifactKind, ArtifactState, artifacts, scans};
 use crate::context::cx::Cx;
 use crate::context::principal::Table;
 use crate::db::connection::retry_conflicts;
-use crate::db::sql::is_postgres;
+use crate::db::sql::{is_postgres, statement};
 use crate::error::{Error, Result};
 use crate::findings::ingest::{self, Prepared};
 use crate::objects::artifacts::{Artifacts, Owner, PresignedUpload, declared};
@@ -35,6 +37,7 @@ use crate::queue::complete::{self, FindingSource, Ingested};
 use crate::queue::lease::{Lease, fence};
 use crate::reports::map::Mapped;
 use crate::reports::read;
+use crate::reports::warnings::{Deviation, ImportWarning, Warnings};
 use crate::reports::wire::Run;
 
 /// Chunks in flight between the reader thread and the ingest.
@@ -259,26 +262,62 @@ impl Reports<'_> {
         lease: &Lease,
         spool: &std::fs::File,
         runs: Arc<Vec<Run>>,
-    ) -> Result<Ingested<'_>> {
+    ) -> Result<(Ingested<'_>, Vec<ImportWarning>)> {
+        let warnings = Arc::new(Mutex::new(Warnings::default()));
         let log = Log::Unread {
             file: read_at_start(spool)?,
             runs,
             chunk: ingest::chunk_size(self.cx.db()),
+            warnings: warnings.clone(),
         };
-        complete::ingest(self.cx, lease, log).await
+        let ingested = complete::ingest(self.cx, lease, log).await?;
+        let warnings = warnings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .list();
+        Ok((ingested, warnings))
     }
 
-    /// The completion's end: the report's row committed with the scan's success.
+    /// The completion's end: the report's row and the import's warnings committed with the
+    /// scan's success.
     async fn commit(
         &self,
-        ingested: Ingested<'_>,
+        (ingested, warnings): (Ingested<'_>, Vec<ImportWarning>),
         lease: &Lease,
         uploaded: &Uploaded,
     ) -> Result<scans::Model> {
-        self.artifacts()
-            .commit_uploaded(ingested.txn(), uploaded)
+        let txn = ingested.txn();
+        self.artifacts().commit_uploaded(txn, uploaded).await?;
+        if !warnings.is_empty() {
+            let warnings = serde_json::to_value(&warnings)
+                .map_err(|e| Error::Internal(format!("import warnings as JSON: {e}")))?;
+            txn.execute_raw(statement(
+                txn,
+                "UPDATE scans SET import_warnings = $1 WHERE id = $2",
+                [warnings.into(), lease.scan_id.into()],
+            ))
             .await?;
+        }
         complete::commit(self.cx, ingested, lease).await
+    }
+
+    /// The deviations from SARIF 2.1.0 that the import which completed this scan took with a
+    /// fallback (README, "Importing SARIF"): one per kind, with the JSON pointer of its first
+    /// occurrence and a count. Empty for a scan completed without a log, or from a log that
+    /// follows the spec.
+    #[instrument(name = "reports.import_warnings", skip(self))]
+    pub async fn import_warnings(&self, scan_id: Uuid) -> Result<Vec<ImportWarning>> {
+        let scan = self
+            .cx
+            .select_one::<scans::Entity>(Table::Scans, "x.id = $1", vec![scan_id.into()])
+            .await?
+            .ok_or_else(|| Error::not_found("scan", scan_id))?;
+        match scan.import_warnings {
+            None => Ok(Vec::new()),
+            Some(stored) => serde_json::from_value(stored).map_err(|e| {
+                Error::Database(sea_orm::DbErr::Type(format!("scans.import_warnings: {e}")))
+            }),
+        }
     }
 }
 
@@ -291,6 +330,7 @@ enum Log {
         file: ReadAt,
         runs: Arc<Vec<Run>>,
         chunk: usize,
+        warnings: Arc<Mutex<Warnings>>,
     },
     Reading {
         chunks: tokio::sync::mpsc::Receiver<Vec<Prepared>>,
@@ -301,13 +341,28 @@ enum Log {
 }
 
 impl Log {
-    fn start(file: ReadAt, runs: Arc<Vec<Run>>, chunk: usize) -> Log {
+    /// Starts the reader; the deviations it took are in `warnings` once it is done.
+    fn start(
+        file: ReadAt,
+        runs: Arc<Vec<Run>>,
+        chunk: usize,
+        warnings: Arc<Mutex<Warnings>>,
+    ) -> Log {
         let (tx, chunks) = tokio::sync::mpsc::channel::<Vec<Prepared>>(CHANNEL_CHUNKS);
         let reader = tokio::task::spawn_blocking(move || {
             let mut batch = Vec::with_capacity(chunk);
+            let mut noted = Warnings::default();
+            // The identities seen: a result that repeats one is one finding (32 bytes each).
+            let mut seen = HashSet::new();
             let mut sink = |mapped: Mapped| -> Result<()> {
+                for (deviation, field) in &mapped.deviations {
+                    noted.note(*deviation, field);
+                }
                 let prepared =
                     ingest::prepare_one(mapped.finding, &mapped.pointer, mapped.suppression)?;
+                if !seen.insert(prepared.fingerprint) {
+                    noted.note(Deviation::DuplicateResult, &mapped.pointer);
+                }
                 batch.push(prepared);
                 if batch.len() == chunk {
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(chunk));
@@ -319,6 +374,7 @@ impl Log {
             if !batch.is_empty() {
                 tx.blocking_send(batch).map_err(|_| stopped())?;
             }
+            *warnings.lock().unwrap_or_else(PoisonError::into_inner) = noted;
             Ok(())
         });
         Log::Reading { chunks, reader }
@@ -330,9 +386,14 @@ impl FindingSource for Log {
 
     async fn next(&mut self) -> Result<Option<Vec<Prepared>>> {
         if matches!(self, Log::Unread { .. })
-            && let Log::Unread { file, runs, chunk } = std::mem::replace(self, Log::Starting)
+            && let Log::Unread {
+                file,
+                runs,
+                chunk,
+                warnings,
+            } = std::mem::replace(self, Log::Starting)
         {
-            *self = Log::start(file, runs, chunk);
+            *self = Log::start(file, runs, chunk, warnings);
         }
         let Log::Reading { chunks, reader } = self else {
             return Ok(None);

@@ -13,10 +13,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use sha2::{Digest, Sha256};
+
 use vega_entity::{DismissReason, FindingCategory, Severity};
 
 use crate::error::Error;
 use crate::findings::ingest::{NewFinding, Suppression};
+use crate::reports::warnings::Deviation;
 use crate::reports::wire::{ArtifactLocation, Rule, Run, SarifResult, SarifSuppression, Tool};
 
 /// A result mapped to a finding, with its place in the log.
@@ -25,9 +28,12 @@ pub(crate) struct Mapped {
     pub suppression: Option<Suppression>,
     /// `/runs/{run}/results/{index}`, for naming a field that fails validation.
     pub pointer: String,
+    /// The deviations the result was taken with, each with the pointer of its field.
+    pub deviations: Vec<(Deviation, String)>,
 }
 
-/// A result as a finding (see `sarif/mod.rs` for the mapping).
+/// A result as a finding (the mapping is this module's documentation). Strict about what
+/// leaves a result unusable, liberal about the rest: see [`Deviation`].
 pub(crate) fn map(
     run: &Run,
     run_index: usize,
@@ -35,67 +41,78 @@ pub(crate) fn map(
     at: &str,
     r: SarifResult,
 ) -> crate::error::Result<Mapped> {
-    let component = match r
+    let mut deviations = Vec::new();
+    let driver_at = format!("/runs/{run_index}/tool/driver");
+    let (component, component_at) = match r
         .rule
         .as_ref()
         .and_then(|x| x.tool_component.as_ref())
         .and_then(|c| c.index)
     {
-        Some(k) => usize::try_from(k)
+        Some(k) => match usize::try_from(k)
             .ok()
             .and_then(|k| run.tool.extensions.get(k))
-            .ok_or_else(|| {
-                Error::invalid(
-                    &format!("{at}/rule/toolComponent/index"),
-                    format!(
-                        "names no extension of the run's tool (it has {})",
-                        run.tool.extensions.len()
-                    ),
-                )
-            })?,
-        None => &run.tool.driver,
+        {
+            Some(extension) => (extension, format!("/runs/{run_index}/tool/extensions/{k}")),
+            None => {
+                let field = format!("{at}/rule/toolComponent/index");
+                deviations.push((Deviation::ToolComponentUnknown, field));
+                (&run.tool.driver, driver_at.clone())
+            }
+        },
+        None => (&run.tool.driver, driver_at.clone()),
     };
     let rule_index = r.rule_index.or(r.rule.as_ref().and_then(|x| x.index));
+    // The rule, with its pointer (a deviation found on it is named there).
     let rule = match rule_index {
-        Some(k) if k >= 0 => Some(
-            usize::try_from(k)
-                .ok()
-                .and_then(|k| component.rules.get(k))
-                .ok_or_else(|| {
-                    Error::invalid(
-                        &format!("{at}/ruleIndex"),
-                        format!(
-                            "names no rule of {} (it has {})",
-                            component.name,
-                            component.rules.len()
-                        ),
-                    )
-                })?,
-        ),
+        Some(k) if k >= 0 => {
+            let rule = usize::try_from(k).ok().and_then(|k| component.rules.get(k));
+            if rule.is_none() {
+                deviations.push((Deviation::RuleIndexUnknown, format!("{at}/ruleIndex")));
+            }
+            rule.map(|rule| (rule, format!("{component_at}/rules/{k}")))
+        }
         _ => None,
     };
-    let rule_id = r
+    let message = r
+        .message
+        .as_ref()
+        .and_then(|m| m.text.clone())
+        .filter(|text| !text.trim().is_empty());
+    let named = r
         .rule_id
         .clone()
         .or_else(|| r.rule.as_ref().and_then(|x| x.id.clone()))
-        .or_else(|| rule.and_then(|x| x.id.clone()))
-        .ok_or_else(|| {
-            Error::invalid(
+        .or_else(|| rule.as_ref().and_then(|(x, _)| x.id.clone()))
+        .filter(|id| !id.trim().is_empty());
+    let rule_id = match (named, message.as_deref()) {
+        (Some(id), _) => id,
+        (None, Some(text)) => {
+            deviations.push((Deviation::NoRuleId, format!("{at}/ruleId")));
+            derived_rule_id(&run.tool.driver.name, text)
+        }
+        (None, None) => {
+            return Err(Error::invalid(
                 &format!("{at}/ruleId"),
-                "is required (the result names no rule)",
-            )
-        })?;
+                "is required when the result has no message text: the result names neither \
+                 its rule nor what it found",
+            ));
+        }
+    };
     let rule = rule.or_else(|| {
-        run.by_id
-            .get(&rule_id)
-            .and_then(|&k| run.tool.driver.rules.get(k))
+        let k = *run.by_id.get(&rule_id)?;
+        Some((
+            run.tool.driver.rules.get(k)?,
+            format!("{driver_at}/rules/{k}"),
+        ))
     });
-    let message = r.message.as_ref().and_then(|m| m.text.clone());
+    let rule_at = rule.as_ref().map(|(_, at)| at.clone());
+    let rule = rule.map(|(rule, _)| rule);
     let title = message
         .clone()
         .or_else(|| rule.and_then(|x| x.short_description.as_ref()?.text.clone()))
         .unwrap_or_else(|| rule_id.clone());
-    let severity = severity(&r, rule, at)?;
+    let severity = severity(&r, (rule, rule_at.as_deref()), at, &mut deviations);
 
     let physical = r
         .locations
@@ -108,10 +125,9 @@ pub(crate) fn map(
     let start_line = match region.and_then(|x| x.start_line) {
         Some(n) if n >= 1 => Some(i32::try_from(n).unwrap_or(i32::MAX)),
         Some(_) => {
-            return Err(Error::invalid(
-                &format!("{at}/locations/0/physicalLocation/region/startLine"),
-                "must be at least 1",
-            ));
+            let field = format!("{at}/locations/0/physicalLocation/region/startLine");
+            deviations.push((Deviation::StartLineInvalid, field));
+            None
         }
         None => None,
     };
@@ -138,9 +154,16 @@ pub(crate) fn map(
         .chain(tags.iter().copied())
         .find_map(advisory_of);
     let location_key = if !r.partial_fingerprints.is_empty() {
-        fingerprint_key("partial", &r.partial_fingerprints)
+        let values = strings(
+            &r.partial_fingerprints,
+            at,
+            "partialFingerprints",
+            &mut deviations,
+        );
+        fingerprint_key("partial", &values)
     } else if !r.fingerprints.is_empty() {
-        fingerprint_key("full", &r.fingerprints)
+        let values = strings(&r.fingerprints, at, "fingerprints", &mut deviations);
+        fingerprint_key("full", &values)
     } else if let Some(snippet) = region.and_then(|x| x.snippet.as_ref()?.text.as_deref()) {
         format!("snippet\0{}", snippet.trim())
     } else {
@@ -171,7 +194,45 @@ pub(crate) fn map(
         },
         suppression,
         pointer: at.to_owned(),
+        deviations,
     })
+}
+
+/// The rule of a result that names none: stable for the same tool and message, so importing
+/// the log again finds the same findings.
+fn derived_rule_id(tool: &str, message: &str) -> String {
+    let digest = Sha256::new()
+        .chain_update(tool.as_bytes())
+        .chain_update([0])
+        .chain_update(message.as_bytes())
+        .finalize();
+    let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    format!("sarif-unnamed-{hex}")
+}
+
+/// Fingerprint values as strings: a value that is not one (a tool that nests them) is its
+/// JSON text, which is as stable as the log.
+fn strings(
+    values: &BTreeMap<String, serde_json::Value>,
+    at: &str,
+    field: &str,
+    deviations: &mut Vec<(Deviation, String)>,
+) -> BTreeMap<String, String> {
+    values
+        .iter()
+        .map(|(key, value)| {
+            let text = match value {
+                serde_json::Value::String(s) => s.clone(),
+                other => {
+                    let escaped = key.replace('~', "~0").replace('/', "~1");
+                    let pointer = format!("{at}/{field}/{escaped}");
+                    deviations.push((Deviation::FingerprintNotString, pointer));
+                    other.to_string()
+                }
+            };
+            (key.clone(), text)
+        })
+        .collect()
 }
 
 fn component_name(tool: &Tool) -> String {
@@ -179,34 +240,41 @@ fn component_name(tool: &Tool) -> String {
 }
 
 /// GitHub code scanning's bands for `security-severity` (a CVSS score), else the level.
-fn severity(r: &SarifResult, rule: Option<&Rule>, at: &str) -> crate::error::Result<Severity> {
+fn severity(
+    r: &SarifResult,
+    (rule, rule_at): (Option<&Rule>, Option<&str>),
+    at: &str,
+    deviations: &mut Vec<(Deviation, String)>,
+) -> Severity {
     let score = [
-        r.properties.as_ref(),
-        rule.and_then(|x| x.properties.as_ref()),
+        (r.properties.as_ref(), Some(at)),
+        (rule.and_then(|x| x.properties.as_ref()), rule_at),
     ]
     .into_iter()
-    .flatten()
-    .find_map(|p| p.security_severity.as_ref());
-    if let Some(score) = score {
+    .find_map(|(p, owner)| Some((p?.security_severity.as_ref()?, owner.unwrap_or(at))));
+    if let Some((score, owner)) = score {
         let value = match score {
             serde_json::Value::String(s) => s.trim().parse::<f64>().ok(),
             serde_json::Value::Number(n) => n.as_f64(),
             _ => None,
         }
-        .filter(|v| (0.0..=10.0).contains(v))
-        .ok_or_else(|| {
-            Error::invalid(
-                &format!("{at}/properties/security-severity"),
-                "must be a CVSS score from 0.0 to 10.0",
-            )
-        })?;
-        return Ok(match value {
-            v if v >= 9.0 => Severity::Critical,
-            v if v >= 7.0 => Severity::High,
-            v if v >= 4.0 => Severity::Medium,
-            v if v > 0.0 => Severity::Low,
-            _ => Severity::Info,
-        });
+        .filter(|v| (0.0..=10.0).contains(v));
+        match value {
+            Some(v) if v >= 9.0 => return Severity::Critical,
+            Some(v) if v >= 7.0 => return Severity::High,
+            Some(v) if v >= 4.0 => return Severity::Medium,
+            Some(v) if v > 0.0 => return Severity::Low,
+            Some(_) => return Severity::Info,
+            None => {
+                deviations.push((
+                    Deviation::SecuritySeverityNotAScore,
+                    format!("{owner}/properties/security-severity"),
+                ));
+                if let Some(named) = score.as_str().and_then(severity_named) {
+                    return named;
+                }
+            }
+        }
     }
     let level = r
         .level
@@ -214,14 +282,26 @@ fn severity(r: &SarifResult, rule: Option<&Rule>, at: &str) -> crate::error::Res
         .or_else(|| rule.and_then(|x| x.default_configuration.as_ref()?.level.as_deref()))
         .unwrap_or("warning");
     match level {
-        "error" => Ok(Severity::High),
-        "warning" => Ok(Severity::Medium),
-        "note" => Ok(Severity::Low),
-        "none" => Ok(Severity::Info),
-        other => Err(Error::invalid(
-            &format!("{at}/level"),
-            format!("must be none, note, warning or error (got \"{other}\")"),
-        )),
+        "error" => Severity::High,
+        "warning" => Severity::Medium,
+        "note" => Severity::Low,
+        "none" => Severity::Info,
+        _ => {
+            deviations.push((Deviation::LevelUnknown, format!("{at}/level")));
+            Severity::Medium
+        }
+    }
+}
+
+/// A severity written as its name where a score belongs (Semgrep's `HIGH`).
+fn severity_named(name: &str) -> Option<Severity> {
+    match name.trim().to_ascii_lowercase().as_str() {
+        "critical" => Some(Severity::Critical),
+        "high" => Some(Severity::High),
+        "medium" | "moderate" => Some(Severity::Medium),
+        "low" => Some(Severity::Low),
+        "info" | "informational" | "none" => Some(Severity::Info),
+        _ => None,
     }
 }
 

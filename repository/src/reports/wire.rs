@@ -67,10 +67,11 @@ pub(crate) struct SarifResult {
     pub(crate) level: Option<String>,
     #[serde(default)]
     pub(crate) locations: Vec<Location>,
+    /// Strings by the spec; some tools nest objects (`Deviation::FingerprintNotString`).
     #[serde(default)]
-    pub(crate) partial_fingerprints: BTreeMap<String, String>,
+    pub(crate) partial_fingerprints: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
-    pub(crate) fingerprints: BTreeMap<String, String>,
+    pub(crate) fingerprints: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     pub(crate) suppressions: Vec<SarifSuppression>,
     pub(crate) properties: Option<Properties>,

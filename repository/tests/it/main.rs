@@ -1,5 +1,6 @@
-//! The repository's integration tests, one binary (one link) for all of them; a module per room of
-//! `src/`. `plans.rs` is its own binary: it installs a process-wide statement capture.
+//! The repository's integration tests, one binary (one link) for all of them: a module per room
+//! or concern of `src/`. `plans.rs` is its own binary: it installs a process-wide statement
+//! capture.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -16,8 +17,8 @@ mod literals;
 mod objects;
 mod poolers;
 mod queue;
+mod reports;
 mod retention;
-mod sarif;
 mod sessions;
 mod store;
 mod text;

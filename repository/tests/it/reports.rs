@@ -220,9 +220,8 @@ on_both_backends! {
             (log(json!([result("a.py"), { "ruleId": "r0", "message": { "text": "m" }, "locations": "src/a.py" }])), "/runs/0/results/1/locations"),
             (log(json!([result("a.py"), result("b.py"), { "ruleId": "r0", "locations": [{ "physicalLocation": { "region": { "startLine": "x" } } }] }])),
              "/runs/0/results/2/locations/0/physicalLocation/region/startLine"),
-            (log(json!([{ "ruleIndex": 5, "message": { "text": "m" } }])), "/runs/0/results/0/ruleIndex"),
-            (log(json!([{ "message": { "text": "m" } }])), "/runs/0/results/0/ruleId"),
-            (log(json!([{ "ruleId": "r0", "level": "fatal", "message": { "text": "m" } }])), "/runs/0/results/0/level"),
+            // Neither a rule nor a message: nothing identifies the result.
+            (log(json!([{ "level": "error", "locations": [] }])), "/runs/0/results/0/ruleId"),
             (ok.as_bytes()[..ok.find("b.py").unwrap()].to_vec(), "/runs/0/results/1"),
         ];
         for (bad, pointer) in cases {
@@ -237,6 +236,104 @@ on_both_backends! {
         // The lease is intact: the right log completes it.
         let scan = store.reports().complete_from_sarif(&claim.lease, ok.as_bytes()).await.unwrap();
         assert_eq!(scan.findings_total, 2);
+    }
+
+    async fn deviations_real_tools_ship_are_taken_with_a_fallback_and_named(db: &TestDb) {
+        let store = common::store(db).await;
+        let repo = common::repository(&store).await;
+        let located = |line: i64| json!([{ "physicalLocation": { "artifactLocation": { "uri": "a.py" }, "region": { "startLine": line } } }]);
+        let deviant = json!({
+            "version": "2.1.0",
+            "runs": [{
+                "tool": { "driver": { "name": "odd", "rules": [{ "id": "r0", "properties": { "security-severity": "severe" } }, { "id": "r6", "properties": { "security-severity": "CRITICAL" } }] } },
+                "results": [
+                    { "message": { "text": "AWS key in config" }, "locations": located(3) },
+                    { "ruleId": "r0", "level": "error", "message": { "text": "m" }, "locations": located(4) },
+                    { "ruleId": "r1", "level": "fatal", "message": { "text": "m" }, "locations": located(5) },
+                    { "ruleIndex": 5, "ruleId": "r2", "message": { "text": "m" }, "locations": located(6) },
+                    { "ruleId": "r3", "rule": { "toolComponent": { "index": 3 } }, "message": { "text": "m" }, "locations": located(7) },
+                    { "ruleId": "r4", "message": { "text": "m" }, "locations": located(0) },
+                    { "ruleId": "r5", "message": { "text": "m" }, "fingerprints": { "nested": { "a": 1 }, "plain": "x" } },
+                    { "ruleId": "r5", "message": { "text": "m" }, "fingerprints": { "nested": { "a": 1 }, "plain": "x" } },
+                    { "ruleId": "r6", "message": { "text": "m" }, "locations": located(8) },
+                ],
+            }],
+        })
+        .to_string();
+        let scan = import(&store, repo.id, deviant.as_bytes()).await.unwrap();
+        assert_eq!(scan.findings_total, 8, "the duplicate is one finding with the first");
+        let warnings: Vec<(String, String, u64)> = store.reports().import_warnings(scan.id).await.unwrap()
+            .into_iter().map(|w| (w.kind, w.pointer, w.count)).collect();
+        let at = |i: usize, field: &str| format!("/runs/0/results/{i}{field}");
+        assert_eq!(warnings, vec![
+            ("no_rule_id".into(), at(0, "/ruleId"), 1),
+            ("rule_index_unknown".into(), at(3, "/ruleIndex"), 1),
+            ("tool_component_unknown".into(), at(4, "/rule/toolComponent/index"), 1),
+            ("fingerprint_not_a_string".into(), at(6, "/fingerprints/nested"), 2),
+            ("security_severity_not_a_score".into(), "/runs/0/tool/driver/rules/0/properties/security-severity".into(), 2),
+            ("level_unknown".into(), at(2, "/level"), 1),
+            ("start_line_invalid".into(), at(5, "/locations/0/physicalLocation/region/startLine"), 1),
+            ("duplicate_result".into(), at(7, ""), 1),
+        ]);
+        let all = seen(&store, scan.id).await;
+        let unnamed = all.iter().find(|f| f.title == "AWS key in config").unwrap();
+        assert!(unnamed.rule_id.starts_with("sarif-unnamed-"), "{}", unnamed.rule_id);
+        assert_eq!(by_rule(&all, "r0").severity, Severity::High.as_i16(), "the level, as security-severity is no score");
+        assert_eq!(by_rule(&all, "r6").severity, Severity::Critical.as_i16(), "a severity's name is that severity");
+        assert_eq!(by_rule(&all, "r1").severity, Severity::Medium.as_i16(), "an unknown level is warning");
+        assert_eq!(by_rule(&all, "r4").start_line, None);
+
+        // The fallbacks are stable: the same log again is the same findings, none new.
+        let again = import(&store, repo.id, deviant.as_bytes()).await.unwrap();
+        assert_eq!((again.findings_total, again.findings_new), (8, 0));
+        let mut ids: Vec<_> = all.iter().map(|f| f.id).collect();
+        let mut again_ids: Vec<_> = seen(&store, again.id).await.iter().map(|f| f.id).collect();
+        ids.sort();
+        again_ids.sort();
+        assert_eq!(ids, again_ids);
+        // A scan completed without a log has none.
+        let plain = claim(&store, repo.id, "main").await;
+        store.scans().complete(&plain.lease, vec![]).await.unwrap();
+        assert!(store.reports().import_warnings(plain.scan.id).await.unwrap().is_empty());
+    }
+
+    async fn every_log_of_the_real_tools_corpus_imports(db: &TestDb) {
+        let store = common::store(db).await;
+        let dir = format!("{}/tests/sarif/real", env!("CARGO_MANIFEST_DIR"));
+        let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "sarif")).collect();
+        files.sort();
+        assert!(files.len() >= 20, "the corpus: {files:?}");
+        let mut tools = std::collections::BTreeSet::new();
+        let mut unexpected = Vec::new();
+        for path in files {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let bytes = std::fs::read(&path).unwrap();
+            let parsed: Value = serde_json::from_slice(&bytes).unwrap();
+            let results: Vec<&Value> = parsed["runs"].as_array().unwrap().iter()
+                .flat_map(|run| run["results"].as_array().into_iter().flatten()).collect();
+            let suppressed = results.iter().filter(|r| r["suppressions"].as_array().is_some_and(|s| !s.is_empty())).count();
+            tools.extend(parsed["runs"].as_array().unwrap().iter().map(|run| run["tool"]["driver"]["name"].to_string()));
+            let repo = common::repository(&store).await;
+            let scan = import(&store, repo.id, &bytes).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+            let warnings = store.reports().import_warnings(scan.id).await.unwrap();
+            let kinds: Vec<&str> = warnings.iter().map(|w| w.kind.as_str()).collect();
+            if kinds != expected_warnings(&name) {
+                unexpected.push(format!("{name}: {warnings:?}"));
+            }
+            let duplicates = warnings.iter().find(|w| w.kind == "duplicate_result").map_or(0, |w| w.count);
+            assert_eq!(scan.findings_total as u64 + duplicates, results.len() as u64, "{name}: every result is a finding, or repeats one");
+            if suppressed > 0 {
+                assert!(scan.count_dismissed > 0 && scan.count_dismissed as usize <= suppressed, "{name}: suppressed results are dismissed");
+            } else {
+                assert_eq!(scan.count_dismissed, 0, "{name}");
+            }
+            // The same log again: the same findings, none new.
+            let again = import(&store, repo.id, &bytes).await.unwrap();
+            assert_eq!((again.findings_total, again.findings_new), (scan.findings_total, 0), "{name}");
+        }
+        assert!(unexpected.is_empty(), "warnings other than expected_warnings: {unexpected:#?}");
+        assert!(tools.len() >= 15, "tools in the corpus: {tools:?}");
     }
 
     async fn exports_are_valid_sarif_that_imports_back(db: &TestDb) {
@@ -380,5 +477,17 @@ async fn completions_that_fill_the_pool_do_not_wait_on_each_other() {
     .await;
     for scan in done {
         assert_eq!(scan.unwrap().status, "succeeded");
+    }
+}
+
+/// The deviations each log of the real-tools corpus is expected to be taken with (see
+/// `tests/sarif/real/README.md`).
+fn expected_warnings(file: &str) -> Vec<&'static str> {
+    match file {
+        "blackduck.sarif" => vec!["fingerprint_not_a_string"],
+        "gitleaks.sarif" => vec!["no_rule_id", "duplicate_result"],
+        "semgrep.sarif" => vec!["security_severity_not_a_score"],
+        "shell-script-analysis.sarif" => vec!["duplicate_result"],
+        _ => vec![],
     }
 }
