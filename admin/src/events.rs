@@ -36,12 +36,14 @@ pub async fn events(
         } => {
             let since = since.unwrap_or(DateTime::UNIX_EPOCH.fixed_offset());
             let until = until.unwrap_or_else(|| Utc::now().fixed_offset());
-            let mut out = tokio::io::BufWriter::new(tokio::io::stdout());
+            let counted = crate::progress::Counted::new(tokio::io::stdout(), "exporting", true);
+            let mut out = tokio::io::BufWriter::new(counted);
             let n = store
                 .event_archives()
                 .export(project, since, until, &mut out)
-                .await?;
-            eprintln!("exported {n} events");
+                .await;
+            out.get_ref().finish();
+            eprintln!("exported {} events", n?);
             Ok(())
         }
     }

@@ -25,6 +25,7 @@ mod accounts;
 mod doctor;
 mod events;
 mod maintain;
+mod progress;
 mod queue;
 use vega_repository::{GcOptions, Store};
 

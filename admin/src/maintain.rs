@@ -340,7 +340,13 @@ pub async fn run(store: &Store, args: MaintainArgs) -> Result<u8, Box<dyn std::e
                 if *at > Instant::now() || runner.stopping() {
                     continue;
                 }
+                // On a terminal, `--once` shows which job is running (a scheduled task's log
+                // gets the job's own line when it ends).
+                let spinner = args.once.then(|| crate::progress::spinner(job.name()));
                 leading = runner.run(*job).await;
+                if let Some(spinner) = spinner {
+                    spinner.finish_and_clear();
+                }
                 *at = Instant::now() + job.every(&args);
                 // Renew between jobs, so a long run does not outlive the lease.
                 if !leading || !runner.renew().await {

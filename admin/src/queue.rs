@@ -2,13 +2,14 @@
 //! `vega-admin scans show|cancel|retry|rescue|import-sarif|export-sarif`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Subcommand;
 use serde_json::json;
 use uuid::Uuid;
 use vega_entity::{ScanKind, TriggerKind};
-use vega_repository::{CancelOutcome, NewScan, QueueSummary, Store};
+use vega_repository::{CancelOutcome, ImportProgress, NewScan, QueueSummary, Store};
 
 use crate::print;
 
@@ -298,11 +299,15 @@ async fn import_sarif(
         .scans()
         .claim(scan.id, "vega-admin import-sarif", IMPORT_LEASE)
         .await?;
-    match store
+    let progress = Arc::new(ImportProgress::default());
+    let bar = crate::progress::Import::follow(progress.clone());
+    let completed = store
         .reports()
+        .with_progress(&progress)
         .complete_from_sarif(&claim.lease, &log[..])
-        .await
-    {
+        .await;
+    drop(bar);
+    match completed {
         Ok(scan) => Ok(scan),
         Err(err) => {
             let message = err.to_string();
@@ -340,11 +345,13 @@ async fn read_logs(files: &[PathBuf]) -> Result<Vec<u8>> {
 
 /// Writes the scan's SARIF to `output`, or to standard output.
 pub async fn export_sarif(store: &Store, id: Uuid, output: Option<PathBuf>) -> Result<u64> {
-    Ok(match output {
-        Some(path) => {
-            let file = tokio::fs::File::create(&path).await?;
-            store.reports().export_scan(id, file).await?
-        }
-        None => store.reports().export_scan(id, tokio::io::stdout()).await?,
-    })
+    let out: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = match output {
+        Some(path) => Box::new(tokio::fs::File::create(&path).await?),
+        // The log alone on standard output; the bar is on stderr, drawn on a terminal only.
+        None => Box::new(tokio::io::stdout()),
+    };
+    let mut counted = crate::progress::Counted::new(out, "exporting", false);
+    let written = store.reports().export_scan(id, &mut counted).await;
+    counted.finish();
+    Ok(written?)
 }

@@ -90,6 +90,7 @@ pub use queue::view::{FailedScan, QueueDepth, QueueSummary, WorkerLoad};
 
 // reports.
 pub use reports::import::Reports;
+pub use reports::progress::ImportProgress;
 pub use reports::warnings::ImportWarning;
 
 // Leader leases of singleton jobs.

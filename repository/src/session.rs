@@ -144,6 +144,7 @@ impl<'s> Session<'s> {
         crate::reports::import::Reports {
             cx: self.cx(),
             blobs: self.blobs,
+            progress: None,
         }
     }
 

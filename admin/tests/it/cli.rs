@@ -531,6 +531,11 @@ async fn sarif_imported_and_exported(postgres: bool) {
     );
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(
+        !out.stderr.contains(['\r', '\u{1b}']),
+        "no progress drawn when stderr is not a terminal: {:?}",
+        out.stderr
+    );
+    assert!(
         out.stdout
             .contains("warning: no_rule_id in 8 result(s), first at /runs/0/results/0/ruleId"),
         "{}",

@@ -36,6 +36,7 @@ use crate::objects::upload::{self, Uploaded};
 use crate::queue::complete::{self, FindingSource, Ingested};
 use crate::queue::lease::{Lease, fence};
 use crate::reports::map::Mapped;
+use crate::reports::progress::ImportProgress;
 use crate::reports::read;
 use crate::reports::warnings::{Deviation, ImportWarning, Warnings};
 use crate::reports::wire::Run;
@@ -54,9 +55,29 @@ const REPORT_TYPE: &str = "application/sarif+json";
 pub struct Reports<'a> {
     pub(crate) cx: Cx<'a>,
     pub(crate) blobs: &'a BlobStore,
+    pub(crate) progress: Option<&'a Arc<ImportProgress>>,
 }
 
-impl Reports<'_> {
+impl<'a> Reports<'a> {
+    /// The same reports, with imports reporting how far they have got to `progress` (read it
+    /// from another task; `vega-admin scans import-sarif` draws it as a bar).
+    pub fn with_progress(self, progress: &'a Arc<ImportProgress>) -> Self {
+        Self {
+            progress: Some(progress),
+            ..self
+        }
+    }
+
+    /// Reads the spooled log once to check it is SARIF 2.1.0 and collect its runs' rules.
+    async fn check(&self, spool: &std::fs::File) -> Result<Vec<Run>> {
+        let file = read_at_start(spool)?;
+        let (runs, results) = blocking(move || read::runs(file)).await?;
+        if let Some(progress) = self.progress {
+            progress.checked(results);
+        }
+        Ok(runs)
+    }
+
     fn artifacts(&self) -> Artifacts<'_> {
         Artifacts {
             cx: self.cx,
@@ -84,7 +105,7 @@ impl Reports<'_> {
                 scan_id: lease.scan_id,
             })?;
         let spool = spool(report).await?;
-        let runs = check(&spool).await?;
+        let runs = self.check(&spool).await?;
         let artifacts = self.artifacts();
         // The row before the ingest takes its connection: the put beside it needs none.
         let pending = artifacts
@@ -192,7 +213,7 @@ impl Reports<'_> {
         };
         let checked = async {
             let spool = spool(object).await?;
-            let runs = check(&spool).await?;
+            let runs = self.check(&spool).await?;
             Ok((spool, runs))
         }
         .await;
@@ -269,6 +290,7 @@ impl Reports<'_> {
             runs,
             chunk: ingest::chunk_size(self.cx.db()),
             warnings: warnings.clone(),
+            progress: self.progress.cloned(),
         };
         let ingested = complete::ingest(self.cx, lease, log).await?;
         let warnings = warnings
@@ -331,6 +353,7 @@ enum Log {
         runs: Arc<Vec<Run>>,
         chunk: usize,
         warnings: Arc<Mutex<Warnings>>,
+        progress: Option<Arc<ImportProgress>>,
     },
     Reading {
         chunks: tokio::sync::mpsc::Receiver<Vec<Prepared>>,
@@ -341,13 +364,18 @@ enum Log {
 }
 
 impl Log {
-    /// Starts the reader; the deviations it took are in `warnings` once it is done.
+    /// Starts the reader; the deviations it took are in `warnings` once it is done, and
+    /// `progress` counts the results it read.
     fn start(
         file: ReadAt,
         runs: Arc<Vec<Run>>,
         chunk: usize,
         warnings: Arc<Mutex<Warnings>>,
+        progress: Option<Arc<ImportProgress>>,
     ) -> Log {
+        if let Some(progress) = &progress {
+            progress.restart();
+        }
         let (tx, chunks) = tokio::sync::mpsc::channel::<Vec<Prepared>>(CHANNEL_CHUNKS);
         let reader = tokio::task::spawn_blocking(move || {
             let mut batch = Vec::with_capacity(chunk);
@@ -365,12 +393,18 @@ impl Log {
                 }
                 batch.push(prepared);
                 if batch.len() == chunk {
+                    if let Some(progress) = &progress {
+                        progress.add(batch.len() as u64);
+                    }
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(chunk));
                     tx.blocking_send(full).map_err(|_| stopped())?;
                 }
                 Ok(())
             };
             read::results(file, &runs, &mut sink)?;
+            if let Some(progress) = &progress {
+                progress.add(batch.len() as u64);
+            }
             if !batch.is_empty() {
                 tx.blocking_send(batch).map_err(|_| stopped())?;
             }
@@ -391,9 +425,10 @@ impl FindingSource for Log {
                 runs,
                 chunk,
                 warnings,
+                progress,
             } = std::mem::replace(self, Log::Starting)
         {
-            *self = Log::start(file, runs, chunk, warnings);
+            *self = Log::start(file, runs, chunk, warnings, progress);
         }
         let Log::Reading { chunks, reader } = self else {
             return Ok(None);
@@ -463,12 +498,6 @@ fn report_owner(scan: &scans::Model) -> Owner {
         project_id: scan.project_id,
         scan_id: scan.id,
     }
-}
-
-/// Reads the spooled log once to check it is SARIF 2.1.0 and collect its runs' rules.
-async fn check(spool: &std::fs::File) -> Result<Vec<Run>> {
-    let file = read_at_start(spool)?;
-    blocking(move || read::runs(file)).await
 }
 
 /// The spooled file for the upload, rewound: the one reader of the file's shared offset.

@@ -39,6 +39,8 @@ struct State<'a> {
     at: String,
     /// The error a seed raised (serde's own error type cannot carry ours).
     failure: Option<Error>,
+    /// Results seen by pass one.
+    results: u64,
 }
 
 impl State<'_> {
@@ -49,14 +51,16 @@ impl State<'_> {
     }
 }
 
-/// Pass one: checks the version and the JSON and returns each run's context.
-pub(crate) fn runs(reader: impl Read) -> crate::error::Result<Vec<Run>> {
+/// Pass one: checks the version and the JSON and returns each run's context, and how many
+/// results the log has.
+pub(crate) fn runs(reader: impl Read) -> crate::error::Result<(Vec<Run>, u64)> {
     let mut state = State {
         pass: Pass::Runs(Vec::new()),
         version: None,
         saw_runs: false,
         at: String::new(),
         failure: None,
+        results: 0,
     };
     read(reader, &mut state)?;
     match state.version.as_deref() {
@@ -73,8 +77,8 @@ pub(crate) fn runs(reader: impl Read) -> crate::error::Result<Vec<Run>> {
         return Err(Error::invalid("/runs", "is required"));
     }
     match state.pass {
-        Pass::Runs(runs) => Ok(runs),
-        Pass::Results { .. } => Ok(Vec::new()),
+        Pass::Runs(runs) => Ok((runs, state.results)),
+        Pass::Results { .. } => Ok((Vec::new(), state.results)),
     }
 }
 
@@ -90,6 +94,7 @@ pub(crate) fn results(
         saw_runs: false,
         at: String::new(),
         failure: None,
+        results: 0,
     };
     read(reader, &mut state)
 }
@@ -341,6 +346,7 @@ impl<'de> Visitor<'de> for ResultsSeed<'_, '_> {
                 if seq.next_element::<IgnoredAny>()?.is_none() {
                     return Ok(());
                 }
+                state.results += 1;
                 index += 1;
                 continue;
             }

@@ -260,7 +260,11 @@ on_both_backends! {
             }],
         })
         .to_string();
-        let scan = import(&store, repo.id, deviant.as_bytes()).await.unwrap();
+        let progress = std::sync::Arc::new(vega_repository::ImportProgress::default());
+        assert_eq!((progress.total(), progress.done()), (None, 0));
+        let claimed = claim(&store, repo.id, "main").await;
+        let scan = store.reports().with_progress(&progress).complete_from_sarif(&claimed.lease, deviant.as_bytes()).await.unwrap();
+        assert_eq!((progress.total(), progress.done()), (Some(9), 9), "every result of the log, read");
         assert_eq!(scan.findings_total, 8, "the duplicate is one finding with the first");
         let warnings: Vec<(String, String, u64)> = store.reports().import_warnings(scan.id).await.unwrap()
             .into_iter().map(|w| (w.kind, w.pointer, w.count)).collect();
