@@ -39,11 +39,12 @@ pub(crate) fn map(
     run_index: usize,
     index: usize,
     at: &str,
-    r: SarifResult,
+    mut r: SarifResult,
 ) -> crate::error::Result<Mapped> {
     let mut deviations = Vec::new();
-    let driver_at = format!("/runs/{run_index}/tool/driver");
-    let (component, component_at) = match r
+    // Where the rule sits (extension, index), for naming a deviation found on it: formatted
+    // only then, as most results have none.
+    let (component, extension) = match r
         .rule
         .as_ref()
         .and_then(|x| x.tool_component.as_ref())
@@ -53,14 +54,14 @@ pub(crate) fn map(
             .ok()
             .and_then(|k| run.tool.extensions.get(k))
         {
-            Some(extension) => (extension, format!("/runs/{run_index}/tool/extensions/{k}")),
+            Some(component) => (component, usize::try_from(k).ok()),
             None => {
                 let field = format!("{at}/rule/toolComponent/index");
                 deviations.push((Deviation::ToolComponentUnknown, field));
-                (&run.tool.driver, driver_at.clone())
+                (&run.tool.driver, None)
             }
         },
-        None => (&run.tool.driver, driver_at.clone()),
+        None => (&run.tool.driver, None),
     };
     let rule_index = r.rule_index.or(r.rule.as_ref().and_then(|x| x.index));
     // The rule, with its pointer (a deviation found on it is named there).
@@ -70,7 +71,12 @@ pub(crate) fn map(
             if rule.is_none() {
                 deviations.push((Deviation::RuleIndexUnknown, format!("{at}/ruleIndex")));
             }
-            rule.map(|rule| (rule, format!("{component_at}/rules/{k}")))
+            let at = RuleAt {
+                run: run_index,
+                extension,
+                index: k,
+            };
+            rule.map(|rule| (rule, at))
         }
         _ => None,
     };
@@ -101,18 +107,20 @@ pub(crate) fn map(
     };
     let rule = rule.or_else(|| {
         let k = *run.by_id.get(&rule_id)?;
-        Some((
-            run.tool.driver.rules.get(k)?,
-            format!("{driver_at}/rules/{k}"),
-        ))
+        let at = RuleAt {
+            run: run_index,
+            extension: None,
+            index: i64::try_from(k).ok()?,
+        };
+        Some((run.tool.driver.rules.get(k)?, at))
     });
-    let rule_at = rule.as_ref().map(|(_, at)| at.clone());
+    let rule_at = rule.as_ref().map(|(_, at)| *at);
     let rule = rule.map(|(rule, _)| rule);
     let title = message
         .clone()
         .or_else(|| rule.and_then(|x| x.short_description.as_ref()?.text.clone()))
         .unwrap_or_else(|| rule_id.clone());
-    let severity = severity(&r, (rule, rule_at.as_deref()), at, &mut deviations);
+    let severity = severity(&r, (rule, rule_at), at, &mut deviations);
 
     let physical = r
         .locations
@@ -155,14 +163,15 @@ pub(crate) fn map(
         .find_map(advisory_of);
     let location_key = if !r.partial_fingerprints.is_empty() {
         let values = strings(
-            &r.partial_fingerprints,
+            std::mem::take(&mut r.partial_fingerprints),
             at,
             "partialFingerprints",
             &mut deviations,
         );
         fingerprint_key("partial", &values)
     } else if !r.fingerprints.is_empty() {
-        let values = strings(&r.fingerprints, at, "fingerprints", &mut deviations);
+        let fingerprints = std::mem::take(&mut r.fingerprints);
+        let values = strings(fingerprints, at, "fingerprints", &mut deviations);
         fingerprint_key("full", &values)
     } else if let Some(snippet) = region.and_then(|x| x.snippet.as_ref()?.text.as_deref()) {
         format!("snippet\0{}", snippet.trim())
@@ -213,16 +222,16 @@ fn derived_rule_id(tool: &str, message: &str) -> String {
 /// Fingerprint values as strings: a value that is not one (a tool that nests them) is its
 /// JSON text, which is as stable as the log.
 fn strings(
-    values: &BTreeMap<String, serde_json::Value>,
+    values: BTreeMap<String, serde_json::Value>,
     at: &str,
     field: &str,
     deviations: &mut Vec<(Deviation, String)>,
 ) -> BTreeMap<String, String> {
     values
-        .iter()
+        .into_iter()
         .map(|(key, value)| {
             let text = match value {
-                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::String(s) => s,
                 other => {
                     let escaped = key.replace('~', "~0").replace('/', "~1");
                     let pointer = format!("{at}/{field}/{escaped}");
@@ -230,9 +239,31 @@ fn strings(
                     other.to_string()
                 }
             };
-            (key.clone(), text)
+            (key, text)
         })
         .collect()
+}
+
+/// Where a rule sits in the log: the run, the extension (none for the driver) and its index.
+#[derive(Debug, Clone, Copy)]
+struct RuleAt {
+    run: usize,
+    extension: Option<usize>,
+    index: i64,
+}
+
+impl RuleAt {
+    fn pointer(self) -> String {
+        let RuleAt {
+            run,
+            extension,
+            index,
+        } = self;
+        match extension {
+            Some(k) => format!("/runs/{run}/tool/extensions/{k}/rules/{index}"),
+            None => format!("/runs/{run}/tool/driver/rules/{index}"),
+        }
+    }
 }
 
 fn component_name(tool: &Tool) -> String {
@@ -242,16 +273,16 @@ fn component_name(tool: &Tool) -> String {
 /// GitHub code scanning's bands for `security-severity` (a CVSS score), else the level.
 fn severity(
     r: &SarifResult,
-    (rule, rule_at): (Option<&Rule>, Option<&str>),
+    (rule, rule_at): (Option<&Rule>, Option<RuleAt>),
     at: &str,
     deviations: &mut Vec<(Deviation, String)>,
 ) -> Severity {
     let score = [
-        (r.properties.as_ref(), Some(at)),
+        (r.properties.as_ref(), None),
         (rule.and_then(|x| x.properties.as_ref()), rule_at),
     ]
     .into_iter()
-    .find_map(|(p, owner)| Some((p?.security_severity.as_ref()?, owner.unwrap_or(at))));
+    .find_map(|(p, owner)| Some((p?.security_severity.as_ref()?, owner)));
     if let Some((score, owner)) = score {
         let value = match score {
             serde_json::Value::String(s) => s.trim().parse::<f64>().ok(),
@@ -266,6 +297,7 @@ fn severity(
             Some(v) if v > 0.0 => return Severity::Low,
             Some(_) => return Severity::Info,
             None => {
+                let owner = owner.map_or_else(|| at.to_owned(), RuleAt::pointer);
                 deviations.push((
                     Deviation::SecuritySeverityNotAScore,
                     format!("{owner}/properties/security-severity"),
