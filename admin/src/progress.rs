@@ -77,10 +77,9 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for Counted<W> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = &polled {
             self.bar.inc(*n as u64);
-            let newlines = buf[..*n].iter().filter(|&&b| b == b'\n').count() as u64;
             let this = &mut *self;
             if let Some(lines) = this.lines.as_mut() {
-                *lines += newlines;
+                *lines += buf[..*n].iter().filter(|&&b| b == b'\n').count() as u64;
                 this.bar
                     .set_message(format!("{}: {lines} lines", this.what));
             }

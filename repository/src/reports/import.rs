@@ -381,7 +381,7 @@ impl Log {
             let mut batch = Vec::with_capacity(chunk);
             let mut noted = Warnings::default();
             // The identities seen, by their first 8 bytes (of a SHA-256: a false match among
-            // a million results is about 1 in 30 million, and would only miscount a warning).
+            // a million results is about 1 in 37 million, and would only miscount a warning).
             let mut seen = HashSet::new();
             let mut sink = |mapped: Mapped| -> Result<()> {
                 for (deviation, field) in &mapped.deviations {
