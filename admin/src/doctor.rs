@@ -35,7 +35,7 @@ pub enum Verdict {
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
     /// Short, stable name (`settings`, `tcp`, `connect`, `pooler`, `migrations`, `fk-indexes`,
-    /// `timeouts`, `blobs`).
+    /// `timeouts`, `reader`, `blobs`).
     pub name: &'static str,
     /// The verdict.
     pub verdict: Verdict,
@@ -128,6 +128,7 @@ pub async fn run(settings: Result<Settings, vega_config::ConfigError>) -> Report
                     "migrations",
                     "fk-indexes",
                     "timeouts",
+                    "reader",
                     "blobs",
                 ],
                 "the settings are invalid",
@@ -172,9 +173,10 @@ pub async fn run(settings: Result<Settings, vega_config::ConfigError>) -> Report
             }
             let _ = conn.close().await;
             timeouts_check(&settings, &mut checks).await;
+            reader_check(&settings, &mut checks).await;
         }
         None => checks.skip(
-            &["pooler", "migrations", "fk-indexes", "timeouts"],
+            &["pooler", "migrations", "fk-indexes", "timeouts", "reader"],
             "no database connection",
         ),
     }
@@ -349,11 +351,89 @@ async fn pooler_check(db: &DatabaseSettings, conn: &impl ConnectionTrait, checks
 
 /// The timeouts the server applies to the application's statements, read back through the
 /// application's own pool, against the `VEGA_DB_*` settings.
+/// The read replica as the application's store sees it once its monitor has probed it:
+/// reachable, in recovery, and lagging less than `VEGA_DB_READER_MAX_LAG`.
+async fn reader_check(settings: &Settings, checks: &mut Checks) {
+    use vega_repository::ReplicaState;
+    let Some(reader) = &settings.reader else {
+        let detail = match settings.database.backend {
+            Backend::Sqlite => "SQLite: read-only connections on the same file",
+            Backend::Postgres => "none configured: every read goes to the writer",
+        };
+        return checks.pass("reader", detail);
+    };
+    let first_probe = settings.pool.probe_timeout * 2 + Duration::from_secs(1);
+    let read = async {
+        let store = vega_repository::Store::connect(settings).await?;
+        let started = std::time::Instant::now();
+        loop {
+            let status = store.reader_status();
+            let probed = status.is_some_and(|s| s.state != ReplicaState::Down);
+            if probed || started.elapsed() >= first_probe {
+                return Ok::<_, vega_repository::Error>(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let status = match tokio::time::timeout(STEP_TIMEOUT, read).await {
+        Ok(Ok(Some(status))) => status,
+        Ok(Ok(None)) => return checks.pass("reader", "none"),
+        Ok(Err(err)) => {
+            return checks.skip(&["reader"], &format!("the application's store: {err}"));
+        }
+        Err(_) => {
+            return checks.fail(
+                "reader",
+                format!("no answer in {STEP_TIMEOUT:?}"),
+                settings.database.connection_hint(),
+            );
+        }
+    };
+    let target = reader.target();
+    let lag = humantime::format_duration(status.lag);
+    match status.state {
+        ReplicaState::Serving => checks.pass(
+            "reader",
+            format!(
+                "{target}: {:?} replica in recovery, {lag} behind",
+                status.kind
+            ),
+        ),
+        ReplicaState::Down => checks.fail(
+            "reader",
+            format!("{target}: no answer to the replica probe"),
+            format!(
+                "check VEGA_DATABASE_READER_URL (or _HOST) and that the replica admits this \
+                 host; until then every read goes to the writer. {}",
+                reader.connection_hint()
+            ),
+        ),
+        ReplicaState::Lagging => checks.fail(
+            "reader",
+            format!(
+                "{target}: {lag} behind the writer, past VEGA_DB_READER_MAX_LAG ({})",
+                humantime::format_duration(settings.pool.reader_max_lag)
+            ),
+            "reads go to the writer until it catches up; check the replica's load and \
+             replication",
+        ),
+        ReplicaState::NotReplica => checks.fail(
+            "reader",
+            format!("{target}: not in recovery, so not a replica"),
+            "point VEGA_DATABASE_READER_URL at a read replica or the reader endpoint; a \
+             promoted replica is a writer now",
+        ),
+    }
+}
+
 async fn timeouts_check(settings: &Settings, checks: &mut Checks) {
     if settings.database.backend != Backend::Postgres {
         checks.pass(
             "timeouts",
-            "SQLite: the busy timeout is VEGA_DB_LOCK_TIMEOUT",
+            format!(
+                "SQLite: a write waits up to {} for the one writer",
+                humantime::format_duration(settings.pool.sqlite_write_wait())
+            ),
         );
         return;
     }

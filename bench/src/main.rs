@@ -16,6 +16,7 @@ mod concurrency;
 mod copy;
 mod poolers;
 mod queue;
+mod readers;
 mod reads;
 mod retention;
 mod sarif;
@@ -143,6 +144,7 @@ async fn main() -> Result<()> {
     // The store as an application builds it: its pool's liveness check and timeouts included.
     let settings = vega_config::Settings {
         database: vega_config::DatabaseSettings::for_url(&url)?,
+        reader: None,
         blob: vega_config::BlobSettings::Fs {
             root: std::env::temp_dir().join("vega-bench-blobs"),
             root_source: vega_config::Source::Given,
@@ -191,6 +193,15 @@ async fn main() -> Result<()> {
             runs: args.runs,
         };
         poolers::run(&store, &db, &settings, &sizes, &mut rows).await?;
+    }
+    if wanted("readers") {
+        let sizes = readers::Sizes {
+            projects: args.projects,
+            findings: args.open_findings.min(100_000),
+            iterations: args.iterations,
+            rounds: if args.quick { 2 } else { 20 },
+        };
+        readers::run(&sizes, &mut rows).await?;
     }
     // After the queue: the scans it enqueues would otherwise join the worker loop's queue.
     if wanted("sessions") {

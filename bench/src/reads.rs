@@ -403,7 +403,7 @@ pub(crate) async fn run(
 /// Generates the data inside Postgres: `projects` projects each with a repository and a
 /// completed scan (its counts set, as completion writes them), and `findings` open findings
 /// in one big project. Returns that project.
-async fn generate(db: &DatabaseConnection, owner: Uuid, sizes: &Sizes) -> Result<Uuid> {
+pub(crate) async fn generate(db: &DatabaseConnection, owner: Uuid, sizes: &Sizes) -> Result<Uuid> {
     let owner = format!("'{owner}'");
     for sql in [
         format!(

@@ -50,6 +50,7 @@ pub(crate) async fn run(sizes: &Sizes, rows: &mut Vec<Row>) -> Result<()> {
     );
     let settings = vega_config::Settings {
         database: vega_config::DatabaseSettings::for_url(&url)?,
+        reader: None,
         blob: vega_config::BlobSettings::Fs {
             root: std::env::temp_dir().join("vega-bench-blobs"),
             root_source: vega_config::Source::Given,

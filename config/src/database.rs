@@ -222,7 +222,7 @@ impl DatabaseSettings {
         Ok(settings)
     }
 
-    fn validate(&self, var: &'static str) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self, var: &'static str) -> Result<(), ConfigError> {
         let raw = self.url.expose();
         let invalid = |reason: String| ConfigError::InvalidUrl {
             var,
@@ -342,7 +342,8 @@ impl DatabaseSettings {
     /// locks) within about 25 s. Behind a pooler, which refuses startup `options`, see
     /// [`Pooler`]: session mode sets them once per new connection; transaction mode has no
     /// statement cache, and the repository layer opens each transaction with
-    /// [`Self::transaction_preamble`]. On SQLite the lock bound is the busy timeout. `hooks`
+    /// [`Self::transaction_preamble`]. On SQLite the busy timeout is
+    /// [`PoolOptions::sqlite_write_wait`]. `hooks`
     /// adds the caller's own to the sqlx pool's options (the repository layer's release
     /// check); the pool's size and liveness checks are the repository layer's.
     pub fn app_connect_options(
@@ -350,7 +351,11 @@ impl DatabaseSettings {
         pool: &PoolOptions,
         hooks: impl Fn(PgPoolOptions) -> PgPoolOptions + Send + Sync + 'static,
     ) -> ConnectOptions {
-        let mut options = self.options_with_busy_timeout(pool.lock_timeout);
+        let busy_timeout = match self.backend {
+            Backend::Postgres => pool.lock_timeout,
+            Backend::Sqlite => pool.sqlite_write_wait(),
+        };
+        let mut options = self.options_with_busy_timeout(busy_timeout);
         options.connect_timeout(pool.acquire_timeout);
         if self.backend == Backend::Postgres {
             let timeouts = pooler::timeouts(pool).to_vec();

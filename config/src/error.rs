@@ -47,6 +47,16 @@ pub enum ConfigError {
         backend_source: crate::Source,
     },
 
+    /// A read replica is configured for the embedded SQLite backend, which has its own readers.
+    #[error(
+        "{var} is set but the persistence backend is sqlite: a read replica needs Postgres \
+         (SQLite serves reads from its own read-only connections); unset {var}"
+    )]
+    ReaderNeedsPostgres {
+        /// The reader variable that is set.
+        var: &'static str,
+    },
+
     /// A separate database variable that the URL needs is unset.
     #[error("{set} is set, so {var} is needed too")]
     MissingDatabasePart {

@@ -17,7 +17,10 @@
 //!   `VEGA_SPOOL_DIR`; region, endpoint and credentials come from the AWS SDK's own variables);
 //! - the application pool's size and timeouts come from `VEGA_DB_*` ([`PoolOptions`]), and
 //!   `VEGA_DB_POOLER` says whether PgBouncer or RDS Proxy sits in front of Postgres and in
-//!   which pool mode ([`Pooler`]).
+//!   which pool mode ([`Pooler`]);
+//! - a read replica is optional: `VEGA_DATABASE_READER_URL`, or `VEGA_DATABASE_READER_HOST`
+//!   with the writer's other parts (Postgres only); `VEGA_DB_READER_MAX_LAG` bounds how stale
+//!   the reads it serves may be.
 //!
 //! A wrong setting is a [`ConfigError`] naming the variable and the fix, never a silent fallback:
 //! a postgres backend whose URL says `sqlite:` is refused rather than quietly run on a file.
@@ -31,6 +34,7 @@ mod error;
 mod parts;
 mod pool;
 mod pooler;
+mod reader;
 mod vars;
 
 pub use blob::{BlobSettings, S3Timeouts, default_spool_dir};
@@ -75,6 +79,9 @@ impl std::fmt::Display for Source {
 pub struct Settings {
     /// The metadata database.
     pub database: DatabaseSettings,
+    /// The read replica, if any (`VEGA_DATABASE_READER_URL` or `VEGA_DATABASE_READER_HOST`):
+    /// reads that may be stale go there, everything else to [`Self::database`].
+    pub reader: Option<DatabaseSettings>,
     /// The object store.
     pub blob: BlobSettings,
     /// The application connection pool: its size and the bound on every wait.
@@ -92,8 +99,10 @@ impl Settings {
     pub fn from_lookup(
         lookup: impl Fn(&'static str) -> Result<Option<String>, ConfigError>,
     ) -> Result<Self, ConfigError> {
+        let database = DatabaseSettings::from_lookup(&lookup)?;
         Ok(Self {
-            database: DatabaseSettings::from_lookup(&lookup)?,
+            reader: reader::from_lookup(&lookup, &database)?,
+            database,
             blob: BlobSettings::from_lookup(&lookup)?,
             pool: PoolOptions::from_lookup(&lookup)?,
         })
@@ -102,6 +111,9 @@ impl Settings {
     /// Prints the effective settings once through `tracing`, passwords redacted.
     pub fn log_effective(&self) {
         self.database.log_effective();
+        if let Some(reader) = &self.reader {
+            tracing::info!(url = %reader.url, url_source = %reader.url_source, "read replica");
+        }
         self.blob.log_effective();
     }
 }

@@ -21,7 +21,7 @@ pub struct PoolOptions {
     /// when the server cannot answer at all (frozen, or a half-open connection).
     pub statement_timeout: Duration,
     /// Longest a statement waits for a lock (`VEGA_DB_LOCK_TIMEOUT`, default 10 s): Postgres'
-    /// `lock_timeout`, SQLite's busy timeout.
+    /// `lock_timeout`. SQLite's writes wait [`Self::sqlite_write_wait`] instead.
     pub lock_timeout: Duration,
     /// Longest a transaction may sit idle between statements before Postgres ends the session
     /// (`VEGA_DB_IDLE_IN_TRANSACTION_TIMEOUT`, default 60 s), so a stuck caller cannot hold
@@ -41,6 +41,9 @@ pub struct PoolOptions {
     /// are then abandoned and the connections replaced, instead of each waiting out its
     /// statement deadline on a host that will never answer.
     pub probe_timeout: Duration,
+    /// The read replica serves no reads while it lags the writer by more than this
+    /// (`VEGA_DB_READER_MAX_LAG`, default 10 s); they go to the writer until it catches up.
+    pub reader_max_lag: Duration,
 }
 
 impl Default for PoolOptions {
@@ -55,11 +58,23 @@ impl Default for PoolOptions {
             slow_statement: Duration::from_secs(1),
             probe_interval: Duration::from_secs(1),
             probe_timeout: Duration::from_secs(2),
+            reader_max_lag: Duration::from_secs(10),
         }
     }
 }
 
 impl PoolOptions {
+    /// How long a write on the embedded SQLite default may wait for the one writer: for the
+    /// process's writer connection, then for the file's write lock against other processes.
+    /// Every write queues there, so the bound is sized for a queue of completions, not for a
+    /// pool running dry: the longest of the statement, lock and acquire timeouts (30 s by
+    /// default). A longer queue is refused as unavailable (retryable).
+    pub fn sqlite_write_wait(&self) -> Duration {
+        self.statement_timeout
+            .max(self.lock_timeout)
+            .max(self.acquire_timeout)
+    }
+
     /// How long a liveness ping may take before the connection is taken for dead.
     pub fn ping_timeout(&self) -> Duration {
         self.acquire_timeout.min(Duration::from_secs(1))
@@ -89,6 +104,7 @@ impl PoolOptions {
             slow_statement: duration("VEGA_DB_SLOW_STATEMENT", d.slow_statement)?,
             probe_interval: duration("VEGA_DB_PROBE_INTERVAL", d.probe_interval)?,
             probe_timeout: duration("VEGA_DB_PROBE_TIMEOUT", d.probe_timeout)?,
+            reader_max_lag: duration("VEGA_DB_READER_MAX_LAG", d.reader_max_lag)?,
         })
     }
 }

@@ -16,7 +16,7 @@ use crate::db::validate;
 use crate::error::{Error, Result};
 
 /// The `leader_leases` table.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LeaderLeases<'a> {
     pub(crate) cx: Cx<'a>,
 }

@@ -49,8 +49,9 @@ pub use store::{ServerTimeouts, Store};
 pub use vega_blobstore::BlobError;
 pub use vega_config::PoolOptions;
 
-// db: pages of every list.
+// db: pages of every list, and the read replica.
 pub use db::page::{MAX_PAGE_SIZE, Page};
+pub use db::replica::{ReaderStatus, ReplicaKind, ReplicaState, WritePosition};
 
 // context: who acts, and the audit trail's catalog.
 pub use context::principal::{Principal, PrincipalKind};

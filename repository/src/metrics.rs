@@ -9,6 +9,10 @@
 //!   `BEGIN`);
 //! - `vega_db_failovers_total`: times the failure monitor found the server gone and abandoned
 //!   the calls in flight on its connections;
+//! - `vega_db_reads_total{target}`: replica reads by the server that served them (`reader`,
+//!   `writer`), `vega_db_read_fallbacks_total{cause}` those sent to the writer and why (`down`,
+//!   `lagging`, `not_replica`, `behind_session`, `error`), and `vega_db_reader_lag_seconds`
+//!   the reader's lag at its last probe;
 //! - gauges sampled at scrape time ([`crate::Store::record_gauges`]): the pool's connections
 //!   by state, its maximum and its waiters; the queue's depth by status and priority, the age
 //!   of the oldest due scan and the expired leases.
@@ -43,6 +47,21 @@ pub(crate) fn acquire(elapsed: Duration) {
 /// Counts one failover seen by the failure monitor.
 pub(crate) fn failover() {
     metrics::counter!("vega_db_failovers_total").increment(1);
+}
+
+/// Counts a replica read by the server that served it (`writer`, `reader`).
+pub(crate) fn read(target: &'static str) {
+    metrics::counter!("vega_db_reads_total", "target" => target).increment(1);
+}
+
+/// Counts a replica read sent to the writer, by cause.
+pub(crate) fn read_fallback(cause: &'static str) {
+    metrics::counter!("vega_db_read_fallbacks_total", "cause" => cause).increment(1);
+}
+
+/// The read replica's lag at its last probe.
+pub(crate) fn reader_lag(lag: Duration) {
+    metrics::gauge!("vega_db_reader_lag_seconds").set(lag.as_secs_f64());
 }
 
 /// Sets the pool's gauges.

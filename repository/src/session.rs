@@ -14,7 +14,9 @@ use crate::activity::retention::EventArchives;
 use crate::activity::usage::Usage;
 use crate::context::cx::Cx;
 use crate::context::principal::Principal;
-use crate::db::connection::{Conn, Db, Tx};
+use crate::db::connection::Tx;
+use crate::db::replica::{Track, WritePosition};
+use crate::db::route::{Conn, Pools};
 use crate::error::Result;
 use crate::findings::reads::Findings;
 use crate::leader_leases::LeaderLeases;
@@ -105,20 +107,57 @@ macro_rules! row_repositories {
 /// tx.commit().await?; // `project.created` commits with the row, or neither does
 /// # let _ = project; Ok(()) }
 /// ```
-#[derive(Debug, Clone, Copy)]
+///
+/// With a read replica configured (`VEGA_DATABASE_READER_URL`), the methods marked *Replica
+/// read* may be served by it, and a session reads its own writes: after it writes, those
+/// reads go to the writer until the replica has replayed the write. To carry that across
+/// requests, hand [`Session::write_position`] to the client and the next request's session
+/// [`Session::read_after`] it.
+#[derive(Debug, Clone)]
 pub struct Session<'s> {
-    db: &'s Db,
+    db: &'s Pools,
     blobs: &'s BlobStore,
     who: &'s Principal,
+    track: Track,
 }
 
 impl<'s> Session<'s> {
-    pub(crate) fn new(db: &'s Db, blobs: &'s BlobStore, who: &'s Principal) -> Self {
-        Self { db, blobs, who }
+    pub(crate) fn new(
+        db: &'s Pools,
+        blobs: &'s BlobStore,
+        who: &'s Principal,
+        track: Track,
+    ) -> Self {
+        Self {
+            db,
+            blobs,
+            who,
+            track,
+        }
     }
 
     fn cx(&self) -> Cx<'s> {
-        Cx::new(Conn::Pool(self.db), self.who)
+        Cx::new(Conn::Pool(self.db, self.track.clone()), self.who)
+    }
+
+    /// This session, whose replica reads see at least `position` (a [`Session::write_position`]
+    /// an earlier request handed out): read-your-writes across requests.
+    pub fn read_after(self, position: WritePosition) -> Self {
+        self.track.read_after(position);
+        self
+    }
+
+    /// The place in the writer's log that this session's later reads must see: its own last
+    /// write, or the position it was told to [`Session::read_after`]. `None` without a
+    /// Postgres read replica (or before anything was written), when there is nothing to carry.
+    /// After a write it asks the writer once for its position.
+    #[tracing::instrument(name = "session.write_position", skip_all)]
+    pub async fn write_position(&self) -> Result<Option<WritePosition>> {
+        let Some(reader) = self.db.reader() else {
+            return Ok(None);
+        };
+        let floor = self.track.floor(&self.db.writer, reader.kind()).await?;
+        Ok((floor > 0).then(|| WritePosition::from_raw(floor)))
     }
 
     /// Who acts.
@@ -162,8 +201,9 @@ impl<'s> Session<'s> {
     #[tracing::instrument(name = "transaction.begin", skip_all)]
     pub async fn begin(&self) -> Result<Transaction<'s>> {
         Ok(Transaction {
-            tx: self.db.begin().await?,
+            tx: self.db.writer.begin().await?,
             who: self.who,
+            track: self.track.clone(),
         })
     }
 
@@ -197,6 +237,8 @@ impl<'s> Session<'s> {
 pub struct Transaction<'s> {
     tx: Tx,
     who: &'s Principal,
+    /// The session's: a commit is a write it must read back.
+    track: Track,
 }
 
 impl<'s> Transaction<'s> {
@@ -218,6 +260,7 @@ impl<'s> Transaction<'s> {
         Ok(Transaction {
             tx: self.tx.savepoint().await?,
             who: self.who,
+            track: self.track.clone(),
         })
     }
 
@@ -235,7 +278,9 @@ impl<'s> Transaction<'s> {
     /// Commits (a savepoint: releases it into its parent).
     #[tracing::instrument(name = "transaction.commit", skip_all)]
     pub async fn commit(self) -> Result<()> {
-        self.tx.commit().await
+        let result = self.tx.commit().await;
+        self.track.wrote();
+        result
     }
 
     /// Rolls back now rather than on drop.

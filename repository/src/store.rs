@@ -13,6 +13,8 @@ use crate::activity::retention::EventArchives;
 use crate::activity::usage::Usage;
 use crate::context::principal::Principal;
 use crate::db::connection::{Bounds, Db, Health};
+use crate::db::replica::{self, Reader, ReaderStatus, ReplicaKind, Track};
+use crate::db::route::Pools;
 use crate::error::{Error, Result};
 use crate::findings::reads::Findings;
 use crate::leader_leases::LeaderLeases;
@@ -31,9 +33,11 @@ use crate::sources::snapshots::Snapshots;
 /// maintenance and operators' tools.
 #[derive(Debug, Clone)]
 pub struct Store {
-    db: Db,
+    db: Pools,
     blobs: BlobStore,
     system: Principal,
+    /// The system's sessions share one: they read what any of them wrote.
+    system_track: Track,
 }
 
 impl Store {
@@ -60,8 +64,13 @@ impl Store {
             crate::db::monitor::spawn(&conn, &health, &settings.pool);
         }
         let preamble = settings.database.transaction_preamble(&settings.pool);
-        let db = Db::new(conn, bounds(&settings.pool), health, preamble);
-        Self::checked(db, blobs).await
+        let mut bounds = bounds(&settings.pool);
+        if settings.database.backend == Backend::Sqlite {
+            bounds.acquire = settings.pool.sqlite_write_wait();
+        }
+        let writer = Db::new(conn, bounds, health, preamble);
+        let reader = open_reader(settings, &writer).await?;
+        Self::checked(Pools::new(writer, reader), blobs).await
     }
 
     /// Wraps an existing connection and blob store after checking the schema (tests, tools).
@@ -69,11 +78,11 @@ impl Store {
     /// settings are kept.
     pub async fn from_parts(db: DatabaseConnection, blobs: BlobStore) -> Result<Self> {
         let db = Db::new(db, bounds(&PoolOptions::default()), Health::new(), None);
-        Self::checked(db, blobs).await
+        Self::checked(Pools::new(db, None), blobs).await
     }
 
-    async fn checked(db: Db, blobs: BlobStore) -> Result<Self> {
-        let status = SchemaStatus::read(&db).await?;
+    async fn checked(db: Pools, blobs: BlobStore) -> Result<Self> {
+        let status = SchemaStatus::read(&db.writer).await?;
         if !status.is_current() {
             return Err(Error::SchemaOutdated {
                 pending: status.pending,
@@ -81,6 +90,7 @@ impl Store {
             });
         }
         Ok(Self {
+            system_track: Track::for_reader(db.reader()),
             db,
             blobs,
             system: Principal::system("store"),
@@ -88,22 +98,45 @@ impl Store {
     }
 
     /// The repositories as `principal` sees them: scoped reads and writes, events with it as
-    /// the actor, and transactions ([`Session::begin`]).
+    /// the actor, and transactions ([`Session::begin`]). Each session reads its own writes
+    /// (see [`Session`] on read replicas).
     pub fn session<'s>(&'s self, principal: &'s Principal) -> Session<'s> {
-        Session::new(&self.db, &self.blobs, principal)
+        Session::new(
+            &self.db,
+            &self.blobs,
+            principal,
+            Track::for_reader(self.db.reader()),
+        )
     }
 
     /// The unscoped session the store's own accessors use: the system acting as `"store"`.
     fn system(&self) -> Session<'_> {
-        self.session(&self.system)
+        Session::new(
+            &self.db,
+            &self.blobs,
+            &self.system,
+            self.system_track.clone(),
+        )
+    }
+
+    /// The read replica as routing sees it now: whether it serves, its lag, and the replica
+    /// reads each server took. `None` when there is none (a writer-only store, in-memory
+    /// SQLite).
+    pub fn reader_status(&self) -> Option<ReaderStatus> {
+        self.db.reader().map(Reader::status)
     }
 
     /// Samples the gauges of the pool and the queue into the installed metrics recorder (see
     /// the crate's metrics docs); a binary calls it before each scrape. Statement timings and
     /// error counts are recorded as they happen.
     pub async fn record_gauges(&self) -> Result<()> {
-        let (open, idle, max) = self.db.pool_state();
-        crate::metrics::pool(open, idle, max, self.db.waiters(open.saturating_sub(idle)));
+        let (open, idle, max) = self.db.writer.pool_state();
+        crate::metrics::pool(
+            open,
+            idle,
+            max,
+            self.db.writer.waiters(open.saturating_sub(idle)),
+        );
         let summary = self.scans().queue_summary().await?;
         let oldest = summary.oldest_due_since.map_or(0.0, |since| {
             (chrono::Utc::now() - since.to_utc())
@@ -130,7 +163,7 @@ impl Store {
     /// A zero means the setting did not reach the server.
     #[tracing::instrument(name = "store.server_timeouts", skip(self))]
     pub async fn server_timeouts(&self) -> Result<Option<ServerTimeouts>> {
-        if self.db.get_database_backend() != DbBackend::Postgres {
+        if self.db.writer.get_database_backend() != DbBackend::Postgres {
             return Ok(None);
         }
         let sql = "SELECT (SELECT setting FROM pg_settings WHERE name = 'statement_timeout') AS s, \
@@ -139,6 +172,7 @@ impl Store {
                      WHERE name = 'idle_in_transaction_session_timeout') AS i";
         let row = self
             .db
+            .writer
             .query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
             .await?
             .ok_or_else(|| Error::NotFound {
@@ -161,7 +195,7 @@ impl Store {
     /// The underlying connection, for the tests' own queries.
     #[cfg(feature = "test-support")]
     pub fn connection(&self) -> &DatabaseConnection {
-        self.db.connection()
+        self.db.writer.connection()
     }
 
     /// The blob store, for the tests' own objects.
@@ -260,6 +294,42 @@ impl ServerTimeouts {
             lock: pool.lock_timeout,
             idle_in_transaction: pool.idle_in_transaction_timeout,
         }
+    }
+}
+
+/// The reader beside the writer `db`: the configured Postgres replica, with its monitor, or
+/// the embedded SQLite file's read-only connections.
+async fn open_reader(settings: &Settings, db: &Db) -> Result<Option<Reader>> {
+    let pool = &settings.pool;
+    match (&settings.reader, settings.database.backend) {
+        (Some(reader), Backend::Postgres) => {
+            // The writer answers for the cluster: Aurora's status function exists on both.
+            let kind = replica::detect(db).await?;
+            let health = Health::new();
+            let conn = crate::db::pool::open_replica(reader, pool, health.clone()).await?;
+            let options = (*conn.get_postgres_connection_pool().connect_options()).clone();
+            let preamble = reader.transaction_preamble(pool);
+            let reader = Reader::new(
+                Db::new(conn, bounds(pool), health, preamble),
+                kind,
+                pool.reader_max_lag,
+            );
+            reader.spawn_monitor(options, pool.probe_interval, pool.probe_timeout);
+            Ok(Some(reader))
+        }
+        (_, Backend::Sqlite) => {
+            let Some(conn) = crate::db::pool::open_sqlite_reader(&settings.database, pool).await?
+            else {
+                return Ok(None);
+            };
+            let reader = Db::new(conn, bounds(pool), Health::new(), None);
+            Ok(Some(Reader::new(
+                reader,
+                ReplicaKind::Sqlite,
+                pool.reader_max_lag,
+            )))
+        }
+        (None, Backend::Postgres) => Ok(None),
     }
 }
 

@@ -67,6 +67,12 @@ impl PgServer {
     /// A streaming standby of `primary` (`pg_basebackup -R`, WAL streamed during the copy),
     /// started on a free port of its own; [`Self::promote`] makes it a writer.
     pub fn standby_of(primary: &PgServer) -> Self {
+        Self::standby_with(primary, &[])
+    }
+
+    /// [`Self::standby_of`] with `settings` of its own (`("recovery_min_apply_delay", "2s")`
+    /// for a lagging reader).
+    pub fn standby_with(primary: &PgServer, settings: &[(&str, &str)]) -> Self {
         let dir = std::env::temp_dir().join(format!("vega-pg-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("create the standby directory");
         let server = Self {
@@ -104,6 +110,9 @@ impl PgServer {
             server.port,
             server.dir.display()
         ));
+        for (name, value) in settings {
+            conf.push_str(&format!("{name} = '{value}'\n"));
+        }
         std::fs::write(&conf_path, conf).expect("write postgresql.auto.conf");
         server.pg_ctl(&["start"]);
         server
@@ -145,6 +154,51 @@ impl PgServer {
             .expect("migrate the new database");
         db.close().await.ok();
         url
+    }
+
+    /// Sets `name` to `value` (`ALTER SYSTEM`) and reloads the configuration; on a standby too.
+    pub async fn set(&self, name: &str, value: &str) {
+        use sea_orm::ConnectionTrait;
+        let admin = sea_orm::Database::connect(self.url("postgres"))
+            .await
+            .expect("connect to the throwaway server");
+        for sql in [
+            format!("ALTER SYSTEM SET {name} = '{value}'"),
+            "SELECT pg_reload_conf()".to_owned(),
+        ] {
+            admin
+                .execute_unprepared(&sql)
+                .await
+                .expect("set and reload");
+        }
+        admin.close().await.ok();
+    }
+
+    /// Waits (up to 30 s) until a standby streams from this primary.
+    pub async fn await_streaming(&self) {
+        use sea_orm::ConnectionTrait;
+        let admin = sea_orm::Database::connect(self.url("postgres"))
+            .await
+            .expect("connect to the throwaway server");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let streaming = admin
+                .query_one_raw(sea_orm::Statement::from_string(
+                    sea_orm::DbBackend::Postgres,
+                    "SELECT 1 FROM pg_stat_replication WHERE state = 'streaming'",
+                ))
+                .await
+                .expect("read pg_stat_replication");
+            if streaming.is_some() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the standby never streamed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        admin.close().await.ok();
     }
 
     /// `pg_ctl restart -m fast`: sessions are ended, the server is back when this returns.

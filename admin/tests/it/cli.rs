@@ -62,6 +62,7 @@ async fn database(postgres: bool) -> (String, Option<TestDb>) {
 async fn store_at(url: &str) -> vega_repository::Store {
     let settings = vega_config::Settings {
         database: vega_config::DatabaseSettings::for_url(url).unwrap(),
+        reader: None,
         blob: vega_config::BlobSettings::Fs {
             root: std::env::temp_dir().join("vega-admin-blobs"),
             root_source: vega_config::Source::Given,

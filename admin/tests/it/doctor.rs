@@ -100,6 +100,7 @@ async fn healthy_postgres_with_fs_blobs_passes_every_check() {
         "migrations",
         "fk-indexes",
         "timeouts",
+        "reader",
         "blobs",
     ] {
         assert_eq!(check(&report, name).0, "pass", "{name}: {report:#}");
@@ -111,6 +112,23 @@ async fn healthy_postgres_with_fs_blobs_passes_every_check() {
         settings.contains("from VEGA_PERSISTENCE_BACKEND"),
         "{settings}"
     );
+}
+
+/// A "replica" that is a writer (the URL points at the primary): the reader check fails and
+/// says what to point it at; every other check passes, and the application would read from
+/// the writer.
+#[tokio::test]
+async fn a_reader_that_is_not_a_replica_is_named() {
+    let db = TestDb::postgres().await;
+    let mut vars = postgres(db.url());
+    vars.push(("VEGA_DATABASE_READER_URL", db.url()));
+    let (code, report) = doctor(&vars);
+    assert_eq!(code, Some(1), "{report:#}");
+    let (verdict, text) = check(&report, "reader");
+    assert_eq!(verdict, "fail", "{report:#}");
+    assert!(text.contains("not in recovery"), "{text}");
+    assert!(text.contains("VEGA_DATABASE_READER_URL"), "{text}");
+    assert_eq!(check(&report, "timeouts").0, "pass", "{report:#}");
 }
 
 // Multi-threaded: the S3 server runs on this runtime while the test blocks on the child.

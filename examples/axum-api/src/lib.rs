@@ -3,6 +3,10 @@
 //! `store.session(&principal)`, whose repositories reach only the principal's rows. Errors
 //! become HTTP statuses here, at the edge ([`ApiError`]).
 //!
+//! Reads that may be stale (the project list) may be served by a read replica. A route that
+//! writes answers with a `Vega-Write-Position` header; a client that sends it back on its next
+//! request reads its own writes there, whichever replica or writer serves it.
+//!
 //! User routes take a user's API key (user-wide or restricted to a project); worker routes
 //! take a worker credential (`vgw_...`). The key's scopes decide what it may do; its reach
 //! decides which rows.
@@ -16,8 +20,13 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use vega_entity::{Provider, TriggerKind, projects, repositories, scans};
 use vega_repository::{
-    Error, Lease, NewFinding, NewProject, NewRepository, NewScan, Principal, PrincipalKind, Store,
+    Error, Lease, NewFinding, NewProject, NewRepository, NewScan, Principal, PrincipalKind,
+    Session, Store, WritePosition,
 };
+
+/// The header that carries a session's [`WritePosition`]: answered by a route that wrote,
+/// sent back by the client so its next reads see the write.
+pub const WRITE_POSITION: &str = "vega-write-position";
 
 /// The API's routes, over `store`.
 pub fn router(store: Store) -> Router {
@@ -112,13 +121,23 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The authenticated caller of a user route: a user's key, user-wide or for one project.
-pub struct Caller(Principal);
+/// The authenticated caller of a user route: a user's key, user-wide or for one project, and
+/// the write position its reads must see (the request's `Vega-Write-Position`).
+pub struct Caller(Principal, Option<WritePosition>);
 
 /// The authenticated caller of a worker route: a worker credential.
 pub struct Worker(Principal);
 
 impl Caller {
+    /// The caller's session, reading at least what the caller last wrote.
+    fn session<'s>(&'s self, store: &'s Store) -> Session<'s> {
+        let session = store.session(&self.0);
+        match self.1 {
+            Some(position) => session.read_after(position),
+            None => session,
+        }
+    }
+
     fn require(&self, scope: &'static str) -> Result<&Principal, ApiError> {
         if self.0.has_scope(scope) {
             Ok(&self.0)
@@ -152,13 +171,22 @@ impl FromRequestParts<Store> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, store: &Store) -> Result<Self, ApiError> {
+        let position = match parts.headers.get(WRITE_POSITION) {
+            None => None,
+            Some(value) => Some(
+                value
+                    .to_str()
+                    .unwrap_or_default()
+                    .parse::<WritePosition>()?,
+            ),
+        };
         match principal(parts, store).await? {
             p if matches!(
                 p.kind(),
                 PrincipalKind::User { .. } | PrincipalKind::ProjectKey { .. }
             ) =>
             {
-                Ok(Caller(p))
+                Ok(Caller(p, position))
             }
             _ => Err(ApiError::Unauthorized),
         }
@@ -258,7 +286,7 @@ async fn create_project(
 ) -> Result<impl IntoResponse, ApiError> {
     let principal = caller.require("projects:write")?;
     let owner_id = principal.user_id().ok_or(ApiError::Unauthorized)?;
-    let session = store.session(principal);
+    let session = caller.session(&store);
     // The project, its first repository and its first scan commit together with their
     // events, or none of them does.
     let tx = session.begin().await?;
@@ -282,7 +310,24 @@ async fn create_project(
         tx.scans().enqueue(scan).await?;
     }
     tx.commit().await?;
-    Ok((StatusCode::CREATED, Json(ProjectBody::from(project))))
+    positioned(
+        &session,
+        (StatusCode::CREATED, Json(ProjectBody::from(project))),
+    )
+    .await
+}
+
+/// `response` with the session's write position, for the client to send back.
+async fn positioned(
+    session: &Session<'_>,
+    response: impl IntoResponse,
+) -> Result<Response, ApiError> {
+    let mut response = response.into_response();
+    if let Some(position) = session.write_position().await? {
+        let value = axum::http::HeaderValue::from(position.into_inner());
+        response.headers_mut().insert(WRITE_POSITION, value);
+    }
+    Ok(response)
 }
 
 #[derive(Deserialize)]
@@ -298,8 +343,8 @@ async fn list_projects(
 ) -> Result<impl IntoResponse, ApiError> {
     let principal = caller.require("projects:read")?;
     let owner_id = principal.user_id().ok_or(ApiError::Unauthorized)?;
-    let page = store
-        .session(principal)
+    let page = caller
+        .session(&store)
         .projects()
         .list_for_owner(owner_id, q.after, q.limit.unwrap_or(50))
         .await?;
@@ -333,13 +378,17 @@ async fn add_repository(
     Path(project_id): Path<Uuid>,
     Json(body): Json<AddRepository>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let principal = caller.require("projects:write")?;
-    let repository = store
-        .session(principal)
+    caller.require("projects:write")?;
+    let session = caller.session(&store);
+    let repository = session
         .repositories()
         .add(body.into_new(project_id))
         .await?;
-    Ok((StatusCode::CREATED, Json(RepositoryBody::from(repository))))
+    positioned(
+        &session,
+        (StatusCode::CREATED, Json(RepositoryBody::from(repository))),
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -356,8 +405,9 @@ async fn enqueue_scan(
     let principal = caller.require("scans:write")?;
     let mut scan = NewScan::full(repository_id, TriggerKind::Api, body.ref_name);
     scan.requested_by_api_key_id = principal.key_id();
-    let scan = store.session(principal).scans().enqueue(scan).await?;
-    Ok((StatusCode::CREATED, Json(ScanBody::from(scan))))
+    let session = caller.session(&store);
+    let scan = session.scans().enqueue(scan).await?;
+    positioned(&session, (StatusCode::CREATED, Json(ScanBody::from(scan)))).await
 }
 
 #[derive(Deserialize)]

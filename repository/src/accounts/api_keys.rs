@@ -60,7 +60,7 @@ pub struct NewApiKey {
 }
 
 /// The `api_keys` table.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ApiKeys<'a> {
     pub(crate) cx: Cx<'a>,
 }
@@ -253,16 +253,19 @@ impl ApiKeys<'_> {
     }
 
     /// The user's keys, newest first, revoked ones included.
+    ///
+    /// *Replica read*: a read replica may serve it (see [`crate::Session`]).
     #[instrument(name = "api_keys.list_for_user", skip(self))]
     pub async fn list_for_user(&self, user_id: Uuid) -> Result<Vec<api_keys::Model>> {
+        let cx = self.cx.replica();
         let mut values = vec![user_id.into()];
-        let reach = and_reach(self.cx.who, Table::ApiKeys, "k", &mut values);
+        let reach = and_reach(cx.who, Table::ApiKeys, "k", &mut values);
         Ok(api_keys::Model::find_by_statement(statement(
-            self.cx.db(),
+            cx.db(),
             &format!("SELECT k.* FROM api_keys k WHERE k.user_id = $1{reach} ORDER BY k.id DESC"),
             values,
         ))
-        .all(self.cx.db())
+        .all(cx.db())
         .await?)
     }
 }

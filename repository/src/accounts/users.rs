@@ -23,7 +23,7 @@ pub struct NewUser {
 }
 
 /// The `users` table.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Users<'a> {
     pub(crate) cx: Cx<'a>,
 }
@@ -124,19 +124,21 @@ impl Users<'_> {
 
     /// Users in the order they were created, `limit` (1 to 500) after the user `after`
     /// (the system only): the operator's view, for `vega-admin users list`.
+    ///
+    /// *Replica read*: a read replica may serve it (see [`crate::Session`]).
     #[instrument(name = "users.list", skip(self))]
     pub async fn list(&self, after: Option<Uuid>, limit: u64) -> Result<Vec<users::Model>> {
-        self.cx.who.require_system("list users")?;
+        let cx = self.cx.replica();
+        cx.who.require_system("list users")?;
         let limit = crate::db::page::page_size(limit)?;
         let after = after.unwrap_or_else(Uuid::nil);
-        self.cx
-            .select::<users::Entity>(
-                Table::Users,
-                "x.id > $1",
-                vec![after.into()],
-                &format!("ORDER BY x.id {}", crate::db::page::limit_clause(limit)),
-            )
-            .await
+        cx.select::<users::Entity>(
+            Table::Users,
+            "x.id > $1",
+            vec![after.into()],
+            &format!("ORDER BY x.id {}", crate::db::page::limit_clause(limit)),
+        )
+        .await
     }
 
     async fn find(&self, filter: &str, values: Vec<Value>) -> Result<Option<users::Model>> {

@@ -63,7 +63,7 @@ pub struct IssuedCredential {
 /// Worker credentials (`worker_credentials`) and heartbeats (`worker_heartbeats`). Scan
 /// ownership is decided by scan leases, not by heartbeats; they are for operators and
 /// capacity planning.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Workers<'a> {
     pub(crate) cx: Cx<'a>,
 }
@@ -207,14 +207,17 @@ impl Workers<'_> {
     }
 
     /// Workers seen within `window`, most recent first (the system only).
+    ///
+    /// *Replica read*: a read replica may serve it (see [`crate::Session`]).
     #[instrument(name = "workers.live", skip(self))]
     pub async fn live(&self, window: Duration) -> Result<Vec<worker_heartbeats::Model>> {
-        self.cx.who.require_system("list workers")?;
+        let cx = self.cx.replica();
+        cx.who.require_system("list workers")?;
         let since = now() - window_duration(window)?;
         Ok(worker_heartbeats::Entity::find()
             .filter(worker_heartbeats::Column::LastSeenAt.gte(since))
             .order_by_desc(worker_heartbeats::Column::LastSeenAt)
-            .all(self.cx.db())
+            .all(cx.db())
             .await?)
     }
 

@@ -78,7 +78,7 @@ pub enum EventFeed {
 }
 
 /// The `events` table: the append-only activity and audit log.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Events<'a> {
     pub(crate) cx: Cx<'a>,
 }
@@ -146,6 +146,8 @@ impl Events<'_> {
     }
 
     /// A page of a feed, newest first.
+    ///
+    /// *Replica read*: a read replica may serve it (see [`crate::Session`]).
     #[instrument(name = "events.page", skip(self))]
     pub async fn page(
         &self,
@@ -153,6 +155,7 @@ impl Events<'_> {
         before: Option<EventCursor>,
         limit: u64,
     ) -> Result<Page<events::Model, EventCursor>> {
+        let cx = self.cx.replica();
         let limit = page_size(limit)?;
         let (filter, mut values): (&str, Vec<Value>) = match feed {
             EventFeed::Project(id) => ("e.project_id = $1", vec![id.into()]),
@@ -163,14 +166,14 @@ impl Events<'_> {
             ),
         };
         let cursor = EventCursor::condition(before, "<", &mut values)?;
-        let reach = and_reach(self.cx.who, Table::Events, "e", &mut values);
+        let reach = and_reach(cx.who, Table::Events, "e", &mut values);
         let sql = format!(
             "SELECT e.* FROM events e WHERE {filter} {cursor}{reach} \
               ORDER BY e.created_at DESC, e.id DESC {}",
             limit_clause(limit + 1)
         );
-        let rows = events::Model::find_by_statement(statement(self.cx.db(), &sql, values))
-            .all(self.cx.db())
+        let rows = events::Model::find_by_statement(statement(cx.db(), &sql, values))
+            .all(cx.db())
             .await?;
         Ok(Page::from_rows(rows, limit, EventCursor::of))
     }

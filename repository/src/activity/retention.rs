@@ -49,7 +49,7 @@ pub struct ArchivedBatch {
 }
 
 /// The `event_archives` table and the objects it registers (the system only).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct EventArchives<'a> {
     pub(crate) cx: Cx<'a>,
     pub(crate) blobs: &'a BlobStore,

@@ -52,7 +52,7 @@ pub struct MeterTotal {
 }
 
 /// The `usage_records` table: append-only metered increments.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Usage<'a> {
     pub(crate) cx: Cx<'a>,
 }
@@ -140,6 +140,8 @@ impl Usage<'_> {
 
     /// Each meter's total for an account over `[from, to)` of occurrence time (served by the
     /// `(account_id, meter, occurred_at, quantity)` index alone).
+    ///
+    /// *Replica read*: a read replica may serve it (see [`crate::Session`]).
     #[instrument(name = "usage.totals", skip(self))]
     pub async fn totals(
         &self,
@@ -147,16 +149,17 @@ impl Usage<'_> {
         from: DateTime<FixedOffset>,
         to: DateTime<FixedOffset>,
     ) -> Result<Vec<MeterTotal>> {
+        let cx = self.cx.replica();
         let from = validate::timestamp("from", from)?;
         let to = validate::timestamp("to", to)?;
         if to <= from {
             return Err(Error::invalid("to", "must be after from"));
         }
         let mut values = vec![account_id.into(), from.into(), to.into()];
-        let reach = and_reach(self.cx.who, Table::Usage, "u", &mut values);
+        let reach = and_reach(cx.who, Table::Usage, "u", &mut values);
         // CAST: Postgres sums bigint into numeric.
         let mut totals = MeterTotal::find_by_statement(statement(
-            self.cx.db(),
+            cx.db(),
             &format!(
                 "SELECT u.meter, CAST(SUM(u.quantity) AS BIGINT) AS total FROM usage_records u \
                   WHERE u.account_id = $1 AND u.occurred_at >= $2 AND u.occurred_at < $3{reach} \
@@ -164,7 +167,7 @@ impl Usage<'_> {
             ),
             values,
         ))
-        .all(self.cx.db())
+        .all(cx.db())
         .await?;
         // Sorted here, by bytes: `ORDER BY` follows the database's collation, and under
         // en_US (RDS's default) `scan_seconds` sorts after `scans`, under C and SQLite before.

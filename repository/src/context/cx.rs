@@ -4,12 +4,12 @@
 use sea_orm::{EntityTrait, FromQueryResult, Value};
 
 use crate::context::principal::{Principal, Table, and_reach};
-use crate::db::connection::Conn;
+use crate::db::route::Conn;
 use crate::db::sql::statement;
 use crate::error::Result;
 
 /// What every repository holds: where its statements go and who acts.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Cx<'a> {
     db: Conn<'a>,
     pub who: &'a Principal,
@@ -18,6 +18,16 @@ pub(crate) struct Cx<'a> {
 impl<'a> Cx<'a> {
     pub(crate) fn new(db: Conn<'a>, who: &'a Principal) -> Self {
         Self { db, who }
+    }
+
+    /// This context for a *replica read*: its statements may be served by the read replica
+    /// (`db/replica.rs`). Only a method whose docs carry the *Replica read* marker takes it;
+    /// a test holds the two together.
+    pub(crate) fn replica(&self) -> Cx<'a> {
+        Cx {
+            db: self.db.replica(),
+            who: self.who,
+        }
     }
 
     /// The connection, for `statement`, `.one(...)` and `execute_raw`.

@@ -343,75 +343,6 @@ impl Tx {
     }
 }
 
-/// Where a repository's statements go: the pool, or a transaction a caller opened (the way
-/// Lemmy's `DbPool` is a pool or a connection).
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Conn<'a> {
-    Pool(&'a Db),
-    Tx(&'a Tx),
-}
-
-impl<'a> Conn<'a> {
-    /// Opens a unit of work for a method of several statements: a transaction of its own on
-    /// the pool; inside a caller's transaction, that transaction, which the unit aborts if it
-    /// is dropped uncommitted (the method failed part-way and cannot undo what it wrote).
-    pub(crate) async fn unit(self) -> Result<Unit<'a>> {
-        Ok(match self {
-            Conn::Pool(db) => Unit::Own(db.begin().await?),
-            Conn::Tx(tx) => Unit::Joined(Joined { tx, armed: true }),
-        })
-    }
-
-    /// True when a method may repeat its whole transaction after a conflict: only when it owns
-    /// that transaction. Inside a caller's, the caller decides.
-    pub(crate) fn owns_transactions(self) -> bool {
-        matches!(self, Conn::Pool(_))
-    }
-}
-
-/// A method's unit of work (see [`Conn::unit`]).
-pub(crate) enum Unit<'a> {
-    /// A transaction of the method's own.
-    Own(Tx),
-    /// The caller's transaction.
-    Joined(Joined<'a>),
-}
-
-/// A caller's transaction joined by a method: aborted if the method drops it uncommitted.
-pub(crate) struct Joined<'a> {
-    tx: &'a Tx,
-    armed: bool,
-}
-
-impl Drop for Joined<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.tx.abort();
-        }
-    }
-}
-
-impl Unit<'_> {
-    fn tx(&self) -> &Tx {
-        match self {
-            Unit::Own(own) => own,
-            Unit::Joined(joined) => joined.tx,
-        }
-    }
-
-    /// Ends the unit: commits a transaction of its own; inside a caller's, leaves the commit
-    /// to the caller.
-    pub(crate) async fn commit(self) -> Result<()> {
-        match self {
-            Unit::Own(own) => own.commit().await,
-            Unit::Joined(mut joined) => {
-                joined.armed = false;
-                Ok(())
-            }
-        }
-    }
-}
-
 fn to_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
@@ -513,62 +444,6 @@ macro_rules! bounded_connection {
 
 bounded_connection!(Db, conn, Db::call_bound, Db::note, Db::claim);
 bounded_connection!(Tx, txn, Tx::statement_bound, Tx::note, Tx::claim);
-
-#[async_trait::async_trait]
-impl ConnectionTrait for Unit<'_> {
-    fn get_database_backend(&self) -> DbBackend {
-        self.tx().get_database_backend()
-    }
-
-    async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
-        self.tx().execute_raw(stmt).await
-    }
-
-    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
-        self.tx().execute_unprepared(sql).await
-    }
-
-    async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
-        self.tx().query_one_raw(stmt).await
-    }
-
-    async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
-        self.tx().query_all_raw(stmt).await
-    }
-}
-
-/// `$body` with `$c` bound to the pool or to the transaction a [`Conn`] holds.
-macro_rules! on_conn {
-    ($conn:expr, $c:ident => $body:expr) => {
-        match $conn {
-            Conn::Pool($c) => $body,
-            Conn::Tx($c) => $body,
-        }
-    };
-}
-
-#[async_trait::async_trait]
-impl ConnectionTrait for Conn<'_> {
-    fn get_database_backend(&self) -> DbBackend {
-        on_conn!(*self, c => c.get_database_backend())
-    }
-
-    async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
-        on_conn!(*self, c => c.execute_raw(stmt).await)
-    }
-
-    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
-        on_conn!(*self, c => c.execute_unprepared(sql).await)
-    }
-
-    async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
-        on_conn!(*self, c => c.query_one_raw(stmt).await)
-    }
-
-    async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
-        on_conn!(*self, c => c.query_all_raw(stmt).await)
-    }
-}
 
 /// Runs `transaction` until it does not lose a deadlock or serialization check, at most [`CONFLICT_ATTEMPTS`] times, sleeping a jittered, doubling backoff between
 /// runs. Only for transactions that are safe to repeat whole: each run must start from what is

@@ -25,6 +25,15 @@ pub(crate) async fn open(
     pool: &PoolOptions,
     health: Arc<Health>,
 ) -> Result<DatabaseConnection> {
+    open_with(settings, pool, health, false).await
+}
+
+async fn open_with(
+    settings: &DatabaseSettings,
+    pool: &PoolOptions,
+    health: Arc<Health>,
+    lazy: bool,
+) -> Result<DatabaseConnection> {
     let released = health.clone();
     let mut options = settings.app_connect_options(pool, move |o| {
         let health = released.clone();
@@ -42,7 +51,8 @@ pub(crate) async fn open(
         .acquire_timeout(pool.acquire_timeout)
         .sqlx_logging(true)
         .sqlx_logging_level(log::LevelFilter::Trace)
-        .sqlx_slow_statements_logging_settings(log::LevelFilter::Warn, pool.slow_statement);
+        .sqlx_slow_statements_logging_settings(log::LevelFilter::Warn, pool.slow_statement)
+        .connect_lazy(lazy);
     match settings.backend {
         Backend::Postgres => {
             options
@@ -51,13 +61,51 @@ pub(crate) async fn open(
             install_check(&mut options, pool, health);
         }
         Backend::Sqlite => {
-            options.max_connections(1);
+            // One writer: every write queues for it (the readers are `open_sqlite_reader`'s).
+            options
+                .max_connections(1)
+                .acquire_timeout(pool.sqlite_write_wait());
         }
     }
     settings
         .connect(options)
         .await
         .map_err(|e| Error::unavailable(Transient::Unreachable, e))
+}
+
+/// How many read-only connections the embedded SQLite default keeps beside its one writer:
+/// WAL readers do not wait for the writer or for each other.
+const SQLITE_READERS: u32 = 4;
+
+/// Opens the read pool of the embedded SQLite file `settings` names: read-only connections
+/// beside the writer. `None` for an in-memory database, which one connection holds alone.
+pub(crate) async fn open_sqlite_reader(
+    settings: &DatabaseSettings,
+    pool: &PoolOptions,
+) -> Result<Option<DatabaseConnection>> {
+    if settings.sqlite_path().is_none() {
+        return Ok(None);
+    }
+    let mut options = settings.app_connect_options(pool, |o| o);
+    options
+        .acquire_timeout(pool.acquire_timeout)
+        .max_connections(SQLITE_READERS)
+        .map_sqlx_sqlite_opts(|o| o.read_only(true));
+    settings
+        .connect(options)
+        .await
+        .map(Some)
+        .map_err(|e| Error::unavailable(Transient::Unreachable, e))
+}
+
+/// Opens the pool of a Postgres read replica like the writer's, but lazily: a replica that is
+/// down at start-up costs reads nothing (they go to the writer) and start-up no error.
+pub(crate) async fn open_replica(
+    settings: &DatabaseSettings,
+    pool: &PoolOptions,
+    health: Arc<Health>,
+) -> Result<DatabaseConnection> {
+    open_with(settings, pool, health, true).await
 }
 
 fn install_check(options: &mut ConnectOptions, pool: &PoolOptions, health: Arc<Health>) {

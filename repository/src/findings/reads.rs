@@ -180,7 +180,7 @@ pub struct ScanFinding {
 }
 
 /// The `findings` table: deduplicated findings and their lifecycle.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Findings<'a> {
     pub(crate) cx: Cx<'a>,
 }
@@ -197,15 +197,17 @@ impl Findings<'_> {
 
     /// The project's open findings on its repositories' default branches, counted by
     /// severity (confirmed ones included; an index-only scan of the open-findings index).
+    ///
+    /// *Replica read*: a read replica may serve it (see [`crate::Session`]).
     #[instrument(name = "findings.open_counts", skip(self))]
     pub async fn open_counts(&self, project_id: Uuid) -> Result<SeverityCounts> {
+        let cx = self.cx.replica();
         let mut values = vec![project_id.into()];
-        let reach = and_project_reach(self.cx.who, Table::Findings, "$1", &mut values);
-        let rows = self
-            .cx
+        let reach = and_project_reach(cx.who, Table::Findings, "$1", &mut values);
+        let rows = cx
             .db()
             .query_all_raw(statement(
-                self.cx.db(),
+                cx.db(),
                 &format!(
                     "SELECT severity, COUNT(*) AS n FROM findings \
                       WHERE project_id = $1 AND {OPEN_ON_DEFAULT}{reach} GROUP BY severity"
@@ -225,23 +227,25 @@ impl Findings<'_> {
     /// Up to `rows` of the project's open findings (`values[0]`, bound as `$1`) in
     /// [`WORST_FIRST`] order that match one of `arms` ([`worst_first_page`]).
     pub(super) async fn worst_first(
-        &self,
+        cx: &Cx<'_>,
         arms: &[String],
         mut values: Vec<Value>,
         rows: u64,
     ) -> Result<Vec<findings::Model>> {
-        let reach = and_project_reach(self.cx.who, Table::Findings, "$1", &mut values);
+        let reach = and_project_reach(cx.who, Table::Findings, "$1", &mut values);
         let filter = format!("project_id = $1 AND {OPEN_ON_DEFAULT}{reach}");
         let sql = worst_first_page(&filter, arms, rows);
         Ok(
-            findings::Model::find_by_statement(statement(self.cx.db(), &sql, values))
-                .all(self.cx.db())
+            findings::Model::find_by_statement(statement(cx.db(), &sql, values))
+                .all(cx.db())
                 .await?,
         )
     }
 
     /// The project's open findings on its default branches, worst first, then oldest first,
     /// keyset-paginated.
+    ///
+    /// *Replica read*: a read replica may serve it (see [`crate::Session`]).
     #[instrument(name = "findings.list_open", skip(self))]
     pub async fn list_open(
         &self,
@@ -249,6 +253,7 @@ impl Findings<'_> {
         after: Option<FindingCursor>,
         limit: u64,
     ) -> Result<Page<findings::Model, FindingCursor>> {
+        let cx = self.cx.replica();
         let limit = page_size(limit)?;
         let mut values = vec![project_id.into()];
         // After a cursor: the rest of its severity, then every lower one.
@@ -259,11 +264,13 @@ impl Findings<'_> {
             }
             None => Vec::new(),
         };
-        let rows = self.worst_first(&arms, values, limit + 1).await?;
+        let rows = Self::worst_first(&cx, &arms, values, limit + 1).await?;
         Ok(Page::from_rows(rows, limit, FindingCursor::of))
     }
 
     /// What one scan saw, by finding id, keyset-paginated.
+    ///
+    /// *Replica read*: a read replica may serve it (see [`crate::Session`]).
     #[instrument(name = "findings.of_scan", skip(self))]
     pub async fn of_scan(
         &self,
@@ -271,6 +278,7 @@ impl Findings<'_> {
         after: Option<Uuid>,
         limit: u64,
     ) -> Result<Page<ScanFinding, Uuid>> {
+        let cx = self.cx.replica();
         let limit = page_size(limit)?;
         let mut values = vec![scan_id.into()];
         let cursor = match after {
@@ -280,7 +288,7 @@ impl Findings<'_> {
             }
             None => "",
         };
-        let reach = and_reach(self.cx.who, Table::Findings, "o", &mut values);
+        let reach = and_reach(cx.who, Table::Findings, "o", &mut values);
         // The finding's columns as they are, the occurrence's under `o_` names. The page is
         // cut before the join: joined first, Postgres may merge-join it with `findings_pkey`
         // walked from its first id, reading every finding before the page.
@@ -293,10 +301,9 @@ impl Findings<'_> {
                JOIN findings f ON f.id = page.finding_id ORDER BY page.finding_id",
             limit_clause(limit + 1)
         );
-        let rows = self
-            .cx
+        let rows = cx
             .db()
-            .query_all_raw(statement(self.cx.db(), &sql, values))
+            .query_all_raw(statement(cx.db(), &sql, values))
             .await?;
         let rows = rows
             .iter()
@@ -325,6 +332,8 @@ impl Findings<'_> {
     /// by finding id, keyset-paginated. [`Delta::Absent`] needs a full scan (a partial one
     /// does not see everything); the scan must have succeeded. The parts are kept at
     /// completion (`scan_deltas`), so a page costs one index range whatever the overlap.
+    ///
+    /// *Replica read*: a read replica may serve it (see [`crate::Session`]).
     #[instrument(name = "findings.compare", skip(self))]
     pub async fn compare(
         &self,
@@ -333,9 +342,9 @@ impl Findings<'_> {
         after: Option<Uuid>,
         limit: u64,
     ) -> Result<Page<findings::Model, Uuid>> {
+        let cx = self.cx.replica();
         let limit = page_size(limit)?;
-        let scan = self
-            .cx
+        let scan = cx
             .select_one::<scans::Entity>(Table::Scans, "x.id = $1", vec![scan_id.into()])
             .await?
             .ok_or_else(|| Error::not_found("scan", scan_id))?;
@@ -370,7 +379,7 @@ impl Findings<'_> {
         };
         // The page is cut before the join, as in `of_scan`. The scan is in reach, so its
         // deltas are; the findings carry the reach all the same.
-        let reach = and_reach(self.cx.who, Table::Findings, "f", &mut values);
+        let reach = and_reach(cx.who, Table::Findings, "f", &mut values);
         let sql = format!(
             "SELECT f.* FROM (SELECT d.finding_id FROM scan_deltas d \
                                WHERE d.scan_id = $1 AND d.delta = $2{cursor} \
@@ -378,14 +387,16 @@ impl Findings<'_> {
                JOIN findings f ON f.id = page.finding_id{reach} ORDER BY page.finding_id",
             limit_clause(limit + 1)
         );
-        let rows = findings::Model::find_by_statement(statement(self.cx.db(), &sql, values))
-            .all(self.cx.db())
+        let rows = findings::Model::find_by_statement(statement(cx.db(), &sql, values))
+            .all(cx.db())
             .await?;
         Ok(Page::from_rows(rows, limit, |f: &findings::Model| f.id))
     }
 
     /// A finding's history, oldest first: every triage transition and severity change with
     /// its actor, keyset-paginated.
+    ///
+    /// *Replica read*: a read replica may serve it (see [`crate::Session`]).
     #[instrument(name = "findings.history", skip(self))]
     pub async fn history(
         &self,
@@ -393,13 +404,14 @@ impl Findings<'_> {
         after: Option<EventCursor>,
         limit: u64,
     ) -> Result<Page<events::Model, EventCursor>> {
+        let cx = self.cx.replica();
         let limit = page_size(limit)?;
         self.get(id).await?;
         let mut values: Vec<Value> = vec![id.into()];
         let cursor = EventCursor::condition(after, ">", &mut values)?;
-        let reach = and_reach(self.cx.who, Table::Events, "e", &mut values);
+        let reach = and_reach(cx.who, Table::Events, "e", &mut values);
         let rows = events::Model::find_by_statement(statement(
-            self.cx.db(),
+            cx.db(),
             &format!(
                 "SELECT e.* FROM events e \
                       WHERE e.subject_type = 'finding' AND e.subject_id = $1{cursor}{reach} \
@@ -408,7 +420,7 @@ impl Findings<'_> {
             ),
             values,
         ))
-        .all(self.cx.db())
+        .all(cx.db())
         .await?;
         Ok(Page::from_rows(rows, limit, EventCursor::of))
     }

@@ -76,6 +76,8 @@ pub struct Overdue {
 impl Findings<'_> {
     /// The project's open findings past their SLA (`policy` under the project's own
     /// settings), worst first, then most overdue first, keyset-paginated.
+    ///
+    /// *Replica read*: a read replica may serve it (see [`crate::Session`]).
     #[instrument(name = "findings.overdue", skip(self))]
     pub async fn overdue(
         &self,
@@ -84,9 +86,9 @@ impl Findings<'_> {
         after: Option<FindingCursor>,
         limit: u64,
     ) -> Result<Page<Overdue, FindingCursor>> {
+        let cx = self.cx.replica();
         let limit = page_size(limit)?;
-        let project = self
-            .cx
+        let project = cx
             .select_one::<projects::Entity>(Table::Projects, "x.id = $1", vec![project_id.into()])
             .await?
             .ok_or_else(|| Error::not_found("project", project_id))?;
@@ -118,7 +120,7 @@ impl Findings<'_> {
                 FindingCursor::of(&o.finding)
             }));
         }
-        let rows = self.worst_first(&arms, values, limit + 1).await?;
+        let rows = Findings::worst_first(&cx, &arms, values, limit + 1).await?;
         let rows = rows
             .into_iter()
             .filter_map(|finding| {

@@ -36,7 +36,7 @@ pub enum ScanObject {
 }
 
 /// The `artifacts` table and the objects it registers.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Artifacts<'a> {
     pub(crate) cx: Cx<'a>,
     pub(crate) blobs: &'a BlobStore,
@@ -402,16 +402,18 @@ impl Artifacts<'_> {
     }
 
     /// The scan's artifacts (report, event log, debug bundles), oldest first.
+    ///
+    /// *Replica read*: a read replica may serve it (see [`crate::Session`]).
     #[instrument(name = "artifacts.list_for_scan", skip(self))]
     pub async fn list_for_scan(&self, scan_id: Uuid) -> Result<Vec<artifacts::Model>> {
-        self.cx
-            .select::<artifacts::Entity>(
-                Table::Artifacts,
-                "x.scan_id = $1",
-                vec![scan_id.into()],
-                "ORDER BY x.id",
-            )
-            .await
+        let cx = self.cx.replica();
+        cx.select::<artifacts::Entity>(
+            Table::Artifacts,
+            "x.scan_id = $1",
+            vec![scan_id.into()],
+            "ORDER BY x.id",
+        )
+        .await
     }
 }
 

@@ -16,7 +16,7 @@ use tokio::io::AsyncRead;
 use uuid::Uuid;
 use vega_blobstore::{BlobError, BlobStore, ObjectKey, Stored};
 
-use crate::db::connection::Conn;
+use crate::db::route::Conn;
 use crate::db::sql::{now, statement};
 use crate::error::{Error, Result};
 

@@ -15,7 +15,8 @@ use vega_entity::scans;
 
 use crate::context::cx::Cx;
 use crate::context::trail::{self, Action, Audit};
-use crate::db::connection::{Unit, retry_conflicts};
+use crate::db::connection::retry_conflicts;
+use crate::db::route::Unit;
 use crate::db::sql::{is_postgres, now, statement};
 use crate::error::{Error, Result};
 use crate::findings::ingest::{
@@ -127,8 +128,8 @@ impl Scans<'_> {
         lease: &Lease,
         prepared: Arc<[Prepared]>,
     ) -> Result<scans::Model> {
-        let ingested = ingest(self.cx, lease, InMemory(Some(prepared))).await?;
-        commit(self.cx, ingested, lease).await
+        let ingested = ingest(self.cx.clone(), lease, InMemory(Some(prepared))).await?;
+        commit(self.cx.clone(), ingested, lease).await
     }
 }
 

@@ -75,7 +75,7 @@ pub enum CancelOutcome {
 }
 
 /// The `scans` table: scan records and the work queue.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Scans<'a> {
     pub(crate) cx: Cx<'a>,
 }
@@ -265,6 +265,8 @@ impl Scans<'_> {
     }
 
     /// The project's scans, newest first.
+    ///
+    /// *Replica read*: a read replica may serve it (see [`crate::Session`]).
     #[instrument(name = "scans.history", skip(self))]
     pub async fn history(
         &self,
@@ -272,6 +274,7 @@ impl Scans<'_> {
         before: Option<Uuid>,
         limit: u64,
     ) -> Result<Page<scans::Model, Uuid>> {
+        let cx = self.cx.replica();
         let limit = page_size(limit)?;
         let mut values = vec![project_id.into()];
         let filter = match before {
@@ -282,8 +285,7 @@ impl Scans<'_> {
             None => "x.project_id = $1",
         };
         let tail = format!("ORDER BY x.id DESC {}", limit_clause(limit + 1));
-        let rows = self
-            .cx
+        let rows = cx
             .select::<scans::Entity>(Table::Scans, filter, values, &tail)
             .await?;
         Ok(Page::from_rows(rows, limit, |s: &scans::Model| s.id))
@@ -294,7 +296,7 @@ impl Scans<'_> {
     #[instrument(name = "scans.delete", skip(self))]
     pub async fn delete(&self, id: Uuid) -> Result<()> {
         self.cx.who.refuse_worker("delete scans")?;
-        cascade::delete(self.cx, &cascade::SCAN, id).await
+        cascade::delete(self.cx.clone(), &cascade::SCAN, id).await
     }
 
     /// The scans a worker holds right now.

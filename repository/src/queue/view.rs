@@ -88,10 +88,13 @@ struct Count {
 
 impl Scans<'_> {
     /// The queue as an operator sees it (the system only).
+    ///
+    /// *Replica read*: a read replica may serve it (see [`crate::Session`]).
     #[instrument(name = "scans.queue_summary", skip(self))]
     pub async fn queue_summary(&self) -> Result<QueueSummary> {
-        self.cx.who.require_system("view the queue")?;
-        let db = self.cx.db();
+        let cx = self.cx.replica();
+        cx.who.require_system("view the queue")?;
+        let db = cx.db();
         let now = now();
         let depth = QueueDepth::find_by_statement(statement(
             db,

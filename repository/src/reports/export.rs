@@ -277,36 +277,40 @@ fn write_error(err: std::io::Error) -> Error {
 impl Reports<'_> {
     /// Writes what one scan saw as a SARIF 2.1.0 log (dismissed findings with a
     /// `suppressions` entry); returns the results written.
+    ///
+    /// *Replica read*: a read replica may serve it (see [`crate::Session`]).
     #[instrument(name = "reports.export_scan", skip(self, out))]
     pub async fn export_scan(
         &self,
         scan_id: Uuid,
         out: impl AsyncWrite + Unpin + Send,
     ) -> Result<u64> {
-        let scan = self
-            .cx
+        let cx = self.cx.replica();
+        let scan = cx
             .select_one::<scans::Entity>(Table::Scans, "x.id = $1", vec![scan_id.into()])
             .await?
             .ok_or_else(|| Error::not_found("scan", scan_id))?;
-        export(self.cx, Source::Scan(scan.id), out).await
+        export(cx, Source::Scan(scan.id), out).await
     }
 
     /// Writes a repository's open findings on its default branch as a SARIF 2.1.0 log;
     /// returns the results written.
+    ///
+    /// *Replica read*: a read replica may serve it (see [`crate::Session`]).
     #[instrument(name = "reports.export_open", skip(self, out))]
     pub async fn export_open(
         &self,
         repository_id: Uuid,
         out: impl AsyncWrite + Unpin + Send,
     ) -> Result<u64> {
-        self.cx
-            .select_one::<vega_entity::repositories::Entity>(
-                Table::Repositories,
-                "x.id = $1",
-                vec![repository_id.into()],
-            )
-            .await?
-            .ok_or_else(|| Error::not_found("repository", repository_id))?;
-        export(self.cx, Source::OpenOnDefault(repository_id), out).await
+        let cx = self.cx.replica();
+        cx.select_one::<vega_entity::repositories::Entity>(
+            Table::Repositories,
+            "x.id = $1",
+            vec![repository_id.into()],
+        )
+        .await?
+        .ok_or_else(|| Error::not_found("repository", repository_id))?;
+        export(cx, Source::OpenOnDefault(repository_id), out).await
     }
 }

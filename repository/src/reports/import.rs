@@ -51,7 +51,7 @@ const SPOOL_BUFFER: usize = 1 << 20;
 const REPORT_TYPE: &str = "application/sarif+json";
 
 /// SARIF reports: completing a scan from one, exporting findings as one.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Reports<'a> {
     pub(crate) cx: Cx<'a>,
     pub(crate) blobs: &'a BlobStore,
@@ -80,7 +80,7 @@ impl<'a> Reports<'a> {
 
     fn artifacts(&self) -> Artifacts<'_> {
         Artifacts {
-            cx: self.cx,
+            cx: self.cx.clone(),
             blobs: self.blobs,
         }
     }
@@ -292,7 +292,7 @@ impl<'a> Reports<'a> {
             warnings: warnings.clone(),
             progress: self.progress.cloned(),
         };
-        let ingested = complete::ingest(self.cx, lease, log).await?;
+        let ingested = complete::ingest(self.cx.clone(), lease, log).await?;
         let warnings = warnings
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -320,7 +320,7 @@ impl<'a> Reports<'a> {
             ))
             .await?;
         }
-        complete::commit(self.cx, ingested, lease).await
+        complete::commit(self.cx.clone(), ingested, lease).await
     }
 
     /// The deviations from SARIF 2.1.0 that the import which completed this scan took with a

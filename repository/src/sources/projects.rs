@@ -104,7 +104,7 @@ impl From<SummaryRow> for ProjectSummary {
 }
 
 /// The `projects` table.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Projects<'a> {
     pub(crate) cx: Cx<'a>,
 }
@@ -282,12 +282,14 @@ impl Projects<'_> {
     #[instrument(name = "projects.delete", skip(self))]
     pub async fn delete(&self, id: Uuid) -> Result<()> {
         self.cx.who.refuse_worker("delete projects")?;
-        cascade::delete(self.cx, &cascade::PROJECT, id).await
+        cascade::delete(self.cx.clone(), &cascade::PROJECT, id).await
     }
 
     /// The owner's active projects, newest first, each with its latest scan's status and
     /// severity counts. One index range scan plus a primary-key probe per row: the counts were
     /// written once when each scan completed, never aggregated here.
+    ///
+    /// *Replica read*: a read replica may serve it (see [`crate::Session`]).
     #[instrument(name = "projects.list_for_owner", skip(self))]
     pub async fn list_for_owner(
         &self,
@@ -295,6 +297,7 @@ impl Projects<'_> {
         after: Option<Uuid>,
         limit: u64,
     ) -> Result<Page<ProjectSummary, Uuid>> {
+        let cx = self.cx.replica();
         let limit = page_size(limit)?;
         // Two statement shapes rather than `($2 IS NULL OR p.id < $2)`, which a cached generic
         // plan cannot turn into an index bound.
@@ -306,7 +309,7 @@ impl Projects<'_> {
             }
             None => "",
         };
-        let reach = and_reach(self.cx.who, Table::Projects, "p", &mut values);
+        let reach = and_reach(cx.who, Table::Projects, "p", &mut values);
         let sql = format!(
             "SELECT p.id, p.name, p.slug, s.id AS scan_id, s.status AS scan_status, \
                     s.finished_at, s.count_critical, s.count_high, s.count_medium, \
@@ -316,8 +319,8 @@ impl Projects<'_> {
               ORDER BY p.id DESC {}",
             limit_clause(limit + 1)
         );
-        let rows = SummaryRow::find_by_statement(statement(self.cx.db(), &sql, values))
-            .all(self.cx.db())
+        let rows = SummaryRow::find_by_statement(statement(cx.db(), &sql, values))
+            .all(cx.db())
             .await?;
         let rows = rows.into_iter().map(ProjectSummary::from).collect();
         Ok(Page::from_rows(rows, limit, |p: &ProjectSummary| p.id))

@@ -29,7 +29,7 @@ pub struct NewRepository {
 }
 
 /// The `repositories` table: the source repositories a project tracks.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Repositories<'a> {
     pub(crate) cx: Cx<'a>,
 }
@@ -115,9 +115,18 @@ impl Repositories<'_> {
     }
 
     /// The project's repositories, oldest first.
+    ///
+    /// *Replica read*: a read replica may serve it (see [`crate::Session`]).
     #[instrument(name = "repositories.list_for_project", skip(self))]
     pub async fn list_for_project(&self, project_id: Uuid) -> Result<Vec<repositories::Model>> {
-        self.select("x.project_id = $1", vec![project_id.into()])
+        self.cx
+            .replica()
+            .select::<repositories::Entity>(
+                Table::Repositories,
+                "x.project_id = $1",
+                vec![project_id.into()],
+                "ORDER BY x.id",
+            )
             .await
     }
 

@@ -29,7 +29,7 @@ pub struct NewSnapshot {
 }
 
 /// The `snapshots` table: source trees fetched for scanning.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Snapshots<'a> {
     pub(crate) cx: Cx<'a>,
 }
@@ -109,7 +109,7 @@ impl Snapshots<'_> {
     /// that read it keep their history.
     #[instrument(name = "snapshots.delete", skip(self))]
     pub async fn delete(&self, id: Uuid) -> Result<()> {
-        cascade::delete(self.cx, &cascade::SNAPSHOT, id).await
+        cascade::delete(self.cx.clone(), &cascade::SNAPSHOT, id).await
     }
 
     /// Deletes up to `limit` ready snapshots whose expiry has passed, as

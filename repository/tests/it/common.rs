@@ -8,12 +8,31 @@ use vega_tests::TestDb;
 pub fn settings(url: &str, pool: vega_config::PoolOptions) -> vega_config::Settings {
     vega_config::Settings {
         database: vega_config::DatabaseSettings::for_url(url).unwrap(),
+        reader: None,
         blob: vega_config::BlobSettings::Fs {
             root: std::env::temp_dir().join(format!("vega-blobs-{}", uuid::Uuid::new_v4())),
             root_source: vega_config::Source::Given,
         },
         pool,
     }
+}
+
+/// Settings for a new, migrated SQLite file in a directory of its own (which several stores,
+/// as several processes, can share) with these pool options.
+pub async fn sqlite_file(pool: vega_config::PoolOptions) -> vega_config::Settings {
+    use vega_migration::MigratorTrait;
+    let dir = std::env::temp_dir().join(format!("vega-sqlite-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}/vega.sqlite3?mode=rwc", dir.display());
+    let settings = settings(&url, pool);
+    let conn = settings
+        .database
+        .connect(settings.database.connect_options())
+        .await
+        .unwrap();
+    vega_migration::Migrator::up(&conn, None).await.unwrap();
+    conn.close().await.unwrap();
+    settings
 }
 
 pub async fn store(db: &TestDb) -> Store {

@@ -162,29 +162,16 @@ on_both_backends! {
 /// because every transaction takes the write lock when it begins and waits its turn.
 #[tokio::test]
 async fn two_sqlite_writers_on_one_file_both_succeed() {
-    let dir = std::env::temp_dir().join(format!("vega-sqlite-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let url = format!("sqlite://{}/vega.sqlite3?mode=rwc", dir.display());
     // Each process has one SQLite connection, so its callers queue for it; a debug build's
     // completions are slow, and this test is about the file lock, not that queue.
-    let settings = common::settings(
-        &url,
-        vega_config::PoolOptions {
-            acquire_timeout: Duration::from_secs(60),
-            lock_timeout: Duration::from_secs(60),
-            ..vega_config::PoolOptions::default()
-        },
-    );
-    {
-        let conn = settings
-            .database
-            .connect(settings.database.connect_options())
-            .await
-            .unwrap();
-        use vega_migration::MigratorTrait;
-        vega_migration::Migrator::up(&conn, None).await.unwrap();
-        conn.close().await.unwrap();
-    }
+    let settings = common::sqlite_file(vega_config::PoolOptions {
+        acquire_timeout: Duration::from_secs(60),
+        lock_timeout: Duration::from_secs(60),
+        ..vega_config::PoolOptions::default()
+    })
+    .await;
+    let dir = settings.database.sqlite_path().unwrap();
+    let dir = dir.parent().unwrap();
     let one = Store::connect(&settings).await.unwrap();
     let two = Store::connect(&settings).await.unwrap();
     let repo = common::repository(&one).await;
@@ -203,7 +190,7 @@ async fn two_sqlite_writers_on_one_file_both_succeed() {
         new += task.await.unwrap().unwrap().findings_new;
     }
     assert_eq!(new, 2000);
-    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// Another writer of the repository holding its ingest lock past `lock_timeout` (here three

@@ -17,6 +17,7 @@ mod literals;
 mod objects;
 mod poolers;
 mod queue;
+mod readers;
 mod reports;
 mod retention;
 mod sessions;
