@@ -22,7 +22,7 @@
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgConnection};
 use sea_orm::sqlx::{self, Connection, Row};
@@ -141,6 +141,10 @@ impl Fallback {
     }
 }
 
+/// The longest a replica read waits for a look at the reader's replayed position before it
+/// goes to the writer instead: a few round trips.
+const LOOK_BOUND: Duration = Duration::from_millis(50);
+
 const UP: u8 = 0;
 const DOWN: u8 = 1;
 const LAGGING: u8 = 2;
@@ -155,9 +159,9 @@ struct State {
     /// The position the reader had replayed at the last probe or check.
     replayed: AtomicU64,
     lag_ms: AtomicU64,
-    /// When the replayed position was last read, in milliseconds after `started`.
-    checked_at: AtomicU64,
-    started: Instant,
+    /// Looks at the replayed position ended ([`Reader::caught_up`]), and the one in flight.
+    looks: AtomicU64,
+    looking: tokio::sync::Mutex<()>,
     on_reader: AtomicU64,
     on_writer: AtomicU64,
     fallbacks: AtomicU64,
@@ -257,8 +261,8 @@ impl Reader {
             }),
             replayed: AtomicU64::new(0),
             lag_ms: AtomicU64::new(0),
-            checked_at: AtomicU64::new(0),
-            started: Instant::now(),
+            looks: AtomicU64::new(0),
+            looking: tokio::sync::Mutex::new(()),
             on_reader: AtomicU64::new(0),
             on_writer: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
@@ -293,46 +297,47 @@ impl Reader {
         if floor <= state.replayed.load(Ordering::Acquire) {
             return Ok(());
         }
-        // Behind the session as last seen: look again, at most once per few milliseconds
-        // for all sessions together, before giving the read to the writer.
-        if self.refresh().await && floor <= state.replayed.load(Ordering::Acquire) {
+        // Behind the session as last seen: look again (once for every session behind it)
+        // before giving the read to the writer.
+        if self.caught_up(floor).await {
             return Ok(());
         }
         Err(Fallback::BehindSession)
     }
 
-    /// Reads the reader's replayed position again if it was not read in the last 5 ms.
-    async fn refresh(&self) -> bool {
+    /// Whether the reader has replayed `floor`, reading its position again unless another
+    /// caller's look ended while this one waited for it: one look in flight, however many
+    /// sessions are behind. Bounded by [`LOOK_BOUND`]; past it, not caught up.
+    async fn caught_up(&self, floor: u64) -> bool {
         let state = &self.state;
-        let now = elapsed_ms(state.started);
-        let last = state.checked_at.load(Ordering::Acquire);
-        if now.saturating_sub(last) < 5
-            || state
-                .checked_at
-                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
-        {
-            return false;
-        }
-        let sql = "SELECT (pg_last_wal_replay_lsn() - '0/0')::text AS p";
-        let sql = match state.kind {
-            ReplicaKind::Aurora => {
-                "SELECT min(durable_lsn)::text AS p FROM aurora_global_db_instance_status()"
+        let looks = state.looks.load(Ordering::Acquire);
+        let look = async {
+            let _one = state.looking.lock().await;
+            if state.looks.load(Ordering::Acquire) == looks {
+                let sql = match state.kind {
+                    ReplicaKind::Aurora => {
+                        "SELECT min(durable_lsn)::text AS p FROM aurora_global_db_instance_status()"
+                    }
+                    ReplicaKind::Postgres | ReplicaKind::Sqlite => {
+                        "SELECT (pg_last_wal_replay_lsn() - '0/0')::text AS p"
+                    }
+                };
+                let row = self
+                    .db
+                    .query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
+                    .await;
+                let replayed: Option<String> = row
+                    .ok()
+                    .flatten()
+                    .and_then(|r| r.try_get("", "p").ok().flatten());
+                if let Some(replayed) = replayed.and_then(|r| r.parse::<u64>().ok()) {
+                    state.replayed.fetch_max(replayed, Ordering::AcqRel);
+                }
+                state.looks.fetch_add(1, Ordering::AcqRel);
             }
-            ReplicaKind::Postgres | ReplicaKind::Sqlite => sql,
         };
-        let Ok(Some(row)) = self
-            .db
-            .query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
-            .await
-        else {
-            return false;
-        };
-        let replayed: Option<String> = row.try_get("", "p").ok().flatten();
-        if let Some(replayed) = replayed.and_then(|r| r.parse::<u64>().ok()) {
-            state.replayed.fetch_max(replayed, Ordering::AcqRel);
-        }
-        true
+        tokio::time::timeout(LOOK_BOUND, look).await.is_ok()
+            && floor <= state.replayed.load(Ordering::Acquire)
     }
 
     /// Counts a read by where it went.
@@ -431,10 +436,6 @@ impl ReaderStatus {
     pub fn serving(&self) -> bool {
         self.state == ReplicaState::Serving
     }
-}
-
-fn elapsed_ms(since: Instant) -> u64 {
-    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 struct Monitor {

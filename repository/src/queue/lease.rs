@@ -122,11 +122,13 @@ impl Scans<'_> {
                 format!("must be this worker's name, `{name}`"),
             ));
         }
-        let now = now();
-        let expires = now + lease_duration("lease_for", lease_for)?;
+        let lease = lease_duration("lease_for", lease_for)?;
         let limit = limit_clause(limit.into());
-        let mut values: Vec<Value> = vec![now.into(), worker_id.clone().into(), expires.into()];
+        let bind = |now: DateTime<FixedOffset>| -> Vec<Value> {
+            vec![now.into(), worker_id.clone().into(), (now + lease).into()]
+        };
         let mut claimed = if is_postgres(self.cx.db()) {
+            let mut values = bind(now());
             // The CTE is an optimisation fence: the planner cannot turn the LIMITed,
             // SKIP LOCKED subquery into a join that locks more rows than it claims. The
             // claim logs its own `scan.claimed` events: one statement, one round trip.
@@ -161,6 +163,9 @@ impl Scans<'_> {
                  RETURNING *"
             );
             let unit = self.cx.db().unit().await?;
+            // The clock is read once the writer is this claim's: a claim that queued for it
+            // takes what became due while it waited.
+            let values = bind(now());
             let claimed = scans::Model::find_by_statement(statement(&unit, &sql, values))
                 .all(&unit)
                 .await?;
