@@ -134,7 +134,7 @@ async fn replica_reads_see_the_sessions_writes_and_fall_back_to_the_writer() {
     let served_before = transactions_served(&reader_url).await;
     let clients: Vec<_> = who
         .iter()
-        .map(|p| tokio::spawn(client(store.clone(), p.clone(), 2, Duration::from_secs(5))))
+        .map(|p| tokio::spawn(client(store.clone(), p.clone(), 2, Duration::from_secs(6))))
         .collect();
     let mut stale = 0;
     for c in clients {
