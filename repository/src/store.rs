@@ -309,12 +309,8 @@ async fn open_reader(settings: &Settings, db: &Db) -> Result<Option<Reader>> {
             let conn = crate::db::pool::open_replica(reader, pool, health.clone()).await?;
             let options = (*conn.get_postgres_connection_pool().connect_options()).clone();
             let preamble = reader.transaction_preamble(pool);
-            let reader = Reader::new(
-                Db::new(conn, bounds(pool), health, preamble),
-                kind,
-                pool.reader_max_lag,
-            );
-            reader.spawn_monitor(options, pool.probe_interval, pool.probe_timeout);
+            let reader = Reader::new(Db::new(conn, bounds(pool), health, preamble), kind);
+            reader.spawn_monitor(options, pool);
             Ok(Some(reader))
         }
         (_, Backend::Sqlite) => {
@@ -323,11 +319,7 @@ async fn open_reader(settings: &Settings, db: &Db) -> Result<Option<Reader>> {
                 return Ok(None);
             };
             let reader = Db::new(conn, bounds(pool), Health::new(), None);
-            Ok(Some(Reader::new(
-                reader,
-                ReplicaKind::Sqlite,
-                pool.reader_max_lag,
-            )))
+            Ok(Some(Reader::new(reader, ReplicaKind::Sqlite)))
         }
         (None, Backend::Postgres) => Ok(None),
     }

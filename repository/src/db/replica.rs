@@ -27,6 +27,7 @@ use std::time::Duration;
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgConnection};
 use sea_orm::sqlx::{self, Connection, Row};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use vega_config::PoolOptions;
 
 use crate::db::connection::Db;
 use crate::error::{Error, Result};
@@ -172,7 +173,6 @@ struct State {
 pub(crate) struct Reader {
     pub(crate) db: Db,
     state: Arc<State>,
-    max_lag: Duration,
 }
 
 /// A session's place in the writer's log, for read-your-writes; nothing when no reader is
@@ -250,7 +250,7 @@ async fn write_position(writer: &Db, kind: ReplicaKind) -> Result<u64> {
 
 impl Reader {
     /// A reader on `db`, whose kind was detected at connect time.
-    pub(crate) fn new(db: Db, kind: ReplicaKind, max_lag: Duration) -> Self {
+    pub(crate) fn new(db: Db, kind: ReplicaKind) -> Self {
         let state = State {
             kind,
             // A Postgres reader serves nothing before its first probe.
@@ -270,7 +270,6 @@ impl Reader {
         Self {
             db,
             state: Arc::new(state),
-            max_lag,
         }
     }
 
@@ -382,20 +381,16 @@ impl Reader {
         }
     }
 
-    /// Starts the monitor of a Postgres reader: a probe every `interval` on a connection of its
-    /// own, bounded by `timeout`. It ends when the reader is dropped.
-    pub(crate) fn spawn_monitor(
-        &self,
-        options: PgConnectOptions,
-        interval: Duration,
-        timeout: Duration,
-    ) {
+    /// Starts the monitor of a Postgres reader: a probe every `VEGA_DB_PROBE_INTERVAL` on a
+    /// connection of its own, bounded by `VEGA_DB_PROBE_TIMEOUT`, against
+    /// `VEGA_DB_READER_MAX_LAG`. It ends when the reader is dropped.
+    pub(crate) fn spawn_monitor(&self, options: PgConnectOptions, pool: &PoolOptions) {
         let monitor = Monitor {
             state: Arc::downgrade(&self.state),
             options,
-            interval,
-            timeout,
-            max_lag: self.max_lag,
+            interval: pool.probe_interval,
+            timeout: pool.probe_timeout,
+            max_lag: pool.reader_max_lag,
         };
         tokio::spawn(monitor.run());
     }
