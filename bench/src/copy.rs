@@ -1,6 +1,7 @@
 //! The practical ceiling for ingest: `COPY … FROM STDIN (FORMAT binary)` of the same finding
-//! and occurrence rows into the same indexed tables (every column ingest fills, the scan
-//! pointers and their foreign keys included), with no dedup, no lookups and no logic.
+//! and sighting-run rows that a first ingest writes, into the same indexed tables (every
+//! column ingest fills, the scan pointer and the foreign keys included), with no dedup, no
+//! lookups and no logic.
 
 use chrono::{DateTime, Utc};
 use sea_orm::DatabaseConnection;
@@ -10,8 +11,8 @@ use vega_repository::NewFinding;
 
 use crate::Result;
 
-/// Copies `findings` as new findings of `repository_id` first and last seen by `scan_id`, and
-/// as that scan's occurrences.
+/// Copies `findings` as new findings of `repository_id` first seen by `scan_id`, and as the
+/// runs that scan opens in a stream of its own.
 pub(crate) async fn copy_findings(
     db: &DatabaseConnection,
     project_id: Uuid,
@@ -25,7 +26,7 @@ pub(crate) async fn copy_findings(
 
     let mut out = header();
     for (f, id) in findings.iter().zip(&ids) {
-        out.extend_from_slice(&21i16.to_be_bytes());
+        out.extend_from_slice(&19i16.to_be_bytes());
         uuid(&mut out, *id);
         uuid(&mut out, project_id);
         uuid(&mut out, repository_id);
@@ -44,8 +45,7 @@ pub(crate) async fn copy_findings(
         lines(&mut out, f);
         bytes(&mut out, b"open");
         uuid(&mut out, scan_id);
-        uuid(&mut out, scan_id);
-        for _ in 0..4 {
+        for _ in 0..3 {
             bytes(&mut out, &now.to_be_bytes());
         }
     }
@@ -54,30 +54,41 @@ pub(crate) async fn copy_findings(
         .copy_in_raw(
             "COPY findings (id, project_id, repository_id, fingerprint, scanner, category, rule_id, title, \
                             severity, scanner_severity, cwe, file_path, start_line, end_line, status, \
-                            first_seen_scan_id, last_seen_scan_id, first_seen_at, last_seen_at, created_at, \
-                            updated_at) \
+                            first_seen_scan_id, first_seen_at, created_at, updated_at) \
              FROM STDIN (FORMAT binary)",
         )
         .await?;
     copy.send(out).await?;
     copy.finish().await?;
 
+    let stream = Uuid::now_v7();
+    sea_orm::sqlx::query(
+        "INSERT INTO scan_streams (project_id, id, repository_id, ref_name, kind, default_branch, last_seq) \
+         VALUES ($1, $2, $3, $4, 'full', true, 1)",
+    )
+    .bind(project_id)
+    .bind(stream)
+    .bind(repository_id)
+    .bind(format!("copy-{scan_id}"))
+    .execute(pool)
+    .await?;
     let mut out = header();
     for (f, id) in findings.iter().zip(&ids) {
-        out.extend_from_slice(&8i16.to_be_bytes());
-        uuid(&mut out, scan_id);
-        uuid(&mut out, *id);
+        out.extend_from_slice(&9i16.to_be_bytes());
         uuid(&mut out, project_id);
-        bytes(&mut out, &f.severity.as_i16().to_be_bytes());
+        uuid(&mut out, stream);
+        uuid(&mut out, *id);
+        bytes(&mut out, &1i64.to_be_bytes());
         bytes(&mut out, b"new");
+        bytes(&mut out, &f.severity.as_i16().to_be_bytes());
         optional(&mut out, f.file_path.as_deref().map(str::as_bytes));
         lines(&mut out, f);
     }
     out.extend_from_slice(&(-1i16).to_be_bytes());
     let mut copy = pool
         .copy_in_raw(
-            "COPY finding_occurrences (scan_id, finding_id, project_id, severity, change, file_path, \
-                                       start_line, end_line) \
+            "COPY sighting_runs (project_id, stream_id, finding_id, first_seq, change, severity, \
+                                 file_path, start_line, end_line) \
              FROM STDIN (FORMAT binary)",
         )
         .await?;

@@ -14,6 +14,7 @@ pub(crate) type Result<T> = std::result::Result<T, Error>;
 mod blob;
 mod concurrency;
 mod copy;
+mod history;
 mod poolers;
 mod queue;
 mod readers;
@@ -93,12 +94,49 @@ struct Args {
     /// Results in the SARIF log whose ingest's peak RSS is measured.
     #[arg(long, default_value_t = 1_000_000)]
     sarif_big: usize,
+    /// Rescans of one repository's findings (`--findings` of them, 1% changed each time) in
+    /// the history scenario, whose storage is compared with one occurrence row per finding
+    /// per scan.
+    #[arg(long, default_value_t = 100)]
+    rescans: usize,
     /// Scenarios to run (default: all).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+}
+
+/// Bytes a scenario wrote or keeps (WAL, table and index size), beside a baseline's.
+#[derive(serde::Serialize)]
+pub(crate) struct Volume {
+    what: String,
+    bytes: u64,
+    baseline: Option<String>,
+    ratio: Option<f64>,
+}
+
+impl Volume {
+    pub(crate) fn new(what: &str, bytes: u64, baseline: Option<&Volume>) -> Self {
+        Volume {
+            what: what.into(),
+            bytes,
+            baseline: baseline.map(|b| b.what.clone()),
+            ratio: baseline.map(|b| bytes as f64 / (b.bytes.max(1)) as f64),
+        }
+    }
+}
+
+/// The WAL position, in bytes from the start.
+pub(crate) async fn wal_position(db: &DatabaseConnection) -> Result<u64> {
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint AS at",
+        ))
+        .await?
+        .ok_or("no WAL position")?;
+    Ok(u64::try_from(row.try_get::<i64>("", "at")?)?)
 }
 
 #[derive(serde::Serialize)]
@@ -133,9 +171,11 @@ async fn main() -> Result<()> {
         args.iterations = 5;
         args.sarif_results = 2_000;
         args.sarif_big = 5_000;
+        args.rescans = 3;
     }
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     let mut rows = Vec::new();
+    let mut volumes = Vec::new();
     // Blobs first, so the peak-memory reading is not inflated by the ingest scenarios.
     if wanted("blob") {
         blob::run(args.blob_mib, args.runs, &mut rows).await?;
@@ -153,7 +193,18 @@ async fn main() -> Result<()> {
     };
     let store = Store::connect(&settings).await?;
     if wanted("ingest") {
-        ingest(&store, &db, &args, &mut rows).await?;
+        ingest(&store, &db, &args, &mut rows, &mut volumes).await?;
+    }
+    if wanted("history") {
+        history::run(
+            &store,
+            &db,
+            args.findings,
+            args.rescans,
+            &mut rows,
+            &mut volumes,
+        )
+        .await?;
     }
     if wanted("concurrency") {
         let project = bench_project(&store, "concurrency").await?;
@@ -227,9 +278,10 @@ async fn main() -> Result<()> {
         };
         sustained::run(&sizes, &mut rows).await?;
     }
-    print(&rows);
+    print(&rows, &volumes);
     if let Some(path) = args.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&rows)?)?;
+        let all = serde_json::json!({ "rows": rows, "volumes": volumes });
+        std::fs::write(path, serde_json::to_vec_pretty(&all)?)?;
     }
     Ok(())
 }
@@ -258,7 +310,7 @@ async fn fresh_database() -> Result<(DatabaseConnection, String)> {
     Ok((db, url))
 }
 
-fn synthetic_findings(n: usize) -> Vec<NewFinding> {
+pub(crate) fn synthetic_findings(n: usize) -> Vec<NewFinding> {
     (0..n).map(synthetic_findings_at).collect()
 }
 
@@ -286,13 +338,33 @@ fn synthetic_findings_at(i: usize) -> NewFinding {
     }
 }
 
+/// `batch` with one finding in a hundred moved (its lines shifted by `shift`): a rescan with
+/// 1% changed.
+pub(crate) fn one_percent_moved(batch: &[NewFinding], shift: i32) -> Vec<NewFinding> {
+    batch
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let mut f = f.clone();
+            if i % 100 == 0 {
+                f.start_line = f.start_line.map(|l| l + shift);
+                f.end_line = f.end_line.map(|l| l + shift);
+            }
+            f
+        })
+        .collect()
+}
+
 /// Scan completion with N findings: all new, then the same findings again on the same
-/// repository (all existing), beside SeaORM `insert_many` of the bare finding rows.
+/// repository (a rescan, all unchanged), then again with 1% moved, beside COPY of the rows a
+/// first ingest writes and SeaORM `insert_many` of the bare finding rows; and the WAL the
+/// rescans and COPY wrote.
 async fn ingest(
     store: &Store,
     db: &DatabaseConnection,
     args: &Args,
     rows: &mut Vec<Row>,
+    volumes: &mut Vec<Volume>,
 ) -> Result<()> {
     let owner = store
         .users()
@@ -303,8 +375,10 @@ async fn ingest(
         })
         .await?;
     let batch = synthetic_findings(args.findings);
-    let (mut fresh, mut again, mut bare, mut copied) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let changed = one_percent_moved(&batch, 1000);
+    let (mut fresh, mut again, mut moved, mut bare, mut copied) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut again_wal, mut moved_wal, mut copy_wal) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..args.runs {
         let project = store
             .projects()
@@ -326,7 +400,11 @@ async fn ingest(
                 default_branch: Some("main".into()),
             })
             .await?;
-        for times in [&mut fresh, &mut again] {
+        for (times, findings, wal) in [
+            (&mut fresh, &batch, None),
+            (&mut again, &batch, Some(&mut again_wal)),
+            (&mut moved, &changed, Some(&mut moved_wal)),
+        ] {
             store
                 .scans()
                 .enqueue(NewScan::full(
@@ -341,9 +419,16 @@ async fn ingest(
                 .await?
                 .remove(0);
             settle(db).await?;
+            let before = wal_position(db).await?;
             let started = Instant::now();
-            store.scans().complete(&claim.lease, batch.clone()).await?;
+            store
+                .scans()
+                .complete(&claim.lease, findings.clone())
+                .await?;
             times.push(started.elapsed());
+            if let Some(wal) = wal {
+                wal.push(wal_position(db).await? - before);
+            }
         }
 
         // Baselines: the same finding rows, bare, through SeaORM's insert_many in 1,000-row
@@ -385,21 +470,20 @@ async fn ingest(
                 severity_reason: Set(None),
                 on_default_branch: Set(true),
                 first_seen_scan_id: Set(Some(bare_scan.id)),
-                last_seen_scan_id: Set(Some(bare_scan.id)),
                 fixed_in_scan_id: Set(None),
                 first_seen_at: Set(now),
-                last_seen_at: Set(now),
                 fixed_at: Set(None),
-                times_seen: Set(1),
                 details: Set(None),
                 created_at: Set(now),
                 updated_at: Set(now),
             })
             .collect();
         settle(db).await?;
+        let before = wal_position(db).await?;
         let started = Instant::now();
         copy::copy_findings(db, project.id, copy_repo.id, copy_scan.id, &batch).await?;
         copied.push(started.elapsed());
+        copy_wal.push(wal_position(db).await? - before);
 
         settle(db).await?;
         let started = Instant::now();
@@ -413,12 +497,7 @@ async fn ingest(
         bare.push(started.elapsed());
     }
     let n = args.findings;
-    let copy = summary(
-        "findings+occurrences: COPY BINARY (ceiling)",
-        n,
-        &copied,
-        None,
-    );
+    let copy = summary("findings+runs: COPY BINARY (ceiling)", n, &copied, None);
     let bare = summary(
         "findings: SeaORM insert_many of bare rows",
         n,
@@ -432,11 +511,37 @@ async fn ingest(
         Some(&copy),
     ));
     rows.push(summary(
-        "scan complete: ingest, all existing",
+        "scan complete: rescan, all unchanged",
         n,
         &again,
         Some(&copy),
     ));
+    rows.push(summary(
+        "scan complete: rescan, 1% changed",
+        n,
+        &moved,
+        Some(&copy),
+    ));
+    let median = |v: &mut Vec<u64>| {
+        v.sort_unstable();
+        v.get(v.len() / 2).copied().unwrap_or_default()
+    };
+    let copy_volume = Volume::new(
+        "WAL: findings+runs COPY BINARY",
+        median(&mut copy_wal),
+        None,
+    );
+    volumes.push(Volume::new(
+        "WAL: rescan, all unchanged",
+        median(&mut again_wal),
+        Some(&copy_volume),
+    ));
+    volumes.push(Volume::new(
+        "WAL: rescan, 1% changed",
+        median(&mut moved_wal),
+        Some(&copy_volume),
+    ));
+    volumes.push(copy_volume);
     rows.push(bare);
     rows.push(copy);
     Ok(())
@@ -528,7 +633,7 @@ pub(crate) fn summary(scenario: &str, n: usize, times: &[Duration], baseline: Op
     }
 }
 
-fn print(rows: &[Row]) {
+fn print(rows: &[Row], volumes: &[Volume]) {
     let width = rows
         .iter()
         .map(|r| r.scenario.len())
@@ -552,6 +657,26 @@ fn print(rows: &[Row]) {
                 .map(|x| format!("{x:.2}x"))
                 .unwrap_or_else(|| "base".into())
         );
+    }
+    if !volumes.is_empty() {
+        let width = volumes
+            .iter()
+            .map(|v| v.what.len())
+            .max()
+            .unwrap_or(0)
+            .max(8);
+        println!();
+        println!("{:<width$} {:>14} {:>9}", "volume", "bytes", "ratio");
+        for v in volumes {
+            println!(
+                "{:<width$} {:>14} {:>9}",
+                v.what,
+                v.bytes,
+                v.ratio
+                    .map(|x| format!("{x:.4}x"))
+                    .unwrap_or_else(|| "base".into())
+            );
+        }
     }
     // A ratio this far from 1 more often means the two sides no longer do the same work
     // than that either got this much faster or slower.

@@ -208,19 +208,36 @@ async fn raw_worker(pool: PgPool, worker: String) -> Result<u64> {
             .bind(attempt)
             .fetch_one(&mut *tx)
             .await?;
+        let (stream, seq): (Uuid, i64) = sqlx::query_as(
+            "INSERT INTO scan_streams (project_id, id, repository_id, ref_name, kind, default_branch, last_seq) \
+             VALUES ($1, $2, $3, 'main', 'full', true, 1) \
+             ON CONFLICT (repository_id, ref_name, kind, default_branch, project_id) \
+             DO UPDATE SET last_seq = scan_streams.last_seq + 1 RETURNING id, last_seq",
+        )
+        .bind(project)
+        .bind(Uuid::now_v7())
+        .bind(repository)
+        .fetch_one(&mut *tx)
+        .await?;
         sqlx::query(
             "UPDATE findings SET status = 'fixed', fixed_at = now(), fixed_in_scan_id = $1, updated_at = now() \
-              WHERE repository_id = $2 AND status = 'open' AND (last_seen_scan_id IS NULL OR last_seen_scan_id <> $1)",
+              WHERE repository_id = $2 AND status = 'open' AND on_default_branch \
+                AND NOT EXISTS (SELECT 1 FROM sighting_runs o WHERE o.project_id = $3 AND o.stream_id = $4 \
+                                   AND o.last_seq IS NULL AND o.finding_id = findings.id)",
         )
         .bind(id)
         .bind(repository)
+        .bind(project)
+        .bind(stream)
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "UPDATE scans SET status = 'succeeded', finished_at = now(), lease_expires_at = NULL, updated_at = now() \
-              WHERE id = $1 RETURNING *",
+            "UPDATE scans SET status = 'succeeded', finished_at = now(), lease_expires_at = NULL, updated_at = now(), \
+                    stream_id = $2, stream_seq = $3 WHERE id = $1 RETURNING *",
         )
         .bind(id)
+        .bind(stream)
+        .bind(seq)
         .fetch_one(&mut *tx)
         .await?;
         sqlx::query("UPDATE projects SET latest_scan_id = $1, updated_at = now() WHERE id = $2 AND (latest_scan_id IS NULL OR latest_scan_id < $1)")

@@ -437,11 +437,11 @@ pub(crate) async fn generate(db: &DatabaseConnection, owner: Uuid, sizes: &Sizes
     let (repo, project): (Uuid, Uuid) = (row.try_get("", "id")?, row.try_get("", "project_id")?);
     db.execute_unprepared(&format!(
         "INSERT INTO findings (id, project_id, repository_id, fingerprint, scanner, category, rule_id, title, \
-                               severity, scanner_severity, file_path, status, first_seen_at, last_seen_at, \
+                               severity, scanner_severity, file_path, status, first_seen_at, \
                                created_at, updated_at) \
          SELECT gen_random_uuid(), '{project}', '{repo}', sha256(int8send(i)), 'semgrep', 'sast', 'rule-' || (i % 211), \
                 'finding ' || i, (i % 6)::smallint, (i % 6)::smallint, 'src/f' || (i % 997) || '.py', 'open', \
-                now(), now(), now(), now() \
+                now(), now(), now() \
            FROM generate_series(1, {}) i",
         sizes.findings
     ))

@@ -198,7 +198,7 @@ text_enum! {
 }
 
 text_enum! {
-    /// `finding_occurrences.change`: how a scan's sighting relates to the finding's history.
+    /// `sighting_runs.change`: how a scan's sighting relates to the finding's history.
     OccurrenceChange {
         /// First seen in this scan.
         New = "new",

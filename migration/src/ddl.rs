@@ -268,3 +268,119 @@ pub async fn widen_check(
     }
     Ok(())
 }
+
+/// Drops columns that table constraints refer to (a foreign key, a CHECK): for a column a new
+/// design no longer needs. `clauses` are how those constraints begin in SQLite's schema text
+/// (`CONSTRAINT "t_x_check"`; a foreign key is unnamed there: `FOREIGN KEY ("x")`).
+///
+/// Postgres drops a column's constraints with it. SQLite refuses to drop a column that a
+/// constraint names, and cannot drop a constraint; as in [`widen_check`], the clauses are cut
+/// from the table's schema text (each must appear exactly once, or nothing is changed) before
+/// the columns are dropped. A clause that is not there is nothing to cut (a table rebuilt by a
+/// migration's `down` may lack it). Indexes on the columns are the caller's to drop first, on
+/// both engines.
+pub async fn drop_columns_and_constraints(
+    manager: &SchemaManager<'_>,
+    table: &'static str,
+    columns: &[&'static str],
+    clauses: &[&str],
+) -> Result<(), DbErr> {
+    if manager.get_database_backend() != DbBackend::Postgres {
+        let db = manager.get_connection();
+        let quote = |s: &str| s.replace('\'', "''");
+        let row = db
+            .query_one_raw(Statement::from_string(
+                DbBackend::Sqlite,
+                format!(
+                    "SELECT sql, (SELECT schema_version FROM pragma_schema_version) AS version \
+                       FROM sqlite_schema WHERE type = 'table' AND name = '{}'",
+                    quote(table)
+                ),
+            ))
+            .await?
+            .ok_or_else(|| DbErr::Custom(format!("no table {table}")))?;
+        let mut sql: String = row.try_get("", "sql")?;
+        let version: i64 = row.try_get("", "version")?;
+        for clause in clauses {
+            sql = without_clause(&sql, clause).ok_or_else(|| {
+                DbErr::Custom(format!("{table}: expected at most one `{clause}`"))
+            })?;
+        }
+        for statement in [
+            "PRAGMA writable_schema = ON".to_owned(),
+            format!(
+                "UPDATE sqlite_schema SET sql = '{}' WHERE type = 'table' AND name = '{}'",
+                quote(&sql),
+                quote(table)
+            ),
+            format!("PRAGMA schema_version = {}", version + 1),
+            "PRAGMA writable_schema = OFF".to_owned(),
+        ] {
+            db.execute_unprepared(&statement).await?;
+        }
+    }
+    drop_columns(manager, table, columns).await
+}
+
+/// `create` (a `CREATE TABLE` statement) without the clause that begins `, {clause}` and ends
+/// at the next comma or closing parenthesis outside parentheses: unchanged when there is no
+/// such clause, `None` when there are several.
+fn without_clause(create: &str, clause: &str) -> Option<String> {
+    let marker = format!(", {clause}");
+    match create.matches(&marker).count() {
+        0 => return Some(create.to_owned()),
+        1 => {}
+        _ => return None,
+    }
+    let start = create.find(&marker)?;
+    let mut depth = 0usize;
+    for (i, c) in create[start + marker.len()..].char_indices() {
+        match c {
+            ')' | ',' if depth == 0 => {
+                // The space before the table's closing parenthesis stays.
+                let end = start + create[start..start + marker.len() + i].trim_end().len();
+                return Some(format!("{}{}", &create[..start], &create[end..]));
+            }
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            _ => {}
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_clause;
+
+    #[test]
+    fn a_clause_is_cut_up_to_its_end_outside_parentheses() {
+        let create = "CREATE TABLE \"t\" ( \"a\" int, CONSTRAINT \"t_a_check\" CHECK (a IN (1, 2)), \
+                      CONSTRAINT \"t_b_fkey\" FOREIGN KEY (\"b\") REFERENCES \"u\" (\"id\") )";
+        assert_eq!(
+            without_clause(create, "CONSTRAINT \"t_a_check\"").as_deref(),
+            Some(
+                "CREATE TABLE \"t\" ( \"a\" int, CONSTRAINT \"t_b_fkey\" FOREIGN KEY (\"b\") \
+                 REFERENCES \"u\" (\"id\") )"
+            )
+        );
+        assert_eq!(
+            without_clause(create, "CONSTRAINT \"t_b_fkey\"").as_deref(),
+            Some("CREATE TABLE \"t\" ( \"a\" int, CONSTRAINT \"t_a_check\" CHECK (a IN (1, 2)) )")
+        );
+        assert_eq!(
+            without_clause(create, "CONSTRAINT \"t_c_check\"").as_deref(),
+            Some(create)
+        );
+        let twice = "CREATE TABLE t ( a int, CHECK (a > 0), CHECK (a > 0) )";
+        assert_eq!(without_clause(twice, "CHECK (a > 0)"), None);
+        assert_eq!(
+            without_clause(
+                "CREATE TABLE t ( a int, b int, FOREIGN KEY (\"b\") REFERENCES u (id) )",
+                "FOREIGN KEY (\"b\")"
+            )
+            .as_deref(),
+            Some("CREATE TABLE t ( a int, b int )")
+        );
+    }
+}

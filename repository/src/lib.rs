@@ -75,7 +75,9 @@ pub use accounts::workers::{IssuedCredential, WorkerBeat, WorkerCredential, Work
 // findings.
 pub use findings::fingerprint::{FINGERPRINT_VERSION, fingerprint};
 pub use findings::ingest::NewFinding;
-pub use findings::reads::{Delta, FindingCursor, Findings, ScanFinding, SeverityCounts};
+pub use findings::reads::{
+    Delta, FindingCursor, Findings, ScanFinding, SeverityCounts, Sighting, Sightings,
+};
 pub use findings::sla::{Overdue, SlaPolicy};
 pub use findings::triage::{Dismissal, TriageState};
 

@@ -45,12 +45,9 @@ pub struct Model {
     pub dismissed_at: Option<DateTimeWithTimeZone>,
     pub dismissed_by_user_id: Option<Uuid>,
     pub first_seen_scan_id: Option<Uuid>,
-    pub last_seen_scan_id: Option<Uuid>,
     pub fixed_in_scan_id: Option<Uuid>,
     pub first_seen_at: DateTimeWithTimeZone,
-    pub last_seen_at: DateTimeWithTimeZone,
     pub fixed_at: Option<DateTimeWithTimeZone>,
-    pub times_seen: i32,
     #[sea_orm(column_type = "JsonBinary", nullable)]
     pub details: Option<Json>,
     pub created_at: DateTimeWithTimeZone,
@@ -66,8 +63,6 @@ pub struct Model {
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
 pub enum Relation {
-    #[sea_orm(has_many = "super::finding_occurrences::Entity")]
-    FindingOccurrences,
     #[sea_orm(
         belongs_to = "super::projects::Entity",
         from = "Column::ProjectId",
@@ -93,18 +88,10 @@ pub enum Relation {
         on_update = "NoAction",
         on_delete = "SetNull"
     )]
-    Scans3,
-    #[sea_orm(
-        belongs_to = "super::scans::Entity",
-        from = "Column::FixedInScanId",
-        to = "super::scans::Column::Id",
-        on_update = "NoAction",
-        on_delete = "SetNull"
-    )]
     Scans2,
     #[sea_orm(
         belongs_to = "super::scans::Entity",
-        from = "Column::LastSeenScanId",
+        from = "Column::FixedInScanId",
         to = "super::scans::Column::Id",
         on_update = "NoAction",
         on_delete = "SetNull"
@@ -118,12 +105,6 @@ pub enum Relation {
         on_delete = "SetNull"
     )]
     Users,
-}
-
-impl Related<super::finding_occurrences::Entity> for Entity {
-    fn to() -> RelationDef {
-        Relation::FindingOccurrences.def()
-    }
 }
 
 impl Related<super::projects::Entity> for Entity {
@@ -147,15 +128,6 @@ impl Related<super::scan_deltas::Entity> for Entity {
 impl Related<super::users::Entity> for Entity {
     fn to() -> RelationDef {
         Relation::Users.def()
-    }
-}
-
-impl Related<super::scans::Entity> for Entity {
-    fn to() -> RelationDef {
-        super::finding_occurrences::Relation::Scans.def()
-    }
-    fn via() -> Option<RelationDef> {
-        Some(super::finding_occurrences::Relation::Findings.def().rev())
     }
 }
 

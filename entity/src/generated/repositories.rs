@@ -41,6 +41,8 @@ pub enum Relation {
         on_delete = "Cascade"
     )]
     Projects,
+    #[sea_orm(has_many = "super::scan_streams::Entity")]
+    ScanStreams,
     #[sea_orm(has_many = "super::scans::Entity")]
     Scans,
     #[sea_orm(has_many = "super::snapshots::Entity")]
@@ -59,6 +61,12 @@ impl Related<super::projects::Entity> for Entity {
     }
 }
 
+impl Related<super::scan_streams::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::ScanStreams.def()
+    }
+}
+
 impl Related<super::scans::Entity> for Entity {
     fn to() -> RelationDef {
         Relation::Scans.def()
@@ -68,6 +76,15 @@ impl Related<super::scans::Entity> for Entity {
 impl Related<super::snapshots::Entity> for Entity {
     fn to() -> RelationDef {
         Relation::Snapshots.def()
+    }
+}
+
+impl Related<super::sighting_runs::Entity> for Entity {
+    fn to() -> RelationDef {
+        super::scan_streams::Relation::SightingRuns.def()
+    }
+    fn via() -> Option<RelationDef> {
+        Some(super::scan_streams::Relation::Repositories.def().rev())
     }
 }
 

@@ -54,6 +54,10 @@ pub struct Model {
     pub count_dismissed: i32,
     #[sea_orm(column_type = "JsonBinary", nullable)]
     pub import_warnings: Option<Json>,
+    #[sea_orm(unique_key = "scans_stream_key")]
+    pub stream_id: Option<Uuid>,
+    #[sea_orm(unique_key = "scans_stream_key")]
+    pub stream_seq: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -68,8 +72,6 @@ pub enum Relation {
     ApiKeys,
     #[sea_orm(has_many = "super::artifacts::Entity")]
     Artifacts,
-    #[sea_orm(has_many = "super::finding_occurrences::Entity")]
-    FindingOccurrences,
     #[sea_orm(
         belongs_to = "super::projects::Entity",
         from = "Column::ProjectId",
@@ -118,12 +120,6 @@ impl Related<super::artifacts::Entity> for Entity {
     }
 }
 
-impl Related<super::finding_occurrences::Entity> for Entity {
-    fn to() -> RelationDef {
-        Relation::FindingOccurrences.def()
-    }
-}
-
 impl Related<super::projects::Entity> for Entity {
     fn to() -> RelationDef {
         Relation::Projects.def()
@@ -151,15 +147,6 @@ impl Related<super::snapshots::Entity> for Entity {
 impl Related<super::users::Entity> for Entity {
     fn to() -> RelationDef {
         Relation::Users.def()
-    }
-}
-
-impl Related<super::findings::Entity> for Entity {
-    fn to() -> RelationDef {
-        super::finding_occurrences::Relation::Findings.def()
-    }
-    fn via() -> Option<RelationDef> {
-        Some(super::finding_occurrences::Relation::Scans.def().rev())
     }
 }
 

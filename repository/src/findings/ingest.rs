@@ -1,11 +1,15 @@
 //! The ingest engine: a completing scan's findings deduplicated against its repository's,
-//! its occurrences recorded and, for a full scan of the tracked branch, what it no longer sees
-//! marked fixed. Called by `scans.complete` inside the scan's transaction.
+//! its sightings recorded as runs of its stream (`runs.rs`) and, for a full scan of the
+//! tracked branch, what it no longer sees marked fixed. Called by `scans.complete` inside the
+//! scan's transaction.
 //!
-//! Ingestion is set-based: a scan of 100k findings costs a few hundred multi-row statements,
-//! never a round trip per finding.
+//! Ingestion is set-based: a scan of 100k findings costs a few dozen multi-row statements,
+//! never a round trip per finding. It writes what changed: a finding row only when its state
+//! does (new, reopened, moved, retitled, rescored, first seen on the default branch), a run
+//! only when a finding appears, changes or disappears in the stream. A rescan that sees what
+//! the scan before it saw reads every finding and writes none.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use sea_orm::{ConnectionTrait, Value};
 use uuid::Uuid;
@@ -18,6 +22,7 @@ use crate::db::validate;
 use crate::error::{Error, Result, Transient};
 use crate::findings::fingerprint::fingerprint;
 use crate::findings::reads::SeverityCounts;
+use crate::findings::runs::{self, Seen, Stream};
 
 /// Rows per multi-row statement on SQLite: far below its bind-parameter limit (32,766) at 15
 /// parameters per row, and large enough that round trips do not dominate.
@@ -31,16 +36,13 @@ const PG_CHUNK: usize = 5000;
 const FINDING_COLUMNS: &str = "id, project_id, repository_id, fingerprint, scanner, category, \
      rule_id, title, severity, scanner_severity, cwe, cve, file_path, start_line, end_line, \
      package_name, package_version, details, status, on_default_branch, first_seen_scan_id, \
-     last_seen_scan_id, first_seen_at, last_seen_at, times_seen, created_at, updated_at";
+     first_seen_at, created_at, updated_at";
 
-/// What a default-branch sighting does to a finding that exists: mark it seen there, refresh
-/// last seen, location and severity (unless a person overrode it). A repeat within the scan
-/// (a later chunk of a streamed report) is not counted twice.
-const REFRESH: &str = "last_seen_scan_id = excluded.last_seen_scan_id, \
-     last_seen_at = excluded.last_seen_at, \
-     on_default_branch = true, \
-     times_seen = findings.times_seen + CASE WHEN findings.last_seen_scan_id = \
-                  excluded.last_seen_scan_id THEN 0 ELSE 1 END, \
+/// What a default-branch sighting that changes a finding does to it: mark it seen there,
+/// refresh title, location and severity (unless a person overrode it). Only rows whose state
+/// differs get here ([`Prior::needs_write`]); when and how often a finding was seen is in
+/// its runs.
+const REFRESH: &str = "on_default_branch = true, \
      title = excluded.title, \
      file_path = excluded.file_path, \
      start_line = excluded.start_line, \
@@ -131,6 +133,16 @@ pub struct NewFinding {
 }
 
 impl NewFinding {
+    /// What a scan that reports this finding saw of it.
+    pub(crate) fn seen(&self) -> Seen<'_> {
+        Seen {
+            severity: self.severity.as_i16(),
+            file_path: self.file_path.as_deref(),
+            start_line: self.start_line,
+            end_line: self.end_line,
+        }
+    }
+
     /// This finding's fingerprint.
     pub fn fingerprint(&self) -> [u8; 32] {
         fingerprint(
@@ -152,6 +164,8 @@ pub(crate) struct IngestSummary {
     pub total: i32,
     pub new: i32,
     pub fixed: i32,
+    /// Where the scan stands in its stream, for its row.
+    pub stream: Stream,
 }
 
 /// A dismissal a report asks for: a result the tool reports as suppressed (SARIF
@@ -286,26 +300,39 @@ pub(crate) fn chunk_size(db: &impl ConnectionTrait) -> usize {
 }
 
 /// One completion's ingest, inside the scan's transaction and after [`lock_repository_of`]:
-/// chunks of findings written as they come ([`Ingest::write`], so a streamed report's memory
-/// is one chunk), then [`Ingest::finish`] marks fixed what a full scan of the default branch
-/// no longer sees and counts what the scan saw.
+/// [`Ingest::start`] numbers the scan in its stream, chunks of findings are written as they
+/// come ([`Ingest::write`], so a streamed report's memory is one chunk plus the ids of the
+/// runs it kept), then [`Ingest::finish`] closes the runs of what the scan did not see, marks
+/// fixed what a full scan of the default branch no longer sees and counts what the scan saw.
 pub(crate) struct Ingest<'a, C> {
     txn: &'a C,
     scan: &'a scans::Model,
     role: Role,
+    stream: Stream,
     now: chrono::DateTime<chrono::FixedOffset>,
     new: i32,
+    /// Findings whose open run from an earlier scan this scan saw unchanged: every other
+    /// such run is closed by [`Ingest::finish`].
+    kept: HashSet<Uuid>,
+}
+
+/// What one chunk's statement reports back.
+struct Written {
+    new: i32,
+    kept: Vec<Uuid>,
 }
 
 impl<'a, C: ConnectionTrait> Ingest<'a, C> {
-    pub(crate) fn new(txn: &'a C, scan: &'a scans::Model) -> Self {
-        Self {
+    pub(crate) async fn start(txn: &'a C, scan: &'a scans::Model) -> Result<Self> {
+        Ok(Self {
             txn,
             scan,
             role: Role::of(scan),
+            stream: runs::open_stream(txn, scan).await?,
             now: now(),
             new: 0,
-        }
+            kept: HashSet::new(),
+        })
     }
 
     /// Rows per chunk that [`Ingest::write`] sends in one statement.
@@ -317,27 +344,45 @@ impl<'a, C: ConnectionTrait> Ingest<'a, C> {
     /// of [`Ingest::chunk_size`] rows.
     pub(crate) async fn write(&mut self, prepared: &[Prepared]) -> Result<()> {
         for chunk in prepared.chunks(self.chunk_size()) {
-            self.new += if is_postgres(self.txn) {
-                write_chunk_postgres(self.txn, self.scan, self.role, chunk, self.now).await?
+            let written = if is_postgres(self.txn) {
+                self.write_chunk_postgres(chunk).await?
             } else {
-                write_chunk_sqlite(self.txn, self.scan, self.role, chunk, self.now).await?
+                self.write_chunk_sqlite(chunk).await?
             };
+            self.new += written.new;
+            self.kept.extend(written.kept);
             dismiss_suppressed(self.txn, self.scan, self.role, chunk, self.now).await?;
         }
         Ok(())
     }
 
     pub(crate) async fn finish(self) -> Result<IngestSummary> {
-        let (txn, scan) = (self.txn, self.scan);
+        let (txn, scan, stream) = (self.txn, self.scan, &self.stream);
+        runs::close_unseen(txn, stream, &self.kept).await?;
         let fixed = if self.role == Role::DefaultFull {
+            // One probe of the runs' key per open finding, fenced with `OFFSET 0` on Postgres
+            // as in `record_deltas`: planned with a one-row estimate (tables newer than their
+            // statistics), the anti-join matched the finding in a join filter after reading
+            // every run of the stream, for every finding (5 s for 5,000).
+            let fence = if is_postgres(txn) { " OFFSET 0" } else { "" };
             let result = txn
                 .execute_raw(statement(
                     txn,
-                    "UPDATE findings SET status = 'fixed', fixed_at = $1, fixed_in_scan_id = $2, \
-                            updated_at = $1 \
-                      WHERE repository_id = $3 AND status = 'open' AND on_default_branch \
-                        AND (last_seen_scan_id IS NULL OR last_seen_scan_id <> $2)",
-                    [self.now.into(), scan.id.into(), scan.repository_id.into()],
+                    &format!(
+                        "UPDATE findings SET status = 'fixed', fixed_at = $1, \
+                                fixed_in_scan_id = $2, updated_at = $1 \
+                          WHERE repository_id = $3 AND status = 'open' AND on_default_branch \
+                            AND NOT EXISTS (SELECT 1 FROM sighting_runs o \
+                                             WHERE {} AND o.finding_id = findings.id{fence})",
+                        runs::OPEN_IN_STREAM_4_5
+                    ),
+                    [
+                        self.now.into(),
+                        scan.id.into(),
+                        scan.repository_id.into(),
+                        stream.project_id.into(),
+                        stream.id.into(),
+                    ],
                 ))
                 .await?;
             i32::try_from(result.rows_affected()).unwrap_or(i32::MAX)
@@ -345,23 +390,26 @@ impl<'a, C: ConnectionTrait> Ingest<'a, C> {
             0
         };
         if self.role == Role::Branch {
-            record_deltas(txn, scan).await?;
+            record_deltas(txn, scan, stream).await?;
         }
-        // Counted from what was written, by effective severity (a person's override counts)
-        // and with dismissed findings apart, whatever the report repeated. One primary-key
-        // probe per occurrence, as a correlated subquery: a join lets a cached generic plan,
-        // costed for the average scan after large completions, hash the whole findings table
-        // for every small one (24 completions/s in the worker loop instead of ~600).
+        // Counted from what was written (the stream's open runs are now exactly what this
+        // scan saw), by effective severity (a person's override counts) and with dismissed
+        // findings apart. One primary-key probe per run, as a correlated subquery: a join
+        // lets a cached generic plan, costed for the average scan after large completions,
+        // hash the whole findings table for every small one.
         let rows = txn
             .query_all_raw(statement(
                 txn,
-                "SELECT k, COUNT(*) AS n FROM ( \
-                   SELECT (SELECT f.severity * 2 \
-                                  + CASE WHEN f.status = 'dismissed' THEN 1 ELSE 0 END \
-                             FROM findings f WHERE f.id = o.finding_id) AS k \
-                     FROM finding_occurrences o WHERE o.scan_id = $1) AS seen \
-                  GROUP BY k",
-                [scan.id.into()],
+                &format!(
+                    "SELECT k, COUNT(*) AS n FROM ( \
+                       SELECT (SELECT f.severity * 2 \
+                                      + CASE WHEN f.status = 'dismissed' THEN 1 ELSE 0 END \
+                                 FROM findings f WHERE f.id = o.finding_id) AS k \
+                         FROM sighting_runs o WHERE {}) AS seen \
+                      GROUP BY k",
+                    runs::OPEN_IN_STREAM_1_2
+                ),
+                [stream.project_id.into(), stream.id.into()],
             ))
             .await?;
         let mut counts = SeverityCounts::default();
@@ -383,7 +431,197 @@ impl<'a, C: ConnectionTrait> Ingest<'a, C> {
             total: i32::try_from(total).unwrap_or(i32::MAX),
             new: self.new,
             fixed,
+            stream: self.stream,
         })
+    }
+
+    /// A chunk on Postgres, in one statement: the chunk travels once, as one array parameter
+    /// per column (`unnest`), so the statement is parsed and planned once whatever its row
+    /// count. Each row is compared with its finding and with the finding's open run in the
+    /// stream; only what differs is written (see [`Prior::needs_write`] and
+    /// [`runs::OpenRun::replaced_by`], the same rules SQLite's path applies in Rust). A finding is
+    /// new when this statement inserted its row (`xmax = 0`); reopened when its status was
+    /// `fixed` in the statement's snapshot (and the scan reopens), which under the repository
+    /// lock is the latest committed status, since only completions move a finding into or out
+    /// of `fixed`. A branch's scan inserts only the findings nobody has seen.
+    ///
+    /// sea-query binds arrays without NULL elements, so optional values travel as a sentinel
+    /// that validation rules out ('' for text, 0 for numbers, JSON `null`) and `NULLIF` turns
+    /// back into NULL.
+    async fn write_chunk_postgres(&self, chunk: &[Prepared]) -> Result<Written> {
+        let (txn, scan, role, stream) = (self.txn, self.scan, self.role, &self.stream);
+        let text = |v: &Option<String>| v.clone().unwrap_or_default();
+        let values: Vec<Value> = vec![
+            scan.project_id.into(),
+            scan.repository_id.into(),
+            scan.id.into(),
+            self.now.into(),
+            array(chunk, |_| Uuid::now_v7()),
+            array(chunk, |p| p.fingerprint.to_vec()),
+            array(chunk, |p| p.finding.scanner.clone()),
+            array(chunk, |p| p.finding.category.as_str().to_owned()),
+            array(chunk, |p| p.finding.rule_id.clone()),
+            array(chunk, |p| p.finding.title.clone()),
+            array(chunk, |p| p.finding.severity.as_i16()),
+            array(chunk, |p| p.finding.cwe.unwrap_or(0)),
+            array(chunk, |p| text(&p.finding.cve)),
+            array(chunk, |p| text(&p.finding.file_path)),
+            array(chunk, |p| p.finding.start_line.unwrap_or(0)),
+            array(chunk, |p| p.finding.end_line.unwrap_or(0)),
+            array(chunk, |p| text(&p.finding.package_name)),
+            array(chunk, |p| text(&p.finding.package_version)),
+            array(chunk, |p| {
+                p.finding.details.clone().unwrap_or(serde_json::Value::Null)
+            }),
+            (role != Role::Branch).into(),
+            (role == Role::DefaultFull).into(),
+            stream.id.into(),
+            stream.seq.into(),
+        ];
+        // Each row's finding and open run are lateral probes of an index, one per row whatever
+        // the planner estimates: after five executions Postgres plans this statement
+        // generically, guesses ten rows for each `unnest`, and as a plain join it chose a
+        // nested loop over the whole chunk for every row (measured: 2.5 s per 5,000 existing
+        // findings). The run's probe is fenced (`OFFSET 0`) so that it stays a subquery whose
+        // key is the whole (project, stream, finding) prefix, not a join filter.
+        let on_conflict = role.on_conflict();
+        let sql = format!(
+            "WITH input AS ( \
+               SELECT x.*, NULLIF(x.file_path_, '') AS file_path, \
+                      NULLIF(x.start_line_, 0) AS start_line, NULLIF(x.end_line_, 0) AS end_line \
+                 FROM unnest($5::uuid[], $6::bytea[], $7::text[], $8::text[], $9::text[], \
+                             $10::text[], $11::int2[], $12::int4[], $13::text[], $14::text[], \
+                             $15::int4[], $16::int4[], $17::text[], $18::text[], $19::jsonb[]) \
+                   AS x(id, fingerprint, scanner, category, rule_id, title, severity, cwe, cve, \
+                        file_path_, start_line_, end_line_, package_name, package_version, \
+                        details) \
+             ), u AS ( \
+               SELECT x.*, p.id AS prior_id, p.status AS prior, r.first_seq AS run_first, \
+                      (p.id IS NULL OR ($20 AND ( \
+                         NOT p.on_default_branch OR p.title <> x.title \
+                         OR p.scanner_severity <> x.severity \
+                         OR (NOT p.severity_overridden AND p.severity <> x.severity) \
+                         OR p.file_path IS DISTINCT FROM x.file_path \
+                         OR p.start_line IS DISTINCT FROM x.start_line \
+                         OR p.end_line IS DISTINCT FROM x.end_line \
+                         OR (p.status = 'fixed' AND $21)))) AS write_finding, \
+                      (r.first_seq IS DISTINCT FROM $23 AND ( \
+                         r.first_seq IS NULL OR r.severity <> x.severity \
+                         OR r.file_path IS DISTINCT FROM x.file_path \
+                         OR r.start_line IS DISTINCT FROM x.start_line \
+                         OR r.end_line IS DISTINCT FROM x.end_line \
+                         OR (p.status = 'fixed' AND $21))) AS new_run \
+                 FROM input x \
+                 LEFT JOIN LATERAL (SELECT f.id, f.status, f.title, f.severity, \
+                                           f.scanner_severity, f.severity_overridden, \
+                                           f.file_path, f.start_line, f.end_line, \
+                                           f.on_default_branch \
+                                      FROM findings f \
+                                     WHERE f.repository_id = $2 \
+                                       AND f.fingerprint = x.fingerprint) p ON true \
+                 LEFT JOIN LATERAL (SELECT o.first_seq, o.severity, o.file_path, o.start_line, \
+                                           o.end_line \
+                                      FROM sighting_runs o \
+                                     WHERE o.project_id = $1 AND o.stream_id = $22 \
+                                       AND o.finding_id = p.id AND o.last_seq IS NULL \
+                                    OFFSET 0) r \
+                   ON true \
+             ), upserted AS ( \
+               INSERT INTO findings ({FINDING_COLUMNS}) \
+               SELECT u.id, $1, $2, u.fingerprint, u.scanner, u.category, u.rule_id, u.title, \
+                      u.severity, u.severity, NULLIF(u.cwe, 0), NULLIF(u.cve, ''), \
+                      u.file_path, u.start_line, u.end_line, \
+                      NULLIF(u.package_name, ''), NULLIF(u.package_version, ''), \
+                      NULLIF(u.details, 'null'::jsonb), 'open', $20, $3, $4, $4, $4 \
+                 FROM u WHERE u.write_finding \
+               {on_conflict} \
+               RETURNING id, fingerprint, (xmax = 0) AS inserted \
+             ), closed AS ( \
+               UPDATE sighting_runs o SET last_seq = $23 - 1 FROM u \
+                WHERE u.new_run AND u.run_first IS NOT NULL AND o.project_id = $1 \
+                  AND o.stream_id = $22 AND o.finding_id = u.prior_id \
+                  AND o.first_seq = u.run_first \
+             ), opened AS ( \
+               INSERT INTO sighting_runs (project_id, stream_id, finding_id, first_seq, change, \
+                                          severity, file_path, start_line, end_line) \
+               SELECT $1, $22, COALESCE(upserted.id, u.prior_id), $23, \
+                      CASE WHEN upserted.inserted THEN 'new' \
+                           WHEN u.prior = 'fixed' AND $21 THEN 'reopened' ELSE 'existing' END, \
+                      u.severity, u.file_path, u.start_line, u.end_line \
+                 FROM u LEFT JOIN upserted USING (fingerprint) WHERE u.new_run \
+               RETURNING change \
+             ) \
+             SELECT (SELECT count(*) FROM opened WHERE change = 'new') AS new, \
+                    ARRAY(SELECT u.prior_id FROM u \
+                           WHERE NOT u.new_run AND u.run_first < $23) AS kept"
+        );
+        let row = txn
+            .query_one_raw(statement(txn, &sql, values))
+            .await?
+            .ok_or_else(|| Error::Internal("the ingest statement returned no row".into()))?;
+        let new: i64 = row.try_get("", "new")?;
+        Ok(Written {
+            new: i32::try_from(new).unwrap_or(i32::MAX),
+            kept: row.try_get("", "kept")?,
+        })
+    }
+
+    /// A chunk on SQLite, which has no arrays and no data-modifying `WITH`: the findings'
+    /// prior states and their open runs, the decisions in Rust, then a multi-row upsert of
+    /// the findings that change (a branch's scan inserts only what nobody has seen), the runs
+    /// that close and the runs that open.
+    async fn write_chunk_sqlite(&self, chunk: &[Prepared]) -> Result<Written> {
+        let (txn, scan, role, stream) = (self.txn, self.scan, self.role, &self.stream);
+        let previous = previous_states(txn, scan.repository_id, chunk).await?;
+        let ids: Vec<Uuid> = previous.values().map(|p| p.id).collect();
+        let open = runs::open_runs(txn, stream, &ids).await?;
+        let reopens = role == Role::DefaultFull;
+        let writes: Vec<&Prepared> = chunk
+            .iter()
+            .filter(|p| match previous.get(&p.fingerprint) {
+                None => true,
+                Some(prior) => role != Role::Branch && prior.needs_write(&p.finding, reopens),
+            })
+            .collect();
+        let mut written = upsert(txn, scan, role, &writes, self.now).await?;
+        let mut outcome = Written {
+            new: 0,
+            kept: Vec::new(),
+        };
+        let (mut closing, mut opening) = (Vec::new(), Vec::new());
+        for p in chunk {
+            let prior = previous.get(&p.fingerprint);
+            let Some(finding_id) = prior
+                .map(|prior| prior.id)
+                .or_else(|| written.remove(&p.fingerprint))
+            else {
+                return Err(Error::Internal(
+                    "the upsert returned no id for a finding".into(),
+                ));
+            };
+            let reopened =
+                reopens && prior.is_some_and(|p| p.status == FindingStatus::Fixed.as_str());
+            let run = open.get(&finding_id);
+            match run.map(|run| run.replaced_by(p.finding.seen(), reopened, stream.seq)) {
+                Some(None) => continue,
+                Some(Some(false)) => {
+                    outcome.kept.push(finding_id);
+                    continue;
+                }
+                Some(Some(true)) => closing.push(finding_id),
+                None => {}
+            }
+            let change = match prior {
+                None => OccurrenceChange::New,
+                Some(_) if reopened => OccurrenceChange::Reopened,
+                Some(_) => OccurrenceChange::Existing,
+            };
+            outcome.new += i32::from(change == OccurrenceChange::New);
+            opening.push((finding_id, p.finding.seen(), change));
+        }
+        runs::close(txn, stream, &closing).await?;
+        runs::open(txn, stream, &opening).await?;
+        Ok(outcome)
     }
 }
 
@@ -391,195 +629,102 @@ impl<'a, C: ConnectionTrait> Ingest<'a, C> {
 /// completion's transaction (under the repository lock, so no default-branch completion moves
 /// in between): each sighting is introduced unless its finding is known there (on the
 /// default branch and not fixed); a full scan also records the default branch's open findings
-/// it did not see. `findings().compare` pages through these rows.
-async fn record_deltas(txn: &impl ConnectionTrait, scan: &scans::Model) -> Result<()> {
+/// it did not see. `findings().compare` pages through these rows. What the scan saw is its
+/// stream's open runs.
+async fn record_deltas(
+    txn: &impl ConnectionTrait,
+    scan: &scans::Model,
+    stream: &Stream,
+) -> Result<()> {
     txn.execute_raw(statement(
         txn,
-        "INSERT INTO scan_deltas (scan_id, delta, finding_id) \
-         SELECT $1, CASE WHEN f.on_default_branch AND f.status <> 'fixed' \
-                         THEN 'unchanged' ELSE 'introduced' END, o.finding_id \
-           FROM finding_occurrences o JOIN findings f ON f.id = o.finding_id \
-          WHERE o.scan_id = $1",
-        [scan.id.into()],
+        &format!(
+            "INSERT INTO scan_deltas (scan_id, delta, finding_id) \
+             SELECT $3, CASE WHEN f.on_default_branch AND f.status <> 'fixed' \
+                             THEN 'unchanged' ELSE 'introduced' END, o.finding_id \
+               FROM sighting_runs o JOIN findings f ON f.id = o.finding_id \
+              WHERE {}",
+            runs::OPEN_IN_STREAM_1_2
+        ),
+        [stream.project_id.into(), stream.id.into(), scan.id.into()],
     ))
     .await?;
     if scan.kind == ScanKind::Full.as_str() {
         // `OFFSET 0` keeps Postgres from turning the NOT EXISTS into an anti-join: with the
         // repository's findings newer than its statistics (estimated at one row), it chose a
-        // nested loop whose inner side read every occurrence of the scan for each finding
+        // nested loop whose inner side read every sighting of the scan for each finding
         // (100,000 × 150,000 comparisons; the full bench's compare rows hit the statement
         // timeout). Kept a subquery, it is one primary-key probe per finding whatever the
         // estimate. SQLite has no OFFSET without LIMIT, and probes the key by itself.
         let fence = if is_postgres(txn) { " OFFSET 0" } else { "" };
         let sql = format!(
             "INSERT INTO scan_deltas (scan_id, delta, finding_id) \
-             SELECT $1, 'absent', f.id FROM findings f \
-              WHERE f.repository_id = $2 AND f.status = 'open' AND f.on_default_branch \
-                AND NOT EXISTS (SELECT 1 FROM finding_occurrences o \
-                                 WHERE o.scan_id = $1 AND o.finding_id = f.id{fence})"
+             SELECT $3, 'absent', f.id FROM findings f \
+              WHERE f.repository_id = $4 AND f.status = 'open' AND f.on_default_branch \
+                AND NOT EXISTS (SELECT 1 FROM sighting_runs o \
+                                 WHERE {} AND o.finding_id = f.id{fence})",
+            runs::OPEN_IN_STREAM_1_2
         );
         txn.execute_raw(statement(
             txn,
             &sql,
-            [scan.id.into(), scan.repository_id.into()],
+            [
+                stream.project_id.into(),
+                stream.id.into(),
+                scan.id.into(),
+                scan.repository_id.into(),
+            ],
         ))
         .await?;
     }
     Ok(())
 }
 
-/// A chunk's upsert and occurrences on Postgres, in one statement: the chunk travels once, as
-/// one array parameter per column (`unnest`), so the statement is parsed and planned once
-/// whatever its row count, and nothing comes back but the count of new findings. A finding is
-/// new when this statement inserted its row (`xmax = 0`); reopened when its status was
-/// `fixed` in the statement's snapshot (and the scan reopens), which under the repository lock
-/// is the latest committed status, since only completions move a finding into or out of
-/// `fixed`. A branch's scan inserts only the findings nobody has seen and leaves the rest
-/// untouched, taking their ids from the lookup.
-///
-/// sea-query binds arrays without NULL elements, so optional values travel as a sentinel that
-/// validation rules out ('' for text, 0 for numbers, JSON `null`) and `NULLIF` turns back
-/// into NULL.
-async fn write_chunk_postgres(
-    txn: &impl ConnectionTrait,
-    scan: &scans::Model,
-    role: Role,
-    chunk: &[Prepared],
-    now: chrono::DateTime<chrono::FixedOffset>,
-) -> Result<i32> {
-    let text = |v: &Option<String>| v.clone().unwrap_or_default();
-    let values: Vec<Value> = vec![
-        scan.project_id.into(),
-        scan.repository_id.into(),
-        scan.id.into(),
-        now.into(),
-        array(chunk, |_| Uuid::now_v7()),
-        array(chunk, |p| p.fingerprint.to_vec()),
-        array(chunk, |p| p.finding.scanner.clone()),
-        array(chunk, |p| p.finding.category.as_str().to_owned()),
-        array(chunk, |p| p.finding.rule_id.clone()),
-        array(chunk, |p| p.finding.title.clone()),
-        array(chunk, |p| p.finding.severity.as_i16()),
-        array(chunk, |p| p.finding.cwe.unwrap_or(0)),
-        array(chunk, |p| text(&p.finding.cve)),
-        array(chunk, |p| text(&p.finding.file_path)),
-        array(chunk, |p| p.finding.start_line.unwrap_or(0)),
-        array(chunk, |p| p.finding.end_line.unwrap_or(0)),
-        array(chunk, |p| text(&p.finding.package_name)),
-        array(chunk, |p| text(&p.finding.package_version)),
-        array(chunk, |p| {
-            p.finding.details.clone().unwrap_or(serde_json::Value::Null)
-        }),
-        (role != Role::Branch).into(),
-        (role == Role::DefaultFull).into(),
-    ];
-    // Each row's prior state is a lateral probe of the unique index, one per row whatever the
-    // planner estimates: after five executions Postgres plans this statement generically,
-    // guesses ten rows for each `unnest`, and as a plain join it chose a nested loop over the
-    // whole chunk for every row (measured: 2.5 s per 5,000 existing findings).
-    let only_unseen = if role == Role::Branch {
-        "WHERE u.prior_id IS NULL"
-    } else {
-        ""
-    };
-    let on_conflict = role.on_conflict();
-    let sql = format!(
-        "WITH u AS ( \
-           SELECT x.*, p.id AS prior_id, p.status AS prior \
-             FROM unnest($5::uuid[], $6::bytea[], $7::text[], $8::text[], $9::text[], \
-                         $10::text[], $11::int2[], $12::int4[], $13::text[], $14::text[], \
-                         $15::int4[], $16::int4[], $17::text[], $18::text[], $19::jsonb[]) \
-               AS x(id, fingerprint, scanner, category, rule_id, title, severity, cwe, cve, \
-                    file_path, start_line, end_line, package_name, package_version, details) \
-             LEFT JOIN LATERAL (SELECT f.id, f.status FROM findings f \
-                                 WHERE f.repository_id = $2 AND f.fingerprint = x.fingerprint) p \
-               ON true \
-         ), upserted AS ( \
-           INSERT INTO findings ({FINDING_COLUMNS}) \
-           SELECT u.id, $1, $2, u.fingerprint, u.scanner, u.category, u.rule_id, u.title, \
-                  u.severity, u.severity, NULLIF(u.cwe, 0), NULLIF(u.cve, ''), \
-                  NULLIF(u.file_path, ''), NULLIF(u.start_line, 0), NULLIF(u.end_line, 0), \
-                  NULLIF(u.package_name, ''), NULLIF(u.package_version, ''), \
-                  NULLIF(u.details, 'null'::jsonb), 'open', $20, $3, $3, $4, $4, 1, $4, $4 \
-             FROM u {only_unseen} \
-           {on_conflict} \
-           RETURNING id, fingerprint, (xmax = 0) AS inserted \
-         ), occurrences AS ( \
-           INSERT INTO finding_occurrences (scan_id, finding_id, project_id, severity, change, \
-                                            file_path, start_line, end_line) \
-           SELECT $3, COALESCE(upserted.id, u.prior_id), $1, u.severity, \
-                  CASE WHEN upserted.inserted THEN 'new' \
-                       WHEN u.prior = 'fixed' AND $21 THEN 'reopened' ELSE 'existing' END, \
-                  NULLIF(u.file_path, ''), NULLIF(u.start_line, 0), NULLIF(u.end_line, 0) \
-             FROM u LEFT JOIN upserted USING (fingerprint) \
-           ON CONFLICT (scan_id, finding_id) DO NOTHING \
-           RETURNING change \
-         ) \
-         SELECT count(*) FILTER (WHERE change = 'new') AS new FROM occurrences"
-    );
-    let row = txn
-        .query_one_raw(statement(txn, &sql, values))
-        .await?
-        .ok_or_else(|| Error::Database(sea_orm::DbErr::RecordNotFound("ingest count".into())))?;
-    let new: i64 = row.try_get("", "new")?;
-    Ok(i32::try_from(new).unwrap_or(i32::MAX))
+/// A finding as it stands before a chunk writes it: enough to tell whether the chunk's
+/// sighting changes it.
+struct Prior {
+    id: Uuid,
+    status: String,
+    title: String,
+    severity: i16,
+    scanner_severity: i16,
+    severity_overridden: bool,
+    file_path: Option<String>,
+    start_line: Option<i32>,
+    end_line: Option<i32>,
+    on_default_branch: bool,
 }
 
-/// A chunk's upsert and occurrences on SQLite, which has no arrays and no data-modifying
-/// `WITH`: the prior states, then a multi-row upsert returning the ids (a branch's scan
-/// inserts only what nobody has seen), then the occurrences. Returns how many findings were
-/// new.
-async fn write_chunk_sqlite(
-    txn: &impl ConnectionTrait,
-    scan: &scans::Model,
-    role: Role,
-    chunk: &[Prepared],
-    now: chrono::DateTime<chrono::FixedOffset>,
-) -> Result<i32> {
-    let previous = previous_states(txn, scan.repository_id, chunk).await?;
-    let writes: Vec<&Prepared> = chunk
-        .iter()
-        .filter(|p| role != Role::Branch || !previous.contains_key(&p.fingerprint))
-        .collect();
-    let mut ids = upsert(txn, scan, role, &writes, now).await?;
-    let mut new = 0;
-    let mut occurrences = Vec::with_capacity(chunk.len());
-    for p in chunk {
-        let prior = previous.get(&p.fingerprint);
-        let change = match prior.map(|(_, status)| status.as_str()) {
-            None => OccurrenceChange::New,
-            Some(s) if s == FindingStatus::Fixed.as_str() && role == Role::DefaultFull => {
-                OccurrenceChange::Reopened
-            }
-            Some(_) => OccurrenceChange::Existing,
-        };
-        new += i32::from(change == OccurrenceChange::New);
-        let finding_id = ids
-            .remove(&p.fingerprint)
-            .or(prior.map(|(id, _)| *id))
-            .ok_or_else(|| {
-                Error::Database(sea_orm::DbErr::Custom(
-                    "upsert returned no id for a finding".into(),
-                ))
-            })?;
-        occurrences.push((finding_id, p, change));
+impl Prior {
+    /// Whether a default-branch sighting of `f` changes this finding's row (the upsert's
+    /// `REFRESH`, and `REOPEN` when the scan `reopens`): Postgres's statement applies the same
+    /// rule in SQL.
+    fn needs_write(&self, f: &NewFinding, reopens: bool) -> bool {
+        let severity = f.severity.as_i16();
+        !self.on_default_branch
+            || self.title != f.title
+            || self.scanner_severity != severity
+            || (!self.severity_overridden && self.severity != severity)
+            || self.file_path != f.file_path
+            || self.start_line != f.start_line
+            || self.end_line != f.end_line
+            || (reopens && self.status == FindingStatus::Fixed.as_str())
     }
-    insert_occurrences(txn, scan, &occurrences).await?;
-    Ok(new)
 }
 
-/// The id and current status of those fingerprints that already exist in the repository:
-/// absent means new, `fixed` means reopened (by a scan that reopens).
+/// The prior state of those fingerprints that already exist in the repository: absent means
+/// new, `fixed` means reopened (by a scan that reopens).
 async fn previous_states(
     txn: &impl ConnectionTrait,
     repository_id: Uuid,
     chunk: &[Prepared],
-) -> Result<HashMap<[u8; 32], (Uuid, String)>> {
+) -> Result<HashMap<[u8; 32], Prior>> {
     let placeholders = crate::db::sql::placeholders(2, chunk.len());
     let mut values: Vec<Value> = vec![repository_id.into()];
     values.extend(chunk.iter().map(|p| Value::from(p.fingerprint.to_vec())));
     let sql = format!(
-        "SELECT id, fingerprint, status FROM findings \
+        "SELECT id, fingerprint, status, title, severity, scanner_severity, severity_overridden, \
+                file_path, start_line, end_line, on_default_branch FROM findings \
           WHERE repository_id = $1 AND fingerprint IN ({placeholders})"
     );
     let rows = txn.query_all_raw(statement(txn, &sql, values)).await?;
@@ -587,12 +732,22 @@ async fn previous_states(
         .map(|row| {
             Ok((
                 fingerprint_of(row)?,
-                (row.try_get("", "id")?, row.try_get("", "status")?),
+                Prior {
+                    id: row.try_get("", "id")?,
+                    status: row.try_get("", "status")?,
+                    title: row.try_get("", "title")?,
+                    severity: row.try_get("", "severity")?,
+                    scanner_severity: row.try_get("", "scanner_severity")?,
+                    severity_overridden: row.try_get("", "severity_overridden")?,
+                    file_path: row.try_get("", "file_path")?,
+                    start_line: row.try_get("", "start_line")?,
+                    end_line: row.try_get("", "end_line")?,
+                    on_default_branch: row.try_get("", "on_default_branch")?,
+                },
             ))
         })
         .collect()
 }
-
 /// Inserts new findings and, for a default-branch scan, refreshes existing ones (see
 /// [`Role`]). Returns each written fingerprint's finding id.
 async fn upsert(
@@ -623,7 +778,7 @@ async fn upsert(
         // Columns in the order of the INSERT below; severity fills both severity columns.
         rows.push(format!(
             "({}, $1, $2, {}, {}, {}, {}, {}, {sev}, {sev}, {}, {}, {}, {}, {}, {}, {}, {}, \
-              'open', $5, $3, $3, $4, $4, 1, $4, $4)",
+              'open', $5, $3, $4, $4, $4)",
             p(1),
             p(2),
             p(3),
@@ -675,51 +830,6 @@ fn fingerprint_of(row: &sea_orm::QueryResult) -> Result<[u8; 32]> {
     let bytes: Vec<u8> = row.try_get("", "fingerprint")?;
     <[u8; 32]>::try_from(bytes)
         .map_err(|_| Error::Database(sea_orm::DbErr::Type("fingerprint is not 32 bytes".into())))
-}
-
-async fn insert_occurrences(
-    txn: &impl ConnectionTrait,
-    scan: &scans::Model,
-    occurrences: &[(Uuid, &Prepared, OccurrenceChange)],
-) -> Result<()> {
-    const SHARED: usize = 2;
-    const PER_ROW: usize = 6;
-    let mut values: Vec<Value> = Vec::with_capacity(SHARED + occurrences.len() * PER_ROW);
-    values.extend([scan.id.into(), scan.project_id.into()]);
-    let mut rows = Vec::with_capacity(occurrences.len());
-    for (i, (finding_id, p, change)) in occurrences.iter().enumerate() {
-        let b = SHARED + i * PER_ROW;
-        rows.push(format!(
-            "($1, ${}, $2, ${}, ${}, ${}, ${}, ${})",
-            b + 1,
-            b + 2,
-            b + 3,
-            b + 4,
-            b + 5,
-            b + 6
-        ));
-        values.extend([
-            (*finding_id).into(),
-            p.finding.severity.as_i16().into(),
-            change.as_str().into(),
-            p.finding.file_path.clone().into(),
-            p.finding.start_line.into(),
-            p.finding.end_line.into(),
-        ]);
-    }
-    // A repeat in a later chunk of a streamed report is one sighting.
-    txn.execute_raw(statement(
-        txn,
-        &format!(
-            "INSERT INTO finding_occurrences (scan_id, finding_id, project_id, severity, change, \
-                                              file_path, start_line, end_line) VALUES {} \
-             ON CONFLICT (scan_id, finding_id) DO NOTHING",
-            rows.join(", ")
-        ),
-        values,
-    ))
-    .await?;
-    Ok(())
 }
 
 /// Dismisses the open findings a chunk reports as suppressed, one statement per distinct

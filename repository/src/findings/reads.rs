@@ -12,7 +12,7 @@ use sea_orm::{ConnectionTrait, FromQueryResult, Value};
 use tracing::instrument;
 use uuid::Uuid;
 use vega_entity::{ScanKind, ScanStatus, Severity, events};
-use vega_entity::{finding_occurrences, findings, scans};
+use vega_entity::{findings, scans};
 
 use crate::activity::events::EventCursor;
 use crate::context::cx::Cx;
@@ -21,6 +21,7 @@ use crate::db::page::{Page, limit_clause, page_size};
 use crate::db::sql::statement;
 use crate::db::validate;
 use crate::error::{Error, Result};
+use crate::findings::runs::{CHANGE_AT_SCAN_1, SEEN_BY_SCAN_1};
 
 /// The default-branch, open-findings predicate of the partial indexes behind these reads.
 const OPEN_ON_DEFAULT: &str = "status = 'open' AND on_default_branch";
@@ -170,11 +171,32 @@ impl Delta {
     }
 }
 
+/// What one scan saw of a finding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sighting {
+    /// The scan.
+    pub scan_id: Uuid,
+    /// The finding.
+    pub finding_id: Uuid,
+    /// The finding's project.
+    pub project_id: Uuid,
+    /// The severity the scanner gave it.
+    pub severity: i16,
+    /// `new`, `existing` or `reopened` ([`vega_entity::OccurrenceChange`]).
+    pub change: String,
+    /// Where the scan saw it.
+    pub file_path: Option<String>,
+    /// First line.
+    pub start_line: Option<i32>,
+    /// Last line.
+    pub end_line: Option<i32>,
+}
+
 /// A finding as seen by one scan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScanFinding {
     /// The scan's sighting: severity, location and whether it was new.
-    pub occurrence: finding_occurrences::Model,
+    pub occurrence: Sighting,
     /// The finding.
     pub finding: findings::Model,
 }
@@ -289,15 +311,17 @@ impl Findings<'_> {
             None => "",
         };
         let reach = and_reach(cx.who, Table::Findings, "o", &mut values);
-        // The finding's columns as they are, the occurrence's under `o_` names. The page is
+        // The finding's columns as they are, the sighting's under `o_` names. The page is
         // cut before the join: joined first, Postgres may merge-join it with `findings_pkey`
         // walked from its first id, reading every finding before the page.
         let sql = format!(
             "SELECT f.*, page.severity AS o_severity, page.change AS o_change, \
                     page.file_path AS o_file_path, page.start_line AS o_start_line, \
                     page.end_line AS o_end_line \
-               FROM (SELECT * FROM finding_occurrences o \
-                      WHERE o.scan_id = $1{cursor}{reach} ORDER BY o.finding_id {}) AS page \
+               FROM (SELECT o.finding_id, o.severity, {CHANGE_AT_SCAN_1} AS change, \
+                            o.file_path, o.start_line, o.end_line \
+                       FROM sighting_runs o \
+                      WHERE {SEEN_BY_SCAN_1}{cursor}{reach} ORDER BY o.finding_id {}) AS page \
                JOIN findings f ON f.id = page.finding_id ORDER BY page.finding_id",
             limit_clause(limit + 1)
         );
@@ -310,7 +334,7 @@ impl Findings<'_> {
             .map(|row| {
                 let finding = findings::Model::from_query_result(row, "")?;
                 Ok(ScanFinding {
-                    occurrence: finding_occurrences::Model {
+                    occurrence: Sighting {
                         scan_id,
                         finding_id: finding.id,
                         project_id: finding.project_id,
@@ -423,5 +447,103 @@ impl Findings<'_> {
         .all(cx.db())
         .await?;
         Ok(Page::from_rows(rows, limit, EventCursor::of))
+    }
+}
+
+/// When and how often a finding was seen, derived from its runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sightings {
+    /// Scans of the default branch that saw it, plus its first sighting when that was on
+    /// another ref.
+    pub times_seen: i64,
+    /// The scan that saw it first (`None` once that scan is deleted).
+    pub first_seen_scan_id: Option<Uuid>,
+    /// When it was first seen.
+    pub first_seen_at: DateTime<FixedOffset>,
+    /// The latest scan of the default branch that saw it, or its first scan when none did
+    /// (`None` once deleted).
+    pub last_seen_scan_id: Option<Uuid>,
+    /// When that scan completed.
+    pub last_seen_at: DateTime<FixedOffset>,
+}
+
+impl Findings<'_> {
+    /// When and how often the finding was seen. Derived from the runs of its repository's
+    /// default-branch streams (a few primary-key probes), since no scan rewrites the finding
+    /// to count itself.
+    ///
+    /// *Replica read*: a read replica may serve it (see [`crate::Session`]).
+    #[instrument(name = "findings.sightings", skip(self))]
+    pub async fn sightings(&self, id: Uuid) -> Result<Sightings> {
+        let cx = self.cx.replica();
+        let finding = self.get(id).await?;
+        let db = cx.db();
+        let runs = "FROM scan_streams st JOIN sighting_runs o \
+                      ON o.project_id = st.project_id AND o.stream_id = st.id \
+                     AND o.finding_id = $1 \
+                   WHERE st.repository_id = $2 AND st.project_id = $3 AND st.default_branch";
+        let values = || -> Vec<Value> {
+            vec![
+                id.into(),
+                finding.repository_id.into(),
+                finding.project_id.into(),
+            ]
+        };
+        let seen = db
+            .query_one_raw(statement(
+                db,
+                &format!(
+                    "SELECT CAST(COALESCE(SUM(COALESCE(o.last_seq, st.last_seq) - o.first_seq \
+                                              + 1), 0) AS BIGINT) AS n {runs}"
+                ),
+                values(),
+            ))
+            .await?
+            .map(|row| row.try_get::<i64>("", "n"))
+            .transpose()?
+            .unwrap_or_default();
+        let last = db
+            .query_one_raw(statement(
+                db,
+                &format!(
+                    "SELECT s.id, s.finished_at {} \
+                      ORDER BY s.finished_at DESC, s.id DESC LIMIT 1",
+                    runs.replace(
+                        "WHERE",
+                        "JOIN scans s ON s.stream_id = st.id \
+                          AND s.stream_seq = COALESCE(o.last_seq, st.last_seq) WHERE"
+                    )
+                ),
+                values(),
+            ))
+            .await?;
+        let first_on_default = match finding.first_seen_scan_id {
+            Some(scan) => db
+                .query_one_raw(statement(
+                    db,
+                    "SELECT tracks_default_branch FROM scans WHERE id = $1",
+                    [scan.into()],
+                ))
+                .await?
+                .map(|row| row.try_get::<bool>("", "tracks_default_branch"))
+                .transpose()?
+                .unwrap_or(true),
+            None => true,
+        };
+        let (last_seen_scan_id, last_seen_at) = match last {
+            Some(row) => (
+                Some(row.try_get::<Uuid>("", "id")?),
+                row.try_get::<Option<DateTime<FixedOffset>>>("", "finished_at")?
+                    .unwrap_or(finding.first_seen_at),
+            ),
+            None => (finding.first_seen_scan_id, finding.first_seen_at),
+        };
+        Ok(Sightings {
+            times_seen: seen + i64::from(!first_on_default),
+            first_seen_scan_id: finding.first_seen_scan_id,
+            first_seen_at: finding.first_seen_at,
+            last_seen_scan_id,
+            last_seen_at,
+        })
     }
 }

@@ -80,7 +80,7 @@ pub(crate) async fn ingest<'a>(
     lock_repository_of(&txn, lease.scan_id).await?;
     let scan = fence(&txn, lease).await?;
     let summary = {
-        let mut ingest = Ingest::new(&txn, &scan);
+        let mut ingest = Ingest::start(&txn, &scan).await?;
         while let Some(chunk) = source.next().await? {
             if let Err(err) = ingest.write(&chunk).await {
                 return Err(source.failed(err).await);
@@ -105,7 +105,8 @@ pub(crate) async fn commit(
 
 impl Scans<'_> {
     /// Completes the scan with its findings, in one transaction: deduplicates the findings
-    /// against the repository's, records this scan's occurrences, marks fixed what a full scan
+    /// against the repository's, records what this scan saw as runs of its stream (writing
+    /// only what changed since the stream's previous scan), marks fixed what a full scan
     /// of the tracked branch no longer sees, writes the scan's severity counts, succeeds the
     /// scan, points its project at it and appends `scan.completed`. Fenced on the lease:
     /// [`Error::LeaseLost`] writes nothing.
@@ -156,6 +157,8 @@ async fn succeed(
         summary.new.into(),
         summary.fixed.into(),
         summary.dismissed.into(),
+        summary.stream.id.into(),
+        summary.stream.seq.into(),
         scan.id.into(),
         (Role::of(scan) == Role::DefaultFull).into(),
     ];
@@ -163,8 +166,8 @@ async fn succeed(
                 lease_expires_at = NULL, updated_at = $1, count_critical = $2, \
                 count_high = $3, count_medium = $4, count_low = $5, count_info = $6, \
                 count_unknown = $7, findings_total = $8, findings_new = $9, \
-                findings_fixed = $10, count_dismissed = $11 \
-          WHERE id = $12 RETURNING *";
+                findings_fixed = $10, count_dismissed = $11, stream_id = $12, stream_seq = $13 \
+          WHERE id = $14 RETURNING *";
     // UUIDv7 order is creation order: a late completion of an older scan does not replace
     // a newer one.
     const LATEST: &str = "UPDATE projects SET latest_scan_id = $1, updated_at = $2 \
@@ -178,7 +181,7 @@ async fn succeed(
             "WITH done AS ({SUCCEED}), \
              latest AS ( \
                UPDATE projects p SET latest_scan_id = d.id, updated_at = $1 FROM done d \
-                WHERE p.id = d.project_id AND $13 \
+                WHERE p.id = d.project_id AND $15 \
                   AND (p.latest_scan_id IS NULL OR p.latest_scan_id < d.id)), \
              logged AS ( \
                INSERT INTO events ({columns}) \

@@ -14,6 +14,7 @@ use crate::context::principal::{Table, and_reach};
 use crate::db::page::limit_clause;
 use crate::db::sql::statement;
 use crate::error::{Error, Result};
+use crate::findings::runs::SEEN_BY_SCAN_1;
 use crate::reports::import::Reports;
 
 /// Results per page read.
@@ -54,8 +55,8 @@ impl Source {
     fn parts(self) -> (&'static str, &'static str, &'static str, &'static str, Uuid) {
         match self {
             Source::Scan(id) => (
-                "finding_occurrences o JOIN findings f ON f.id = o.finding_id",
-                "o.scan_id = $1",
+                "sighting_runs o JOIN findings f ON f.id = o.finding_id",
+                SEEN_BY_SCAN_1,
                 "o.finding_id",
                 "o.file_path AS at_path, o.start_line AS at_start, o.end_line AS at_end",
                 id,

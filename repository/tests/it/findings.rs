@@ -85,13 +85,15 @@ on_both_backends! {
         assert_eq!(b_seen.finding.fixed_at, None);
         let a_seen = seen.iter().find(|f| f.finding.rule_id == "eval").unwrap();
         assert_eq!(a_seen.occurrence.change, "existing");
-        assert_eq!(a_seen.finding.times_seen, 3);
         // Optional values round-trip as NULL, present ones as themselves, on both statement forms.
         assert_eq!((a_seen.finding.cve.as_deref(), a_seen.finding.package_name.as_deref()), (None, None));
         assert_eq!((a_seen.finding.details.clone(), a_seen.finding.cwe), (None, Some(95)));
         assert_eq!((a_seen.occurrence.start_line, a_seen.finding.file_path.as_deref()), (Some(10), Some("src/app.py")));
-        assert_eq!(a_seen.finding.first_seen_scan_id, Some(s1.id));
-        assert_eq!(a_seen.finding.last_seen_scan_id, Some(s4.id));
+        let sightings = store.findings().sightings(a_seen.finding.id).await.unwrap();
+        assert_eq!(sightings.times_seen, 3);
+        assert_eq!(sightings.first_seen_scan_id, Some(s1.id));
+        assert_eq!(sightings.last_seen_scan_id, Some(s4.id));
+        assert_eq!(sightings.last_seen_at, s4.finished_at.unwrap());
 
         // Only two findings ever existed.
         let all = store.findings().list_open(repo.project_id, None, 50).await.unwrap();

@@ -21,5 +21,6 @@ mod readers;
 mod reports;
 mod retention;
 mod sessions;
+mod sightings;
 mod store;
 mod text;

@@ -106,8 +106,6 @@ fn finding(repo: &repositories::Model, fingerprint: [u8; 32]) -> findings::Activ
         severity_overridden: Set(false),
         status: Set("open".into()),
         first_seen_at: Set(now),
-        last_seen_at: Set(now),
-        times_seen: Set(1),
         created_at: Set(now),
         updated_at: Set(now),
         ..Default::default()

@@ -4,16 +4,20 @@ use sea_orm::entity::prelude::*;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, Serialize, Deserialize)]
-#[sea_orm(table_name = "finding_occurrences")]
+#[sea_orm(table_name = "sighting_runs")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
-    pub scan_id: Uuid,
+    pub project_id: Uuid,
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub stream_id: Uuid,
     #[sea_orm(primary_key, auto_increment = false)]
     pub finding_id: Uuid,
-    pub project_id: Uuid,
-    pub severity: i16,
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub first_seq: i64,
+    pub last_seq: Option<i64>,
     #[sea_orm(column_type = "Text")]
     pub change: String,
+    pub severity: i16,
     #[sea_orm(column_type = "Text", nullable)]
     pub file_path: Option<String>,
     pub start_line: Option<i32>,
@@ -23,32 +27,27 @@ pub struct Model {
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
 pub enum Relation {
     #[sea_orm(
-        belongs_to = "super::findings::Entity",
-        from = "Column::FindingId",
-        to = "super::findings::Column::Id",
+        belongs_to = "super::scan_streams::Entity",
+        from = "(Column::ProjectId, Column::StreamId)",
+        to = "(super::scan_streams::Column::ProjectId, super::scan_streams::Column::Id)",
         on_update = "NoAction",
         on_delete = "Cascade"
     )]
-    Findings,
-    #[sea_orm(
-        belongs_to = "super::scans::Entity",
-        from = "Column::ScanId",
-        to = "super::scans::Column::Id",
-        on_update = "NoAction",
-        on_delete = "Cascade"
-    )]
-    Scans,
+    ScanStreams,
 }
 
-impl Related<super::findings::Entity> for Entity {
+impl Related<super::scan_streams::Entity> for Entity {
     fn to() -> RelationDef {
-        Relation::Findings.def()
+        Relation::ScanStreams.def()
     }
 }
 
-impl Related<super::scans::Entity> for Entity {
+impl Related<super::repositories::Entity> for Entity {
     fn to() -> RelationDef {
-        Relation::Scans.def()
+        super::scan_streams::Relation::Repositories.def()
+    }
+    fn via() -> Option<RelationDef> {
+        Some(super::scan_streams::Relation::SightingRuns.def().rev())
     }
 }
 
