@@ -219,6 +219,9 @@ fn streams() -> TableCreateStatement {
         .col(ColumnDef::new("kind").text().not_null())
         .col(ColumnDef::new("default_branch").boolean().not_null())
         .col(ColumnDef::new("last_seq").big_integer().not_null())
+        // SHA-256 of what the latest scan saw, when it came whole (`Scans::complete`): a
+        // scan with the same digest changes nothing in the stream.
+        .col(ColumnDef::new("last_digest").binary().null())
         .primary_key(Index::create().col("project_id").col("id"))
         .foreign_key(&mut crate::ddl::fk(
             T,

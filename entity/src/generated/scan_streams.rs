@@ -23,6 +23,8 @@ pub struct Model {
     #[sea_orm(unique_key = "scan_streams_identity_key")]
     pub default_branch: bool,
     pub last_seq: i64,
+    #[sea_orm(column_type = "VarBinary(StringLen::None)", nullable)]
+    pub last_digest: Option<Vec<u8>>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

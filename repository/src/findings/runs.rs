@@ -52,27 +52,76 @@ pub(crate) struct Stream {
     pub id: Uuid,
     /// The scan's number in the stream; the scan before it is `seq - 1`.
     pub seq: i64,
+    /// The scan saw what the scan before it saw (same digest), and nothing else changes the
+    /// findings it saw: its ingest writes nothing ([`open_stream`]).
+    pub repeats: bool,
 }
 
-/// Numbers a completing scan in its stream, creating the stream with its first scan. Under
-/// the repository's ingest lock, so completions of a stream are numbered in commit order.
-pub(crate) async fn open_stream(txn: &impl ConnectionTrait, scan: &scans::Model) -> Result<Stream> {
+/// Numbers a completing scan in its stream, creating the stream with its first scan, and
+/// records `digest`, the SHA-256 of what the scan saw when it came whole (`None` for a
+/// streamed report). Under the repository's ingest lock, so completions of a stream are
+/// numbered in commit order.
+///
+/// The scan repeats its predecessor when their digests match and no other stream can have
+/// changed the findings since: a branch's scan changes no existing finding, and a
+/// default-branch scan qualifies when its stream is the repository's only default-branch
+/// stream (another one may have moved, retitled or fixed a finding in between).
+pub(crate) async fn open_stream(
+    txn: &impl ConnectionTrait,
+    scan: &scans::Model,
+    digest: Option<[u8; 32]>,
+) -> Result<Stream> {
+    let ref_name = scan.ref_name.clone().unwrap_or_default();
+    let repeats = match digest {
+        Some(digest) => {
+            let row = txn
+                .query_one_raw(statement(
+                    txn,
+                    "SELECT last_digest, \
+                            (SELECT COUNT(*) FROM scan_streams o \
+                              WHERE o.repository_id = $1 AND o.default_branch \
+                                AND NOT (o.ref_name = $2 AND o.kind = $3)) AS others \
+                       FROM scan_streams \
+                      WHERE repository_id = $1 AND ref_name = $2 AND kind = $3 \
+                        AND default_branch = $4",
+                    [
+                        scan.repository_id.into(),
+                        ref_name.clone().into(),
+                        scan.kind.clone().into(),
+                        scan.tracks_default_branch.into(),
+                    ],
+                ))
+                .await?;
+            match row {
+                Some(row) => {
+                    let last: Option<Vec<u8>> = row.try_get("", "last_digest")?;
+                    let others: i64 = row.try_get("", "others")?;
+                    last.as_deref() == Some(&digest[..])
+                        && (!scan.tracks_default_branch || others == 0)
+                }
+                None => false,
+            }
+        }
+        None => false,
+    };
     let row = txn
         .query_one_raw(statement(
             txn,
             "INSERT INTO scan_streams (project_id, id, repository_id, ref_name, kind, \
-                                       default_branch, last_seq) \
-             VALUES ($1, $2, $3, $4, $5, $6, 1) \
+                                       default_branch, last_seq, last_digest) \
+             VALUES ($1, $2, $3, $4, $5, $6, 1, $7) \
              ON CONFLICT (repository_id, ref_name, kind, default_branch, project_id) \
-             DO UPDATE SET last_seq = scan_streams.last_seq + 1 \
+             DO UPDATE SET last_seq = scan_streams.last_seq + 1, \
+                           last_digest = excluded.last_digest \
              RETURNING id, last_seq",
             [
                 scan.project_id.into(),
                 Uuid::now_v7().into(),
                 scan.repository_id.into(),
-                scan.ref_name.clone().unwrap_or_default().into(),
+                ref_name.into(),
                 scan.kind.clone().into(),
                 scan.tracks_default_branch.into(),
+                digest.map(|d| d.to_vec()).into(),
             ],
         ))
         .await?
@@ -81,6 +130,7 @@ pub(crate) async fn open_stream(txn: &impl ConnectionTrait, scan: &scans::Model)
         project_id: scan.project_id,
         id: row.try_get("", "id")?,
         seq: row.try_get("", "last_seq")?,
+        repeats,
     })
 }
 

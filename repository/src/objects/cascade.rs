@@ -45,7 +45,7 @@ pub(crate) const PROJECT: Deletion = Deletion {
     subject: "project",
 };
 
-/// A scan, its findings' occurrences and its objects.
+/// A scan and its objects (what it saw stays in its stream's runs, which its neighbours share).
 pub(crate) const SCAN: Deletion = Deletion {
     table: "scans",
     reach: Table::Scans,

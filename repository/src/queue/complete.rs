@@ -20,7 +20,7 @@ use crate::db::route::Unit;
 use crate::db::sql::{is_postgres, now, statement};
 use crate::error::{Error, Result};
 use crate::findings::ingest::{
-    Ingest, IngestSummary, NewFinding, Prepared, Role, lock_repository_of, prepare,
+    Ingest, IngestSummary, NewFinding, Prepared, Role, digest, lock_repository_of, prepare,
 };
 use crate::queue::lease::{Lease, fence};
 use crate::queue::scans::Scans;
@@ -37,21 +37,35 @@ pub(crate) trait FindingSource: Send {
     /// The error to report when writing a chunk failed with `err` (a source may know a
     /// better one: the bad result that stopped it).
     fn failed(self, err: Error) -> impl Future<Output = Error> + Send;
+
+    /// The digest of every finding the source will hand over ([`digest`]), when it
+    /// knows them before the first chunk.
+    fn digest(&self) -> Option<[u8; 32]> {
+        None
+    }
 }
 
 /// Findings already in memory: one chunk, shared, so a retried completion feeds them again
-/// without a copy ([`Ingest::write`] splits it into statements).
-pub(crate) struct InMemory(Option<Arc<[Prepared]>>);
+/// without a copy ([`Ingest::write`] splits it into statements), and their digest, computed
+/// once outside the transaction (none for no findings: an empty scan has nothing to skip).
+pub(crate) struct InMemory {
+    findings: Option<Arc<[Prepared]>>,
+    digest: Option<[u8; 32]>,
+}
 
 impl FindingSource for InMemory {
     type Chunk = Arc<[Prepared]>;
 
     async fn next(&mut self) -> Result<Option<Arc<[Prepared]>>> {
-        Ok(self.0.take())
+        Ok(self.findings.take())
     }
 
     async fn failed(self, err: Error) -> Error {
         err
+    }
+
+    fn digest(&self) -> Option<[u8; 32]> {
+        self.digest
     }
 }
 
@@ -80,7 +94,7 @@ pub(crate) async fn ingest<'a>(
     lock_repository_of(&txn, lease.scan_id).await?;
     let scan = fence(&txn, lease).await?;
     let summary = {
-        let mut ingest = Ingest::start(&txn, &scan).await?;
+        let mut ingest = Ingest::start(&txn, &scan, source.digest()).await?;
         while let Some(chunk) = source.next().await? {
             if let Err(err) = ingest.write(&chunk).await {
                 return Err(source.failed(err).await);
@@ -114,12 +128,13 @@ impl Scans<'_> {
     pub async fn complete(&self, lease: &Lease, findings: Vec<NewFinding>) -> Result<scans::Model> {
         let lease = lease.validated(self.cx.who, "complete scans")?;
         let prepared: Arc<[Prepared]> = prepare(findings)?.into();
+        let digest = (!prepared.is_empty()).then(|| digest(&prepared));
         if !self.cx.db().owns_transactions() {
-            return self.complete_once(&lease, prepared).await;
+            return self.complete_once(&lease, prepared, digest).await;
         }
         // Safe to repeat whole: each run re-reads the lease and everything it counts.
         retry_conflicts("scans.complete", || {
-            self.complete_once(&lease, prepared.clone())
+            self.complete_once(&lease, prepared.clone(), digest)
         })
         .await
     }
@@ -128,8 +143,13 @@ impl Scans<'_> {
         &self,
         lease: &Lease,
         prepared: Arc<[Prepared]>,
+        digest: Option<[u8; 32]>,
     ) -> Result<scans::Model> {
-        let ingested = ingest(self.cx.clone(), lease, InMemory(Some(prepared))).await?;
+        let findings = InMemory {
+            findings: Some(prepared),
+            digest,
+        };
+        let ingested = ingest(self.cx.clone(), lease, findings).await?;
         commit(self.cx.clone(), ingested, lease).await
     }
 }

@@ -291,8 +291,10 @@ impl Scans<'_> {
         Ok(Page::from_rows(rows, limit, |s: &scans::Model| s.id))
     }
 
-    /// Deletes the scan with its occurrences and objects (queued for `purge` in the same
-    /// transaction) and appends `scan.deleted`; findings it first or last saw keep existing.
+    /// Deletes the scan with its objects (queued for `purge` in the same transaction) and
+    /// appends `scan.deleted`; findings it first or last saw keep existing, and the runs of
+    /// its stream, which the scans before and after it share, stay as they are (a finding's
+    /// `times_seen` still counts it, as it did before runs).
     #[instrument(name = "scans.delete", skip(self))]
     pub async fn delete(&self, id: Uuid) -> Result<()> {
         self.cx.who.refuse_worker("delete scans")?;

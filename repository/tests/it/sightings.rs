@@ -356,3 +356,36 @@ on_both_backends! {
         assert_eq!(runs, 1 + 4 + 1);
     }
 }
+
+on_both_backends! {
+    async fn a_repeated_scan_writes_nothing_only_while_no_other_scan_can_have_changed_its_findings(db: &TestDb) {
+        let store = common::store(db).await;
+        let repo = common::repository(&store).await;
+        let set = findings(3);
+        full_scan(&store, repo.id, set.clone()).await;
+        let again = full_scan(&store, repo.id, set.clone()).await;
+        assert_eq!((again.findings_total, again.findings_new), (3, 0));
+        let moved_id = store.findings().of_scan(again.id, None, 10).await.unwrap().items
+            .into_iter().find(|f| f.finding.rule_id == "rule-1").unwrap().finding.id;
+
+        // A SAST-only scan of main sees rule-1 elsewhere: the finding moves there.
+        let mut partial = NewScan::full(repo.id, TriggerKind::Api, Some("main".into()));
+        partial.kind = vega_entity::ScanKind::Sast;
+        store.scans().enqueue(partial).await.unwrap();
+        let claim = store.scans().claim_next("w", 1, LEASE).await.unwrap().remove(0);
+        let mut moved = set[1].clone();
+        moved.start_line = Some(70);
+        moved.end_line = Some(71);
+        store.scans().complete(&claim.lease, vec![moved]).await.unwrap();
+        assert_eq!(store.findings().get(moved_id).await.unwrap().start_line, Some(70));
+
+        // The full scan's set again, the same digest as its stream's last scan: another
+        // stream changed the finding since, so it is written back, not skipped.
+        let third = full_scan(&store, repo.id, set.clone()).await;
+        assert_eq!(store.findings().get(moved_id).await.unwrap().start_line, Some(10));
+        let seen = store.findings().of_scan(third.id, None, 10).await.unwrap().items;
+        assert_eq!(seen.len(), 3);
+        assert!(seen.iter().all(|f| f.occurrence.change == "existing" && f.occurrence.start_line == Some(10)));
+        assert_eq!((third.findings_total, third.findings_new, third.findings_fixed), (3, 0, 0));
+    }
+}
