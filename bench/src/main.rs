@@ -432,8 +432,8 @@ async fn ingest(
         }
 
         // Baselines: the same finding rows, bare, through SeaORM's insert_many in 1,000-row
-        // statements (no dedup, no occurrences, no counts), and through COPY with their
-        // occurrences, each into a fresh repository and a scan that is only a row to point at.
+        // statements (no dedup, no runs, no counts), and through COPY with their runs, each
+        // into a fresh repository and a scan that is only a row to point at.
         let (bare_repo, bare_scan) =
             baseline_target(store, project.id, &format!("bare-{run}")).await?;
         let (copy_repo, copy_scan) =

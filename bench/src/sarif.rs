@@ -54,7 +54,7 @@ pub(crate) async fn run(
         copied.push(started.elapsed());
     }
     let copy = summary(
-        "findings+occurrences: COPY BINARY (SARIF's ceiling)",
+        "findings+runs: COPY BINARY (SARIF's ceiling)",
         sizes.results,
         &copied,
         None,
