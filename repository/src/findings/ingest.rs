@@ -7,7 +7,8 @@
 //! never a round trip per finding. It writes what changed: a finding row only when its state
 //! does (new, reopened, moved, retitled, rescored, first seen on the default branch), a run
 //! only when a finding appears, changes or disappears in the stream. A rescan that sees what
-//! the scan before it saw reads every finding and writes none.
+//! the scan before it saw reads every finding and writes none; when it came whole with the
+//! digest of the scan before, it does not even compare ([`runs::open_stream`]).
 
 use std::collections::{HashMap, HashSet};
 
