@@ -1,7 +1,9 @@
 //! Fixtures shared by the repository tests.
 
-use vega_entity::{FindingCategory, Provider, Severity, projects, repositories, users};
-use vega_repository::{NewFinding, NewProject, NewRepository, NewUser, Store};
+use vega_entity::{
+    FindingCategory, Provider, Severity, TriggerKind, projects, repositories, users,
+};
+use vega_repository::{NewFinding, NewProject, NewRepository, NewScan, NewUser, Store};
 use vega_tests::TestDb;
 
 /// Settings for the database at `url`, a scratch blob directory and these pool options.
@@ -109,4 +111,33 @@ pub fn finding(rule: &str, path: &str, severity: Severity) -> NewFinding {
 pub fn test_name(module: &str, name: &str) -> String {
     let module = module.split_once("::").map_or("", |(_, m)| m);
     format!("{module}::{name}")
+}
+
+/// Enqueues, claims and completes one scan of `ref_name` with these findings.
+pub async fn scan_with(
+    store: &Store,
+    repository_id: uuid::Uuid,
+    ref_name: &str,
+    findings: Vec<NewFinding>,
+) -> vega_entity::scans::Model {
+    store
+        .scans()
+        .enqueue(NewScan::full(
+            repository_id,
+            TriggerKind::Api,
+            Some(ref_name.into()),
+        ))
+        .await
+        .unwrap();
+    let claim = store
+        .scans()
+        .claim_next("w", 1, std::time::Duration::from_secs(60))
+        .await
+        .unwrap()
+        .remove(0);
+    store
+        .scans()
+        .complete(&claim.lease, findings)
+        .await
+        .unwrap()
 }

@@ -3,43 +3,13 @@
 use std::time::Duration;
 
 use vega_entity::{DismissReason, Severity, TriggerKind};
-use vega_repository::{
-    Delta, Dismissal, Error, NewFinding, NewScan, SlaPolicy, Store, TriageState,
-};
+use vega_repository::{Delta, Dismissal, Error, NewFinding, NewScan, SlaPolicy, TriageState};
 use vega_tests::on_both_backends;
 
 use crate::common;
+use crate::common::scan_with;
 
 const LEASE: Duration = Duration::from_secs(60);
-
-/// Enqueues, claims and completes one scan of `ref_name` with these findings.
-async fn scan_with(
-    store: &Store,
-    repository_id: uuid::Uuid,
-    ref_name: &str,
-    findings: Vec<NewFinding>,
-) -> vega_entity::scans::Model {
-    store
-        .scans()
-        .enqueue(NewScan::full(
-            repository_id,
-            TriggerKind::Api,
-            Some(ref_name.into()),
-        ))
-        .await
-        .unwrap();
-    let claim = store
-        .scans()
-        .claim_next("w", 1, LEASE)
-        .await
-        .unwrap()
-        .remove(0);
-    store
-        .scans()
-        .complete(&claim.lease, findings)
-        .await
-        .unwrap()
-}
 
 fn a() -> NewFinding {
     common::finding("eval", "src/app.py", Severity::Critical)

@@ -15,26 +15,7 @@ use crate::common;
 const LEASE: Duration = Duration::from_secs(600);
 
 async fn full_scan(store: &Store, repository_id: Uuid, findings: Vec<NewFinding>) -> scans::Model {
-    store
-        .scans()
-        .enqueue(NewScan::full(
-            repository_id,
-            TriggerKind::Api,
-            Some("main".into()),
-        ))
-        .await
-        .unwrap();
-    let claim = store
-        .scans()
-        .claim_next("w", 1, LEASE)
-        .await
-        .unwrap()
-        .remove(0);
-    store
-        .scans()
-        .complete(&claim.lease, findings)
-        .await
-        .unwrap()
+    common::scan_with(store, repository_id, "main", findings).await
 }
 
 async fn scalar(db: &impl ConnectionTrait, sql: &str) -> i64 {
