@@ -193,7 +193,7 @@ fn findings() -> TableCreateStatement {
         .take()
 }
 
-pub(crate) fn finding_occurrences() -> TableCreateStatement {
+fn finding_occurrences() -> TableCreateStatement {
     const T: &str = "finding_occurrences";
     Table::create()
         .table(T)

@@ -15,10 +15,9 @@ use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
 
 use crate::ddl::{
-    add_columns, check, create, drop, drop_columns, drop_columns_and_constraints, index, one_of,
-    severity, unique,
+    add_columns, check, create, desc, drop, drop_columns, drop_columns_and_constraints, fk, index,
+    one_of, severity, unique,
 };
-use crate::m20261123_000003_findings::finding_occurrences;
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -156,11 +155,11 @@ impl MigrationTrait for Migration {
         .await?;
         create(
             manager,
-            vec![finding_occurrences()],
+            vec![occurrences()],
             vec![
                 index("finding_occurrences", "finding")
                     .col("finding_id")
-                    .col(crate::ddl::desc("scan_id"))
+                    .col(desc("scan_id"))
                     .take(),
             ],
         )
@@ -223,7 +222,7 @@ fn streams() -> TableCreateStatement {
         // scan with the same digest changes nothing in the stream.
         .col(ColumnDef::new("last_digest").binary().null())
         .primary_key(Index::create().col("project_id").col("id"))
-        .foreign_key(&mut crate::ddl::fk(
+        .foreign_key(&mut fk(
             T,
             "repository_id",
             "repositories",
@@ -286,6 +285,38 @@ fn runs() -> TableCreateStatement {
         ))
         .check(one_of(T, "change", &["new", "existing", "reopened"]))
         .check(check(T, "severity", "severity BETWEEN 0 AND 5"))
+        .check(check(
+            T,
+            "lines",
+            "start_line >= 1 AND end_line >= start_line",
+        ))
+        .take()
+}
+
+/// `finding_occurrences` as `m20261123_000003_findings` created it, for `down`: one row per
+/// scan per finding.
+fn occurrences() -> TableCreateStatement {
+    const T: &str = "finding_occurrences";
+    Table::create()
+        .table(T)
+        .col(ColumnDef::new("scan_id").uuid().not_null())
+        .col(ColumnDef::new("finding_id").uuid().not_null())
+        .col(ColumnDef::new("project_id").uuid().not_null())
+        .col(severity("severity"))
+        .col(ColumnDef::new("change").text().not_null())
+        .col(ColumnDef::new("file_path").text().null())
+        .col(ColumnDef::new("start_line").integer().null())
+        .col(ColumnDef::new("end_line").integer().null())
+        .primary_key(Index::create().col("scan_id").col("finding_id"))
+        .foreign_key(&mut fk(T, "scan_id", "scans", ForeignKeyAction::Cascade))
+        .foreign_key(&mut fk(
+            T,
+            "finding_id",
+            "findings",
+            ForeignKeyAction::Cascade,
+        ))
+        .check(check(T, "severity", "severity BETWEEN 0 AND 5"))
+        .check(one_of(T, "change", &["new", "existing", "reopened"]))
         .check(check(
             T,
             "lines",
