@@ -4,16 +4,15 @@
 //! scan (the design before runs) takes: a scratch table of that shape, with its primary key
 //! and index, holding one scan's rows, times the number of scans.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use uuid::Uuid;
-use vega_entity::TriggerKind;
-use vega_repository::{NewFinding, NewScan, Store};
+use vega_repository::{NewFinding, Store};
 
 use crate::{
-    Result, Row, Volume, bench_project, git_repository, one_percent_moved, settle, summary,
-    synthetic_findings,
+    Result, Row, Volume, bench_project, claim_main, git_repository, one_percent_moved, settle,
+    summary, synthetic_findings,
 };
 
 pub(crate) async fn run(
@@ -73,20 +72,8 @@ pub(crate) async fn run(
 }
 
 async fn complete(store: &Store, repository_id: Uuid, findings: Vec<NewFinding>) -> Result<Uuid> {
-    store
-        .scans()
-        .enqueue(NewScan::full(
-            repository_id,
-            TriggerKind::Api,
-            Some("main".into()),
-        ))
-        .await?;
-    let claim = store
-        .scans()
-        .claim_next("bench", 1, Duration::from_secs(3600))
-        .await?
-        .remove(0);
-    Ok(store.scans().complete(&claim.lease, findings).await?.id)
+    let lease = claim_main(store, repository_id).await?;
+    Ok(store.scans().complete(&lease, findings).await?.id)
 }
 
 /// Table, indexes and TOAST of `table`, in bytes.

@@ -34,7 +34,7 @@ use sea_orm::{
 use vega_entity::{FindingCategory, Provider, Severity, TriggerKind, findings};
 use vega_migration::{Migrator, MigratorTrait};
 use vega_repository::{
-    NewFinding, NewProject, NewRepository, NewScan, NewUser, PoolOptions, Store,
+    Lease, NewFinding, NewProject, NewRepository, NewScan, NewUser, PoolOptions, Store,
 };
 
 #[derive(Parser)]
@@ -405,26 +405,11 @@ async fn ingest(
             (&mut again, &batch, Some(&mut again_wal)),
             (&mut moved, &changed, Some(&mut moved_wal)),
         ] {
-            store
-                .scans()
-                .enqueue(NewScan::full(
-                    repo.id,
-                    TriggerKind::Api,
-                    Some("main".into()),
-                ))
-                .await?;
-            let claim = store
-                .scans()
-                .claim_next("bench", 1, Duration::from_secs(3600))
-                .await?
-                .remove(0);
+            let lease = claim_main(store, repo.id).await?;
             settle(db).await?;
             let before = wal_position(db).await?;
             let started = Instant::now();
-            store
-                .scans()
-                .complete(&claim.lease, findings.clone())
-                .await?;
+            store.scans().complete(&lease, findings.clone()).await?;
             times.push(started.elapsed());
             if let Some(wal) = wal {
                 wal.push(wal_position(db).await? - before);
@@ -545,6 +530,24 @@ async fn ingest(
     rows.push(bare);
     rows.push(copy);
     Ok(())
+}
+
+/// Enqueues a full scan of `main` in the repository and claims it.
+pub(crate) async fn claim_main(store: &Store, repository_id: uuid::Uuid) -> Result<Lease> {
+    store
+        .scans()
+        .enqueue(NewScan::full(
+            repository_id,
+            TriggerKind::Api,
+            Some("main".into()),
+        ))
+        .await?;
+    Ok(store
+        .scans()
+        .claim_next("bench", 1, Duration::from_secs(3600))
+        .await?
+        .remove(0)
+        .lease)
 }
 
 /// A project of its own for a scenario, owned by a user of its own.

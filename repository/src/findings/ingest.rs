@@ -23,7 +23,7 @@ use crate::db::validate;
 use crate::error::{Error, Result, Transient};
 use crate::findings::fingerprint::fingerprint;
 use crate::findings::reads::SeverityCounts;
-use crate::findings::runs::{self, Seen, Stream};
+use crate::findings::runs::{self, Meeting, Seen, Stream};
 
 /// Rows per multi-row statement on SQLite: far below its bind-parameter limit (32,766) at 15
 /// parameters per row, and large enough that round trips do not dominate.
@@ -417,19 +417,19 @@ impl<'a, C: ConnectionTrait> Ingest<'a, C> {
                 .execute_raw(statement(
                     txn,
                     &format!(
-                        "UPDATE findings SET status = 'fixed', fixed_at = $1, \
-                                fixed_in_scan_id = $2, updated_at = $1 \
-                          WHERE repository_id = $3 AND status = 'open' AND on_default_branch \
+                        "UPDATE findings SET status = 'fixed', fixed_at = $3, \
+                                fixed_in_scan_id = $4, updated_at = $3 \
+                          WHERE repository_id = $5 AND status = 'open' AND on_default_branch \
                             AND NOT EXISTS (SELECT 1 FROM sighting_runs o \
                                              WHERE {} AND o.finding_id = findings.id{fence})",
-                        runs::OPEN_IN_STREAM_4_5
+                        runs::OPEN_IN_STREAM_1_2
                     ),
                     [
+                        stream.project_id.into(),
+                        stream.id.into(),
                         self.now.into(),
                         scan.id.into(),
                         scan.repository_id.into(),
-                        stream.project_id.into(),
-                        stream.id.into(),
                     ],
                 ))
                 .await?;
@@ -487,7 +487,7 @@ impl<'a, C: ConnectionTrait> Ingest<'a, C> {
     /// per column (`unnest`), so the statement is parsed and planned once whatever its row
     /// count. Each row is compared with its finding and with the finding's open run in the
     /// stream; only what differs is written (see [`Prior::needs_write`] and
-    /// [`runs::OpenRun::replaced_by`], the same rules SQLite's path applies in Rust). A finding is
+    /// [`runs::OpenRun::meets`], the same rules SQLite's path applies in Rust). A finding is
     /// new when this statement inserted its row (`xmax = 0`); reopened when its status was
     /// `fixed` in the statement's snapshot (and the scan reopens), which under the repository
     /// lock is the latest committed status, since only completions move a finding into or out
@@ -654,13 +654,13 @@ impl<'a, C: ConnectionTrait> Ingest<'a, C> {
             let reopened =
                 reopens && prior.is_some_and(|p| p.status == FindingStatus::Fixed.as_str());
             let run = open.get(&finding_id);
-            match run.map(|run| run.replaced_by(p.finding.seen(), reopened, stream.seq)) {
-                Some(None) => continue,
-                Some(Some(false)) => {
+            match run.map(|run| run.meets(p.finding.seen(), reopened, stream.seq)) {
+                Some(Meeting::Repeat) => continue,
+                Some(Meeting::Kept) => {
                     outcome.kept.push(finding_id);
                     continue;
                 }
-                Some(Some(true)) => closing.push(finding_id),
+                Some(Meeting::Replaced) => closing.push(finding_id),
                 None => {}
             }
             let change = match prior {

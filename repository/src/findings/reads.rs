@@ -478,68 +478,50 @@ impl Findings<'_> {
         let cx = self.cx.replica();
         let finding = self.get(id).await?;
         let db = cx.db();
-        let runs = "FROM scan_streams st JOIN sighting_runs o \
-                      ON o.project_id = st.project_id AND o.stream_id = st.id \
-                     AND o.finding_id = $1 \
-                   WHERE st.repository_id = $2 AND st.project_id = $3 AND st.default_branch";
-        let values = || -> Vec<Value> {
-            vec![
-                id.into(),
-                finding.repository_id.into(),
-                finding.project_id.into(),
-            ]
-        };
-        let seen = db
-            .query_one_raw(statement(
+        // One row per run in a default-branch stream (a few): its length, the scan it ends
+        // at, and whether the finding's first scan was of the default branch (when that scan
+        // still exists).
+        let rows = db
+            .query_all_raw(statement(
                 db,
-                &format!(
-                    "SELECT CAST(COALESCE(SUM(COALESCE(o.last_seq, st.last_seq) - o.first_seq \
-                                              + 1), 0) AS BIGINT) AS n {runs}"
-                ),
-                values(),
-            ))
-            .await?
-            .map(|row| row.try_get::<i64>("", "n"))
-            .transpose()?
-            .unwrap_or_default();
-        let last = db
-            .query_one_raw(statement(
-                db,
-                &format!(
-                    "SELECT s.id, s.finished_at {} \
-                      ORDER BY s.finished_at DESC, s.id DESC LIMIT 1",
-                    runs.replace(
-                        "WHERE",
-                        "JOIN scans s ON s.stream_id = st.id \
-                          AND s.stream_seq = COALESCE(o.last_seq, st.last_seq) WHERE"
-                    )
-                ),
-                values(),
+                "SELECT COALESCE(o.last_seq, st.last_seq) - o.first_seq + 1 AS n, \
+                        s.id AS last_id, s.finished_at AS last_at, \
+                        f.tracks_default_branch AS first_on_default \
+                   FROM scan_streams st \
+                   JOIN sighting_runs o ON o.project_id = st.project_id \
+                    AND o.stream_id = st.id AND o.finding_id = $1 \
+                   LEFT JOIN scans s ON s.stream_id = st.id \
+                    AND s.stream_seq = COALESCE(o.last_seq, st.last_seq) \
+                   LEFT JOIN scans f ON f.id = $4 \
+                  WHERE st.repository_id = $2 AND st.project_id = $3 AND st.default_branch",
+                [
+                    id.into(),
+                    finding.repository_id.into(),
+                    finding.project_id.into(),
+                    finding.first_seen_scan_id.into(),
+                ],
             ))
             .await?;
-        let first_on_default = match finding.first_seen_scan_id {
-            Some(scan) => db
-                .query_one_raw(statement(
-                    db,
-                    "SELECT tracks_default_branch FROM scans WHERE id = $1",
-                    [scan.into()],
-                ))
-                .await?
-                .map(|row| row.try_get::<bool>("", "tracks_default_branch"))
-                .transpose()?
-                .unwrap_or(true),
-            None => true,
-        };
-        let (last_seen_scan_id, last_seen_at) = match last {
-            Some(row) => (
-                Some(row.try_get::<Uuid>("", "id")?),
-                row.try_get::<Option<DateTime<FixedOffset>>>("", "finished_at")?
-                    .unwrap_or(finding.first_seen_at),
-            ),
-            None => (finding.first_seen_scan_id, finding.first_seen_at),
+        let (mut seen, mut first_on_default) = (0i64, rows.is_empty().then_some(false));
+        let mut last: Option<(DateTime<FixedOffset>, Uuid)> = None;
+        for row in &rows {
+            seen += row.try_get::<i64>("", "n")?;
+            first_on_default =
+                first_on_default.or(row.try_get::<Option<bool>>("", "first_on_default")?);
+            let ended = (
+                row.try_get::<Option<DateTime<FixedOffset>>>("", "last_at")?,
+                row.try_get::<Option<Uuid>>("", "last_id")?,
+            );
+            if let (Some(at), Some(scan)) = ended {
+                last = last.max(Some((at, scan)));
+            }
+        }
+        let (last_seen_at, last_seen_scan_id) = match last {
+            Some((at, scan)) => (at, Some(scan)),
+            None => (finding.first_seen_at, finding.first_seen_scan_id),
         };
         Ok(Sightings {
-            times_seen: seen + i64::from(!first_on_default),
+            times_seen: seen + i64::from(!first_on_default.unwrap_or(true)),
             first_seen_scan_id: finding.first_seen_scan_id,
             first_seen_at: finding.first_seen_at,
             last_seen_scan_id,

@@ -22,10 +22,6 @@ use crate::error::{Error, Result};
 pub(crate) const OPEN_IN_STREAM_1_2: &str =
     "o.project_id = $1 AND o.stream_id = $2 AND o.last_seq IS NULL";
 
-/// The same, with the stream as `$4`, `$5`.
-pub(crate) const OPEN_IN_STREAM_4_5: &str =
-    "o.project_id = $4 AND o.stream_id = $5 AND o.last_seq IS NULL";
-
 /// The runs `o` that cover the scan `$1`: what it saw. The scan's stream and number are
 /// subqueries of their own (one primary-key probe each, run once), so the runs are one
 /// range of their primary key `(project, stream, finding)`, walked in finding order; joined
@@ -152,22 +148,33 @@ pub(crate) struct OpenRun {
     end_line: Option<i32>,
 }
 
+/// What a sighting does to its finding's open run ([`OpenRun::meets`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Meeting {
+    /// The scan opened the run itself: a repeat in a later chunk (the first sighting wins).
+    Repeat,
+    /// The run goes on.
+    Kept,
+    /// Severity or location changed, or the finding reopens: a new run replaces it.
+    Replaced,
+}
+
 impl OpenRun {
-    /// What a sighting of `f` by the scan numbered `seq` does to this run: `None` when the
-    /// scan opened it itself (a repeat in a later chunk: the first sighting wins), `Some(true)`
-    /// when a new run replaces it (severity or location changed, or the finding reopens),
-    /// `Some(false)` when it goes on. Postgres's ingest statement applies the same rule in SQL.
-    pub(crate) fn replaced_by(&self, seen: Seen<'_>, reopened: bool, seq: i64) -> Option<bool> {
+    /// What a sighting `seen` by the scan numbered `seq` does to this run. Postgres's ingest
+    /// statement applies the same rule in SQL.
+    pub(crate) fn meets(&self, seen: Seen<'_>, reopened: bool, seq: i64) -> Meeting {
         if self.first_seq == seq {
-            return None;
+            Meeting::Repeat
+        } else if reopened
+            || self.severity != seen.severity
+            || self.file_path.as_deref() != seen.file_path
+            || self.start_line != seen.start_line
+            || self.end_line != seen.end_line
+        {
+            Meeting::Replaced
+        } else {
+            Meeting::Kept
         }
-        Some(
-            reopened
-                || self.severity != seen.severity
-                || self.file_path.as_deref() != seen.file_path
-                || self.start_line != seen.start_line
-                || self.end_line != seen.end_line,
-        )
     }
 }
 
