@@ -91,6 +91,18 @@ impl ReplicaKind {
         }
     }
 
+    /// The reader's replayed position, as text (for Aurora the least of its replicas').
+    fn replayed_sql(self) -> &'static str {
+        match self {
+            ReplicaKind::Aurora => {
+                "SELECT min(durable_lsn)::text AS p FROM aurora_global_db_instance_status()"
+            }
+            ReplicaKind::Postgres | ReplicaKind::Sqlite => {
+                "SELECT (pg_last_wal_replay_lsn() - '0/0')::text AS p"
+            }
+        }
+    }
+
     /// The probe: in recovery, replayed position, lag in milliseconds.
     fn probe_sql(self) -> &'static str {
         match self {
@@ -313,23 +325,7 @@ impl Reader {
         let look = async {
             let _one = state.looking.lock().await;
             if state.looks.load(Ordering::Acquire) == looks {
-                let sql = match state.kind {
-                    ReplicaKind::Aurora => {
-                        "SELECT min(durable_lsn)::text AS p FROM aurora_global_db_instance_status()"
-                    }
-                    ReplicaKind::Postgres | ReplicaKind::Sqlite => {
-                        "SELECT (pg_last_wal_replay_lsn() - '0/0')::text AS p"
-                    }
-                };
-                let row = self
-                    .db
-                    .query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
-                    .await;
-                let replayed: Option<String> = row
-                    .ok()
-                    .flatten()
-                    .and_then(|r| r.try_get("", "p").ok().flatten());
-                if let Some(replayed) = replayed.and_then(|r| r.parse::<u64>().ok()) {
+                if let Some(replayed) = self.replayed().await {
                     state.replayed.fetch_max(replayed, Ordering::AcqRel);
                 }
                 state.looks.fetch_add(1, Ordering::AcqRel);
@@ -337,6 +333,18 @@ impl Reader {
         };
         tokio::time::timeout(LOOK_BOUND, look).await.is_ok()
             && floor <= state.replayed.load(Ordering::Acquire)
+    }
+
+    /// The reader's replayed position now; `None` when it does not answer it.
+    async fn replayed(&self) -> Option<u64> {
+        let sql = self.state.kind.replayed_sql();
+        let row = self
+            .db
+            .query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
+            .await
+            .ok()??;
+        let replayed: String = row.try_get("", "p").ok()?;
+        replayed.parse().ok()
     }
 
     /// Counts a read by where it went.
