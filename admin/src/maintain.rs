@@ -18,9 +18,11 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Notify;
-use vega_repository::{GcOptions, MAX_ARCHIVE_EVENTS, Store};
+use vega_repository::{GcOptions, MAX_ARCHIVE_EVENTS, Retired, Store};
 
 const LEASE: &str = "maintain";
+/// Months of `events` partitions kept ready ahead of now.
+const PARTITIONS_AHEAD: u32 = 3;
 /// Expired snapshots deleted, or lapsed dismissals reopened, per batch.
 const EXPIRE_BATCH: u64 = 100;
 
@@ -60,11 +62,15 @@ pub struct MaintainArgs {
     /// How often dismissals past their expiry lapse (the findings reopen).
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     dismissals_every: Duration,
+    /// How often the monthly partitions of `events` (Postgres) are created three months ahead.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    partitions_every: Duration,
     /// How often events older than --retain-events move to the blob store.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     retention_every: Duration,
     /// Events older than this are archived to the blob store (gzipped JSON lines per project
-    /// and day) and deleted from the table; `vega-admin events export` reads both.
+    /// and day) and leave the table: on Postgres a whole month once it ended this long ago
+    /// (its partition is dropped), on SQLite by batch; `vega-admin events export` reads both.
     #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
     retain_events: Duration,
     /// The most events per archive object (memory is bounded by one batch).
@@ -83,6 +89,7 @@ enum Job {
     Prune,
     Expire,
     Dismissals,
+    Partitions,
     Retention,
 }
 
@@ -90,7 +97,8 @@ enum Job {
 type Outcome = Vec<(&'static str, u64)>;
 
 impl Job {
-    const ALL: [Job; 7] = [
+    const ALL: [Job; 8] = [
+        Job::Partitions,
         Job::Rescue,
         Job::Purge,
         Job::Gc,
@@ -108,6 +116,7 @@ impl Job {
             Job::Prune => "prune",
             Job::Expire => "expire",
             Job::Dismissals => "dismissals",
+            Job::Partitions => "partitions",
             Job::Retention => "retention",
         }
     }
@@ -120,6 +129,7 @@ impl Job {
             Job::Prune => args.prune_every,
             Job::Expire => args.expire_every,
             Job::Dismissals => args.dismissals_every,
+            Job::Partitions => args.partitions_every,
             Job::Retention => args.retention_every,
         }
     }
@@ -225,6 +235,17 @@ impl Runner<'_> {
                 self.drain(|| async { store.findings().expire_dismissals(EXPIRE_BATCH).await })
                     .await?,
             )],
+            Job::Partitions => {
+                let now = chrono::Utc::now().fixed_offset();
+                let created = store
+                    .event_archives()
+                    .ensure_partitions(now, now + chrono::Months::new(PARTITIONS_AHEAD))
+                    .await?;
+                for name in &created {
+                    tracing::info!(partition = %name, "event partition created");
+                }
+                vec![("created", created.len() as u64)]
+            }
             Job::Retention => self.retention(still_leading).await?,
         })
     }
@@ -245,8 +266,8 @@ impl Runner<'_> {
         }
     }
 
-    /// Archives events batch by batch until none is old enough, a stop is asked for (the
-    /// batch in hand commits first) or the lease is lost.
+    /// Retires events step by step (an archive, or a month dropped) until none is old enough,
+    /// a stop is asked for (the step in hand commits first) or the lease is lost.
     async fn retention(&self, still_leading: &mut bool) -> Result<Outcome, vega_repository::Error> {
         let age =
             chrono::Duration::from_std(self.args.retain_events).unwrap_or(chrono::Duration::MAX);
@@ -254,18 +275,25 @@ impl Runner<'_> {
             .checked_sub_signed(age)
             .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
             .fixed_offset();
-        let (mut archives, mut events, mut bytes) = (0, 0, 0);
+        let (mut archives, mut events, mut bytes, mut months) = (0, 0, 0, 0);
         let mut renewed = Instant::now();
-        while let Some(batch) = self
+        let mut retirement = self
             .store
             .event_archives()
-            .archive_batch(before, self.args.retention_batch)
-            .await?
-        {
-            archives += 1;
-            events += batch.events;
-            bytes += batch.size_bytes;
-            tracing::debug!(key = %batch.object_key, events = batch.events, "events archived");
+            .retirement(before, self.args.retention_batch)?;
+        while let Some(step) = retirement.next().await? {
+            match step {
+                Retired::Archived(batch) => {
+                    archives += 1;
+                    events += batch.events;
+                    bytes += batch.size_bytes;
+                    tracing::debug!(key = %batch.object_key, events = batch.events, "events archived");
+                }
+                Retired::Dropped { partition, .. } => {
+                    months += 1;
+                    tracing::info!(%partition, "event partition archived and dropped");
+                }
+            }
             if self.stopping() {
                 break;
             }
@@ -281,6 +309,7 @@ impl Runner<'_> {
             ("archives", archives),
             ("events", events),
             ("bytes", bytes),
+            ("months", months),
         ])
     }
 

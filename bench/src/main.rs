@@ -231,6 +231,7 @@ async fn main() -> Result<()> {
             args.retention_events,
             args.iterations,
             &mut rows,
+            &mut volumes,
         )
         .await?;
     }

@@ -2,17 +2,22 @@
 //! object write, commit and delete) beside raw sqlx reading and deleting a twin backlog in the
 //! same batches (the statements' ceiling: no decoding, encoding, object or registration), and
 //! a project's `events().page` while the archiver runs beside the same page on an idle server.
+//!
+//! Then a month of events retired whole (archived, its partition detached and dropped) beside
+//! a twin month archived and deleted by `archive_batch`, as retention did before partitions:
+//! the time, the WAL written, and how long event appends made beside each had to wait (the
+//! locks retention holds on `events` show there).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use chrono::{TimeDelta, Utc};
+use chrono::{Datelike, TimeDelta, Utc};
 use sea_orm::sqlx::{self, Row as _};
 use sea_orm::{ConnectionTrait, DatabaseConnection};
-use vega_repository::{EventFeed, NewEvent, Store};
+use vega_repository::{EventFeed, NewEvent, Retired, Store};
 
-use crate::{Result, Row, bench_project, peak_rss, settle, summary};
+use crate::{Result, Row, Volume, bench_project, peak_rss, settle, summary, wal_position};
 
 /// Events per archive: `vega-admin maintain`'s default `--retention-batch`.
 const BATCH: u32 = 20_000;
@@ -24,7 +29,14 @@ pub(crate) async fn run(
     events: u64,
     iterations: usize,
     rows: &mut Vec<Row>,
+    volumes: &mut Vec<Volume>,
 ) -> Result<()> {
+    // The backlogs are in the past: their months' partitions first, from the month `month`
+    // retires whole.
+    store
+        .event_archives()
+        .ensure_partitions(month_end(6), Utc::now().fixed_offset())
+        .await?;
     let archived = bench_project(store, "retention-archived").await?;
     let raw_project = bench_project(store, "retention-raw").await?;
     let reader = bench_project(store, "retention-reader").await?;
@@ -158,7 +170,188 @@ pub(crate) async fn run(
         Some(&base),
     ));
     rows.push(base);
+    month(store, db, events, rows, volumes).await
+}
+
+/// The end of the UTC month `months_ago` months before this one.
+fn month_end(months_ago: u32) -> chrono::DateTime<chrono::FixedOffset> {
+    Utc::now()
+        .date_naive()
+        .with_day(1)
+        .and_then(|d| d.checked_sub_months(chrono::Months::new(months_ago - 1)))
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .unwrap_or_default()
+        .and_utc()
+        .fixed_offset()
+}
+
+/// Projects a month's events are spread over.
+const MONTH_PROJECTS: u64 = 10;
+
+/// A month of `events` retired whole, beside a twin month archived and deleted by batches.
+async fn month(
+    store: &Store,
+    db: &DatabaseConnection,
+    events: u64,
+    rows: &mut Vec<Row>,
+    volumes: &mut Vec<Volume>,
+) -> Result<()> {
+    let appender = bench_project(store, "retention-appender").await?;
+    let mut projects = Vec::new();
+    for n in 0..MONTH_PROJECTS {
+        projects.push(bench_project(store, &format!("retention-month-{n}")).await?);
+    }
+    let list = projects
+        .iter()
+        .map(|p| format!("'{p}'::uuid"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // Five months ago goes whole, four months ago by batches: the older first, so each
+    // method's cutoff reaches its own month only.
+    for months_ago in [5, 4] {
+        db.execute_unprepared(&format!(
+            "INSERT INTO events (created_at, project_id, actor_type, actor_label, action, \
+                                 subject_type, subject_id, request_id, data) \
+             SELECT date_trunc('month', now() - interval '{months_ago} months') \
+                      + (g::float8 / {events}) * interval '28 days', \
+                    (ARRAY[{list}])[1 + g % {MONTH_PROJECTS}], 'system', 'bench', \
+                    'scan.completed', 'scan', gen_random_uuid(), 'req-' || g, \
+                    jsonb_build_object('n', g, 'status', 'completed', 'findings', g % 97) \
+             FROM generate_series(1, {events}) g"
+        ))
+        .await?;
+    }
+    db.execute_unprepared("ANALYZE events").await?;
+
+    settle(db).await?;
+    let (stop, appending) = append_beside(store, appender);
+    let wal = wal_position(db).await?;
+    let started = Instant::now();
+    let mut retirement = store.event_archives().retirement(month_end(5), BATCH)?;
+    let (mut moved, mut dropped) = (0, 0);
+    while let Some(step) = retirement.next().await? {
+        match step {
+            Retired::Archived(batch) => moved += batch.events,
+            Retired::Dropped { .. } => dropped += 1,
+        }
+    }
+    let whole = started.elapsed();
+    let whole_wal = wal_position(db).await? - wal;
+    stop.store(true, Ordering::Relaxed);
+    let whole_appends = appending.await??;
+    if moved != events || dropped != 1 {
+        return Err(format!("retired {moved} events of {events} and {dropped} months").into());
+    }
+
+    settle(db).await?;
+    let (stop, appending) = append_beside(store, appender);
+    let wal = wal_position(db).await?;
+    let started = Instant::now();
+    let mut moved = 0;
+    while let Some(batch) = store
+        .event_archives()
+        .archive_batch(month_end(4), BATCH)
+        .await?
+    {
+        moved += batch.events;
+    }
+    let batched = started.elapsed();
+    let batched_wal = wal_position(db).await? - wal;
+    stop.store(true, Ordering::Relaxed);
+    let batched_appends = appending.await??;
+    if moved != events {
+        return Err(format!("archive_batch moved {moved} events of {events}").into());
+    }
+
+    let n = usize::try_from(events)?;
+    let base = summary(
+        "retention of a month: archive_batch (archive, DELETE)",
+        n,
+        &[batched],
+        None,
+    );
+    rows.push(summary(
+        "retention of a month: retirement (archive, detach, drop)",
+        n,
+        &[whole],
+        Some(&base),
+    ));
+    rows.push(base);
+    for (what, appends) in [
+        ("archive_batch", &batched_appends),
+        ("retirement", &whole_appends),
+    ] {
+        let mut sorted = appends.clone();
+        sorted.sort();
+        let at = |q: f64| {
+            sorted
+                .get(((sorted.len() as f64 - 1.0) * q) as usize)
+                .copied()
+                .unwrap_or_default()
+        };
+        println!(
+            "event appends beside {what}: {} calls, p50 {:?}, p99 {:?}, max {:?}",
+            sorted.len(),
+            at(0.5),
+            at(0.99),
+            sorted.last().copied().unwrap_or_default()
+        );
+    }
+    let base = summary(
+        "event append, beside archive_batch of a month",
+        1,
+        &batched_appends,
+        None,
+    );
+    rows.push(summary(
+        "event append, beside retirement of a month",
+        1,
+        &whole_appends,
+        Some(&base),
+    ));
+    rows.push(base);
+    let base = Volume::new("WAL of a month's archive_batch", batched_wal, None);
+    volumes.push(Volume::new(
+        "WAL of a month's retirement",
+        whole_wal,
+        Some(&base),
+    ));
+    volumes.push(base);
     Ok(())
+}
+
+/// Appends events to `project` one after another until the flag is set; each call's time.
+fn append_beside(
+    store: &Store,
+    project: uuid::Uuid,
+) -> (
+    Arc<AtomicBool>,
+    tokio::task::JoinHandle<Result<Vec<Duration>>>,
+) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let store = store.clone();
+    let flag = stop.clone();
+    let task = tokio::spawn(async move {
+        let mut times = Vec::new();
+        while !flag.load(Ordering::Relaxed) {
+            let started = Instant::now();
+            store
+                .events()
+                .append(NewEvent {
+                    action: "scan.completed".into(),
+                    project_id: Some(project),
+                    subject: None,
+                    request_id: None,
+                    ip_address: None,
+                    data: serde_json::json!({ "n": times.len() }),
+                })
+                .await?;
+            times.push(started.elapsed());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(times)
+    });
+    (stop, task)
 }
 
 /// `events().page` of `project`, `calls` times or until `stop`, with the time of each.

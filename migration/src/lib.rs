@@ -41,6 +41,7 @@ mod m20261203_000012_findings_per_default_branch;
 mod m20261204_000013_scan_deltas;
 mod m20261206_000014_scan_import_warnings;
 mod m20261206_000015_sighting_runs;
+mod m20261206_000016_events_by_month;
 
 pub use sea_orm_migration::MigratorTrait;
 use sea_orm_migration::prelude::*;
@@ -74,6 +75,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000013_scan_deltas::Migration),
             Box::new(m20261206_000014_scan_import_warnings::Migration),
             Box::new(m20261206_000015_sighting_runs::Migration),
+            Box::new(m20261206_000016_events_by_month::Migration),
         ]
     }
 }

@@ -318,6 +318,16 @@ fn classify(db: &dyn sqlx::error::DatabaseError) -> Option<Error> {
             constraint: name(),
             message: "refers to a row that does not exist, or is still referred to".into(),
         }),
+        // An event whose month has no partition (Postgres names no constraint then): the
+        // deployment's fault, not the input's.
+        sqlx::error::ErrorKind::CheckViolation
+            if db.constraint().is_none() && message.starts_with("no partition of relation") =>
+        {
+            Some(Error::Database(DbErr::Custom(format!(
+                "{message}: no monthly partition holds this time; `vega-admin maintain` creates \
+                 them ahead (EventArchives::ensure_partitions)"
+            ))))
+        }
         sqlx::error::ErrorKind::CheckViolation => Some(Error::Invalid {
             field: name(),
             reason: "rejected by the database's check constraint".into(),

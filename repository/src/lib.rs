@@ -63,7 +63,9 @@ pub use objects::maintenance::{GcOptions, GcReport, IntegrityReport, PurgeFailur
 
 // activity.
 pub use activity::events::{EventCursor, EventFeed, Events, NewEvent};
-pub use activity::retention::{ArchivedBatch, EventArchives, MAX_ARCHIVE_EVENTS};
+pub use activity::retention::{
+    ArchivedBatch, EventArchives, MAX_ARCHIVE_EVENTS, Retired, Retirement,
+};
 pub use activity::usage::{MeterTotal, NewUsage, Recorded, Usage};
 
 // accounts.

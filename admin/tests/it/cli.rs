@@ -2,6 +2,7 @@
 
 use std::process::Command;
 
+use sea_orm::ConnectionTrait;
 use vega_tests::TestDb;
 
 use crate::common;
@@ -426,6 +427,36 @@ async fn events_archived_and_exported(postgres: bool) {
     let (url, _db) = database(postgres).await;
     let store = store_at(&url).await;
     let project = common::repository(&store).await.project_id;
+    // Retention takes whole months that have ended: the project's events move two months
+    // back, into a month of their own.
+    let now = chrono::Utc::now().fixed_offset();
+    let past = now - chrono::TimeDelta::days(62);
+    store
+        .event_archives()
+        .ensure_partitions(past, now)
+        .await
+        .unwrap();
+    let conn = sea_orm::Database::connect(url.as_str()).await.unwrap();
+    for (n, event) in store
+        .events()
+        .page(vega_repository::EventFeed::Project(project), None, 10)
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .enumerate()
+    {
+        conn.execute_raw(sea_orm::Statement::from_sql_and_values(
+            conn.get_database_backend(),
+            "UPDATE events SET created_at = $1 WHERE id = $2",
+            [
+                (past + chrono::TimeDelta::milliseconds(n as i64)).into(),
+                event.id.into(),
+            ],
+        ))
+        .await
+        .unwrap();
+    }
     let before = exported(&url, project);
     assert!(before.len() >= 2, "{before:?}");
 

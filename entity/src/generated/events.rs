@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 pub struct Model {
     #[sea_orm(primary_key)]
     pub id: i64,
+    #[sea_orm(primary_key, auto_increment = false)]
     pub created_at: DateTimeWithTimeZone,
     pub project_id: Option<Uuid>,
     #[sea_orm(column_type = "Text")]

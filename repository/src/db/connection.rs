@@ -132,6 +132,21 @@ impl Db {
         self.bounds.acquire + self.bounds.statement
     }
 
+    /// Runs one statement that may not run in a transaction block (`… CONCURRENTLY`) on a
+    /// pool connection as it is, bounded like any pool call. Behind a transaction-mode pooler
+    /// every other pool statement gets a transaction of its own for the preamble; this one
+    /// cannot, so the server's own timeouts apply to it.
+    pub(crate) async fn outside_transaction(&self, sql: &str) -> Result<(), DbErr> {
+        let _wanting = self.claim();
+        bounded(
+            &self.health,
+            self.call_bound(),
+            self.conn.conn.execute_unprepared(sql),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Opens a transaction. On SQLite it is `BEGIN IMMEDIATE`: it takes the write lock at
     /// once (waiting up to the busy timeout), because a deferred transaction that reads and
     /// then writes fails at once with `SQLITE_BUSY` when another process wrote in between.

@@ -55,6 +55,20 @@ impl<'a> Conn<'a> {
         })
     }
 
+    /// Runs a statement that may not run in a transaction block (`… CONCURRENTLY`) on the
+    /// writer's pool; inside a caller's transaction it is refused.
+    pub(crate) async fn outside_transaction(&self, sql: &str) -> Result<()> {
+        match self {
+            Conn::Pool(pools, _) | Conn::Replica(pools, _) => {
+                Ok(pools.writer.outside_transaction(sql).await?)
+            }
+            Conn::Tx(_) => Err(Error::invalid(
+                "transaction",
+                "this call runs statements that cannot run inside a transaction; call it on the session",
+            )),
+        }
+    }
+
     /// True when a method may repeat its whole transaction after a conflict: only when it owns
     /// that transaction. Inside a caller's, the caller decides.
     pub(crate) fn owns_transactions(&self) -> bool {
