@@ -127,21 +127,35 @@ impl<'a> EventArchives<'a> {
             }
             None => String::new(),
         };
-        let mut rows = events::Model::find_by_statement(statement(
+        // The next event's UTC day bounds the read: a batch holds one project's day.
+        let table = &month.name;
+        let Some(next) = events::Model::find_by_statement(statement(
+            db,
+            &format!("SELECT * FROM {table} WHERE {filter}{after} ORDER BY created_at, id LIMIT 1"),
+            values.clone(),
+        ))
+        .one(db)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let day = next.created_at.with_timezone(&Utc).date_naive();
+        let day_end = (day.and_time(NaiveTime::MIN).and_utc() + TimeDelta::days(1)).fixed_offset();
+        values.push(day_end.into());
+        let n = values.len();
+        let rows = events::Model::find_by_statement(statement(
             db,
             &format!(
-                "SELECT * FROM {} WHERE {filter}{after} ORDER BY created_at, id LIMIT {max_events}",
-                month.name
+                "SELECT * FROM {table} WHERE {filter}{after} AND created_at < ${n} \
+                  ORDER BY created_at, id LIMIT {max_events}"
             ),
             values,
         ))
         .all(db)
         .await?;
-        let Some(first) = rows.first() else {
+        if rows.is_empty() {
             return Ok(None);
-        };
-        let day = first.created_at.with_timezone(&Utc).date_naive();
-        rows.retain(|e| e.created_at.with_timezone(&Utc).date_naive() == day);
+        }
         Ok(Some(self.write(project, rows, Release::Keep).await?))
     }
 
