@@ -1,6 +1,6 @@
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 
-use crate::{Backend, DatabaseSettings, Pooler};
+use crate::{Backend, DatabaseSettings, Pooler, UNDECLARED_TRANSACTION_POOLER};
 
 /// A database that could not be reached, with the checks that usually find the cause.
 #[derive(Debug, thiserror::Error)]
@@ -90,9 +90,7 @@ impl DatabaseSettings {
             && (error.contains("already exists") || error.contains("does not exist"));
         (statement && self.pooler != Pooler::Transaction).then(|| {
             format!(
-                "a transaction-mode pooler hands each transaction another server connection, \
-                 which does not have this connection's prepared statements; set \
-                 VEGA_DB_POOLER=transaction (now `{}`) or put the pooler in session mode",
+                "{UNDECLARED_TRANSACTION_POOLER} (VEGA_DB_POOLER is `{}` now)",
                 self.pooler
             )
         })

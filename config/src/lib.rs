@@ -42,7 +42,7 @@ pub use connect::ConnectError;
 pub use database::{Backend, DatabaseSettings, DatabaseUrl};
 pub use error::ConfigError;
 pub use pool::PoolOptions;
-pub use pooler::Pooler;
+pub use pooler::{Pooler, UNDECLARED_TRANSACTION_POOLER};
 
 /// Where a setting's value came from, printed beside it so that "which variable won?" is never a
 /// guess.

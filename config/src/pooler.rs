@@ -23,6 +23,13 @@ use crate::{ConfigError, PoolOptions};
 
 const POOLER_VAR: &str = "VEGA_DB_POOLER";
 
+/// What a prepared statement that is missing on the server, or already there, means: a
+/// transaction-mode pooler that the settings do not declare. The fix, for error messages.
+pub const UNDECLARED_TRANSACTION_POOLER: &str = "a transaction-mode pooler (PgBouncer \
+    `pool_mode = transaction`, or RDS Proxy) hands each transaction another server connection, \
+    which does not have this connection's prepared statements; set VEGA_DB_POOLER=transaction \
+    or put the pooler in session mode";
+
 /// The connection pooler in front of Postgres, if any (`VEGA_DB_POOLER`, default `none`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Pooler {

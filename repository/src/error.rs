@@ -190,6 +190,13 @@ impl From<DbErr> for Error {
         };
         let transient = |cause| Error::unavailable(cause, sqlx_err);
         match sqlx_err.as_ref() {
+            sqlx::Error::Database(db) if statement_lost(db.as_ref()) => {
+                Error::Database(DbErr::Custom(format!(
+                    "{}: {}",
+                    db.message(),
+                    vega_config::UNDECLARED_TRANSACTION_POOLER
+                )))
+            }
             sqlx::Error::Database(db) => match Transient::of_code(
                 db.code().as_deref(),
                 db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some(),
@@ -297,6 +304,14 @@ impl std::fmt::Display for Transient {
             Transient::Busy => "database busy",
         })
     }
+}
+
+/// A prepared statement missing on the server connection, left there by another client, or
+/// another client's under this one's name (its parameters differ): a transaction-mode pooler
+/// the settings do not declare. Neither the caller nor a retry can fix it.
+fn statement_lost(db: &dyn sqlx::error::DatabaseError) -> bool {
+    matches!(db.code().as_deref(), Some("42P05" | "26000" | "08P01"))
+        && db.message().contains("prepared statement")
 }
 
 /// Maps a constraint violation to a typed error. Postgres reports the constraint's name;

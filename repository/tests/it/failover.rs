@@ -1,8 +1,9 @@
 //! A writer failover to another host, as Aurora does it: a primary with a synchronous
 //! streaming standby, both throwaway clusters, behind a loopback proxy that stands for the
 //! cluster endpoint. Under load the standby is promoted, the old writer fenced (its
-//! connections go silent, nothing is reset) and the endpoint switched. The figures it prints
-//! (`--nocapture`) are the closing note's.
+//! connections go silent, nothing is reset) and the endpoint switched. Then the old writer
+//! back as a read-only server with the pool's connections to it still open. The figures they
+//! print (`--nocapture`) are the closing note's.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -165,4 +166,103 @@ async fn calls_recover_within_seconds_of_a_writer_failover_to_another_host() {
     let lost: Vec<_> = written.iter().filter(|e| !present.contains(**e)).collect();
     assert!(lost.is_empty(), "{} acknowledged writes lost", lost.len());
     drop(store);
+}
+
+/// The old writer back as a read-only server while the pool's connections to it survive (it
+/// rejoined as a replica, and nothing in the path fenced it), the endpoint already on the new
+/// writer: a call that meets 25006 condemns the connections of its generation, so the calls
+/// after it reach the new writer instead of meeting the old one again.
+#[tokio::test]
+async fn connections_to_a_writer_that_rejoined_read_only_are_condemned() {
+    let old = PgServer::start(&[]);
+    let old_url = old.migrated_database("vega").await;
+    let new = PgServer::start(&[]);
+    let new_url = new.migrated_database("vega").await;
+    let proxy = Proxy::start(old.port()).await;
+    let endpoint = format!("postgres://postgres@127.0.0.1:{}/vega", proxy.port());
+    let pool = PoolOptions {
+        max_connections: CLIENTS as u32,
+        ..PoolOptions::default()
+    };
+    let store = Store::connect(&common::settings(&endpoint, pool))
+        .await
+        .unwrap();
+    // Every connection of the pool opened on the old writer.
+    let warm: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { call(&store).await })
+        })
+        .collect();
+    for call in warm {
+        call.await.unwrap().unwrap();
+    }
+    proxy.switch(new.port());
+    sql(
+        &old_url,
+        "ALTER SYSTEM SET default_transaction_read_only = on",
+    )
+    .await;
+    sql(&old_url, "SELECT pg_reload_conf()").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = Instant::now();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let store = store.clone();
+            let log = log.clone();
+            tokio::spawn(async move {
+                while started.elapsed() < Duration::from_secs(3) {
+                    let begun = started.elapsed();
+                    let result = call(&store).await;
+                    let kind = result.as_ref().err().map(vega_repository::Error::kind);
+                    log.lock()
+                        .unwrap()
+                        .push((begun, started.elapsed(), result.ok(), kind));
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.unwrap();
+    }
+    let log = std::mem::take(&mut *log.lock().unwrap());
+    let read_only: Vec<_> = log.iter().filter(|c| c.3 == Some("read_only")).collect();
+    let first = read_only.iter().map(|c| c.1).min();
+    let after_first: Vec<_> = log
+        .iter()
+        .filter(|c| first.is_some_and(|f| c.0 > f) && c.3.is_some())
+        .map(|c| (c.0, c.3))
+        .collect();
+    println!(
+        "{} calls, {} met the read-only old writer (the first ended at {first:?}), {} failed \
+         after it",
+        log.len(),
+        read_only.len(),
+        after_first.len()
+    );
+    assert!(
+        read_only.len() <= CLIENTS,
+        "only the calls in flight on the old connections meet it: {}",
+        read_only.len()
+    );
+    assert!(after_first.is_empty(), "{after_first:?}");
+    assert!(
+        log.iter().filter(|c| c.2.is_some()).count() > CLIENTS,
+        "{} calls",
+        log.len()
+    );
+    // What was acknowledged after the switch is on the new writer.
+    let present: std::collections::HashSet<String> = sql(&new_url, "SELECT email FROM users")
+        .await
+        .iter()
+        .map(|r| r.try_get::<String>("", "email").unwrap())
+        .collect();
+    let lost = log
+        .iter()
+        .filter_map(|c| c.2.as_ref())
+        .filter(|e| !present.contains(*e))
+        .count();
+    assert_eq!(lost, 0, "acknowledged writes missing on the new writer");
 }

@@ -134,3 +134,63 @@ async fn an_undeclared_pooler_is_named_at_connect() {
         "{err}"
     );
 }
+
+/// Declared as a session pooler, a transaction-mode pooler accepts the connections (the
+/// timeouts travel as SQL) and then mixes up the clients' prepared statements on its few
+/// server connections: usually already among the statements `Store::connect` runs, else in
+/// the first calls. Either way the error names the setting, not a bare driver error.
+#[tokio::test]
+async fn a_transaction_pooler_declared_as_session_is_named() {
+    let db = TestDb::postgres().await;
+    let repo = common::repository(&common::store(&db).await).await;
+    let (_bouncer, settings) = behind(&db, PoolMode::Transaction, Pooler::Session);
+    let store = match Store::connect(&settings).await {
+        Ok(store) => store,
+        Err(err) => {
+            let err = err.to_string();
+            assert!(
+                err.contains("prepared statement") && err.contains("VEGA_DB_POOLER=transaction"),
+                "{err}"
+            );
+            return;
+        }
+    };
+    let calls = (0..CLIENTS).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut errors = Vec::new();
+            for _ in 0..ROUNDS {
+                if let Err(err) = store.repositories().get(repo.id).await {
+                    errors.push(err);
+                }
+                if let Err(err) = store.projects().get(repo.project_id).await {
+                    errors.push(err);
+                }
+            }
+            errors
+        })
+    });
+    let mut errors = Vec::new();
+    for call in calls {
+        errors.extend(call.await.unwrap());
+    }
+    let statements: Vec<String> = errors
+        .iter()
+        .map(ToString::to_string)
+        .filter(|e| e.contains("prepared statement"))
+        .collect();
+    assert!(
+        !statements.is_empty(),
+        "no call met another client's statement: {errors:?}"
+    );
+    for err in &statements {
+        assert!(err.contains("VEGA_DB_POOLER=transaction"), "{err}");
+    }
+    assert!(
+        errors
+            .iter()
+            .filter(|e| e.to_string().contains("prepared statement"))
+            .all(|e| e.kind() == "database" && !e.is_retryable()),
+        "{errors:?}"
+    );
+}
