@@ -127,6 +127,7 @@ pub async fn run(settings: Result<Settings, vega_config::ConfigError>) -> Report
                     "pooler",
                     "migrations",
                     "fk-indexes",
+                    "partitions",
                     "timeouts",
                     "reader",
                     "blobs",
@@ -161,12 +162,13 @@ pub async fn run(settings: Result<Settings, vega_config::ConfigError>) -> Report
                     pooler_check(db, &txn, &mut checks).await;
                     migration_check(&txn, &mut checks).await;
                     foreign_key_check(&txn, &mut checks).await;
+                    partitions_check(&txn, &mut checks).await;
                     let _ = txn.rollback().await;
                 }
                 Err(err) => {
                     checks.fail("pooler", err.to_string(), db.connection_hint());
                     checks.skip(
-                        &["migrations", "fk-indexes"],
+                        &["migrations", "fk-indexes", "partitions"],
                         "no transaction could be opened",
                     );
                 }
@@ -176,7 +178,14 @@ pub async fn run(settings: Result<Settings, vega_config::ConfigError>) -> Report
             reader_check(&settings, &mut checks).await;
         }
         None => checks.skip(
-            &["pooler", "migrations", "fk-indexes", "timeouts", "reader"],
+            &[
+                "pooler",
+                "migrations",
+                "fk-indexes",
+                "partitions",
+                "timeouts",
+                "reader",
+            ],
             "no database connection",
         ),
     }
@@ -565,6 +574,79 @@ async fn foreign_key_check(conn: &impl ConnectionTrait, checks: &mut Checks) {
             "add an index whose leading columns are the key's in a new migration (on a live \
              Postgres, CREATE INDEX CONCURRENTLY in a migration without a transaction); \
              without one, joins and every delete of a parent row scan the child table",
+        );
+    }
+}
+
+/// The monthly partitions of `events` (Postgres): this month's and the next must be there,
+/// or event appends, and so every audited write, fail now or when the month turns.
+async fn partitions_check(conn: &impl ConnectionTrait, checks: &mut Checks) {
+    if conn.get_database_backend() != DbBackend::Postgres {
+        checks.pass("partitions", "SQLite keeps one events table");
+        return;
+    }
+    let sql = "SELECT c.relname::text AS name, p.relkind::text AS kind \
+                 FROM pg_class p \
+                 LEFT JOIN pg_inherits i ON i.inhparent = p.oid AND NOT i.inhdetachpending \
+                 LEFT JOIN pg_class c ON c.oid = i.inhrelid \
+                WHERE p.oid = to_regclass('events')";
+    let rows = match conn
+        .query_all_raw(Statement::from_string(DbBackend::Postgres, sql))
+        .await
+    {
+        Ok(rows) => rows,
+        Err(err) => {
+            checks.fail(
+                "partitions",
+                format!("cannot read the catalog: {err}"),
+                "check that the database user may read the system catalog",
+            );
+            return;
+        }
+    };
+    if rows
+        .iter()
+        .any(|r| r.try_get::<String>("", "kind").is_ok_and(|k| k != "p"))
+    {
+        checks.pass(
+            "partitions",
+            "events is one table (m20261206_000016_events_by_month not applied)",
+        );
+        return;
+    }
+    let names: std::collections::HashSet<String> = rows
+        .iter()
+        .filter_map(|r| r.try_get::<Option<String>>("", "name").ok().flatten())
+        .collect();
+    let month = |ahead: u32| {
+        (chrono::Utc::now() + chrono::Months::new(ahead))
+            .format("events_%Y_%m")
+            .to_string()
+    };
+    let ready = (0..120).take_while(|k| names.contains(&month(*k))).count();
+    if ready >= 2 {
+        checks.pass(
+            "partitions",
+            format!(
+                "{ready} months ready from this one ({} to {})",
+                month(0),
+                month(u32::try_from(ready - 1).unwrap_or_default())
+            ),
+        );
+    } else {
+        checks.fail(
+            "partitions",
+            format!(
+                "{} is missing: event appends {}",
+                month(u32::try_from(ready).unwrap_or_default()),
+                if ready == 0 {
+                    "fail now"
+                } else {
+                    "fail when the month turns"
+                }
+            ),
+            "run `vega-admin maintain` (its partitions job keeps three months ready), or \
+             `vega-admin maintain --once` now",
         );
     }
 }

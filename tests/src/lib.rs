@@ -1,10 +1,11 @@
 //! Test harness: a freshly migrated database per test, on Postgres and on SQLite.
 //!
 //! **Postgres.** The first test in a process builds a *template* database with every migration
-//! applied, named after a digest of the migration sources (`vega_tpl_<digest>`); each test then
-//! gets `CREATE DATABASE vega_test_<uuid> TEMPLATE vega_tpl_<digest>`, a file copy that takes
-//! milliseconds, and [`TestDb`] drops it when the test ends. Building the template happens once
-//! per migration change across all test processes: it runs under a Postgres advisory lock, is
+//! applied, named after a digest of the migration sources and the UTC month
+//! (`vega_tpl_<digest>_<yyyymm>`, since the migrations create the month's `events` partitions);
+//! each test then gets `CREATE DATABASE vega_test_<uuid> TEMPLATE vega_tpl_<digest>_<yyyymm>`,
+//! a file copy that takes milliseconds, and [`TestDb`] drops it when the test ends. Building the
+//! template happens once per migration change and month across all test processes: it runs under a Postgres advisory lock, is
 //! built under a temporary name and renamed when complete, so a crash never leaves a
 //! half-migrated template behind. This is the pattern of crates.io's `crates_io_test_db`.
 //!
@@ -48,7 +49,16 @@ use vega_migration::{Migrator, MigratorTrait};
 pub use sea_orm::DbBackend as Backend;
 
 const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-const TEMPLATE: &str = concat!("vega_tpl_", env!("VEGA_MIGRATIONS_DIGEST"));
+/// The migrated template of this migration source and this UTC month: a month's template
+/// holds the monthly `events` partitions the migrations created (that month and three
+/// ahead), so a template kept on a machine past them would refuse today's events.
+static TEMPLATE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "vega_tpl_{}_{}",
+        env!("VEGA_MIGRATIONS_DIGEST"),
+        chrono::Utc::now().format("%Y%m")
+    )
+});
 
 static TEMPLATE_READY: OnceCell<()> = OnceCell::const_new();
 
@@ -74,7 +84,7 @@ impl TestDb {
         TEMPLATE_READY
             .get_or_init(|| async { build_template().await })
             .await;
-        Self::create_postgres(Some(TEMPLATE)).await
+        Self::create_postgres(Some(TEMPLATE.as_str())).await
     }
 
     /// A new, empty Postgres database: for tests of the migrations themselves.
@@ -264,13 +274,16 @@ async fn build_template() {
     let exists = admin
         .query_one_raw(sea_orm::Statement::from_string(
             DbBackend::Postgres,
-            format!("SELECT 1 AS one FROM pg_database WHERE datname = '{TEMPLATE}'"),
+            format!(
+                "SELECT 1 AS one FROM pg_database WHERE datname = '{}'",
+                *TEMPLATE
+            ),
         ))
         .await
         .expect("look up template")
         .is_some();
     if !exists {
-        let building = format!("{TEMPLATE}_building");
+        let building = format!("{}_building", *TEMPLATE);
         admin
             .execute_unprepared(&format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"))
             .await
@@ -285,7 +298,10 @@ async fn build_template() {
         Migrator::up(&db, None).await.expect("migrate template");
         db.close().await.expect("close template");
         admin
-            .execute_unprepared(&format!("ALTER DATABASE {building} RENAME TO {TEMPLATE}"))
+            .execute_unprepared(&format!(
+                "ALTER DATABASE {building} RENAME TO {}",
+                *TEMPLATE
+            ))
             .await
             .expect("publish template");
         drop_stale_templates(&admin).await;
@@ -301,7 +317,8 @@ async fn drop_stale_templates(admin: &DatabaseConnection) {
             DbBackend::Postgres,
             format!(
                 "SELECT datname FROM pg_database \
-                 WHERE datname LIKE 'vega\\_tpl\\_%' AND datname <> '{TEMPLATE}'"
+                 WHERE datname LIKE 'vega\\_tpl\\_%' AND datname <> '{}'",
+                *TEMPLATE
             ),
         ))
         .await

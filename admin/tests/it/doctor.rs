@@ -99,6 +99,7 @@ async fn healthy_postgres_with_fs_blobs_passes_every_check() {
         "pooler",
         "migrations",
         "fk-indexes",
+        "partitions",
         "timeouts",
         "reader",
         "blobs",
@@ -112,6 +113,30 @@ async fn healthy_postgres_with_fs_blobs_passes_every_check() {
         settings.contains("from VEGA_PERSISTENCE_BACKEND"),
         "{settings}"
     );
+}
+
+/// Next month's partition of `events` missing (`maintain` has not run): the partitions check
+/// fails, says appends fail when the month turns, and names the job that creates it.
+#[tokio::test]
+async fn a_missing_month_of_events_is_named_with_the_job_that_creates_it() {
+    let db = TestDb::postgres().await;
+    let next = (chrono::Utc::now() + chrono::Months::new(1))
+        .format("events_%Y_%m")
+        .to_string();
+    db.conn()
+        .execute_unprepared(&format!(
+            "ALTER TABLE events DETACH PARTITION {next}; DROP TABLE {next}"
+        ))
+        .await
+        .unwrap();
+    let (code, report) = doctor(&postgres(db.url()));
+    assert_eq!(code, Some(1), "{report:#}");
+    let (verdict, text) = check(&report, "partitions");
+    assert_eq!(verdict, "fail", "{report:#}");
+    assert!(text.contains(&format!("{next} is missing")), "{text}");
+    assert!(text.contains("fail when the month turns"), "{text}");
+    assert!(text.contains("vega-admin maintain"), "{text}");
+    assert_eq!(check(&report, "migrations").0, "pass");
 }
 
 /// A "replica" that is a writer (the URL points at the primary): the reader check fails and
@@ -185,7 +210,7 @@ async fn stopped_postgres_fails_tcp_with_the_pg_isready_hint_and_skips_the_rest(
         "{text}"
     );
     assert!(text.contains("security group"), "{text}");
-    for name in ["connect", "migrations", "fk-indexes"] {
+    for name in ["connect", "migrations", "fk-indexes", "partitions"] {
         assert_eq!(check(&report, name).0, "skip", "{name}");
     }
     // The blob store does not depend on the database.
