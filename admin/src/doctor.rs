@@ -16,6 +16,16 @@ use vega_config::{Backend, ConnectError, DatabaseSettings, Settings};
 use vega_migration::catalog;
 use vega_migration::status::SchemaStatus;
 
+/// The checks that need a database connection, in the order they run.
+const CONNECTED: &[&str] = &[
+    "pooler",
+    "migrations",
+    "fk-indexes",
+    "partitions",
+    "timeouts",
+    "reader",
+];
+
 /// How long one network step (TCP connect, a blob request) may take before it is a failure.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -121,17 +131,7 @@ pub async fn run(settings: Result<Settings, vega_config::ConfigError>) -> Report
                 "correct the variable named above; see the README's Configuration section",
             );
             checks.skip(
-                &[
-                    "tcp",
-                    "connect",
-                    "pooler",
-                    "migrations",
-                    "fk-indexes",
-                    "partitions",
-                    "timeouts",
-                    "reader",
-                    "blobs",
-                ],
+                &[&["tcp", "connect"], CONNECTED, &["blobs"]].concat(),
                 "the settings are invalid",
             );
             return finish(checks);
@@ -177,17 +177,7 @@ pub async fn run(settings: Result<Settings, vega_config::ConfigError>) -> Report
             timeouts_check(&settings, &mut checks).await;
             reader_check(&settings, &mut checks).await;
         }
-        None => checks.skip(
-            &[
-                "pooler",
-                "migrations",
-                "fk-indexes",
-                "partitions",
-                "timeouts",
-                "reader",
-            ],
-            "no database connection",
-        ),
+        None => checks.skip(CONNECTED, "no database connection"),
     }
     blob_check(&settings, &mut checks).await;
     finish(checks)
