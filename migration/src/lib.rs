@@ -42,6 +42,7 @@ mod m20261204_000013_scan_deltas;
 mod m20261206_000014_scan_import_warnings;
 mod m20261206_000015_sighting_runs;
 mod m20261206_000016_events_by_month;
+mod m20261206_000017_stream_bucket_digests;
 
 pub use sea_orm_migration::MigratorTrait;
 use sea_orm_migration::prelude::*;
@@ -76,6 +77,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000014_scan_import_warnings::Migration),
             Box::new(m20261206_000015_sighting_runs::Migration),
             Box::new(m20261206_000016_events_by_month::Migration),
+            Box::new(m20261206_000017_stream_bucket_digests::Migration),
         ]
     }
 }

@@ -25,6 +25,8 @@ pub struct Model {
     pub last_seq: i64,
     #[sea_orm(column_type = "VarBinary(StringLen::None)", nullable)]
     pub last_digest: Option<Vec<u8>>,
+    #[sea_orm(column_type = "VarBinary(StringLen::None)", nullable)]
+    pub bucket_digests: Option<Vec<u8>>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -197,11 +197,16 @@ pub(crate) fn prepare(findings: Vec<NewFinding>) -> Result<Vec<Prepared>> {
     Ok(prepared)
 }
 
-/// SHA-256 of what a scan saw, from its prepared findings (sorted by fingerprint): each
-/// finding's fingerprint and everything a sighting may change on its finding or run (title,
-/// severity, location) or ask of it (a suppression). Two scans with the same digest write the
-/// same rows.
-pub(crate) fn digest(prepared: &[Prepared]) -> [u8; 32] {
+/// What a scan saw, from its prepared findings (sorted by fingerprint): per bucket of
+/// fingerprints, eight bytes of the SHA-256 of each finding's fingerprint and of everything a
+/// sighting may change on its finding or run (title, severity, location) or ask of it (a
+/// suppression), and the SHA-256 of those. Two scans with the same digest write the same
+/// rows; two with the same digest in a bucket write the same rows for its findings.
+///
+/// About four findings per bucket, so that a change touches few of them: 16 to 16,384
+/// buckets (8 bytes to 128 KiB per stream). A scan whose bucket count differs from the
+/// previous one's compares every finding.
+pub(crate) fn digest(prepared: &[Prepared]) -> runs::Digest {
     use sha2::{Digest, Sha256};
     fn text(hasher: &mut Sha256, value: Option<&str>) {
         match value {
@@ -213,21 +218,36 @@ pub(crate) fn digest(prepared: &[Prepared]) -> [u8; 32] {
             None => hasher.update([0]),
         }
     }
-    let mut hasher = Sha256::new();
-    for p in prepared {
-        let f = &p.finding;
-        hasher.update(p.fingerprint);
-        hasher.update(f.severity.as_i16().to_be_bytes());
-        text(&mut hasher, Some(&f.title));
-        text(&mut hasher, f.file_path.as_deref());
-        for line in [f.start_line, f.end_line] {
-            hasher.update(line.unwrap_or(0).to_be_bytes());
+    let bits = (prepared.len() / 4)
+        .max(1)
+        .next_power_of_two()
+        .trailing_zeros()
+        .clamp(4, 14);
+    let mut buckets = vec![0u8; 8 << bits];
+    let bucket = |p: &Prepared| runs::bucket_of(&p.fingerprint, bits);
+    for group in prepared.chunk_by(|a, b| bucket(a) == bucket(b)) {
+        let mut hasher = Sha256::new();
+        for p in group {
+            let f = &p.finding;
+            hasher.update(p.fingerprint);
+            hasher.update(f.severity.as_i16().to_be_bytes());
+            text(&mut hasher, Some(&f.title));
+            text(&mut hasher, f.file_path.as_deref());
+            for line in [f.start_line, f.end_line] {
+                hasher.update(line.unwrap_or(0).to_be_bytes());
+            }
+            let suppression = p.suppression.as_ref();
+            text(&mut hasher, suppression.map(|s| s.reason.as_str()));
+            text(&mut hasher, suppression.and_then(|s| s.comment.as_deref()));
         }
-        let suppression = p.suppression.as_ref();
-        text(&mut hasher, suppression.map(|s| s.reason.as_str()));
-        text(&mut hasher, suppression.and_then(|s| s.comment.as_deref()));
+        let at = bucket(&group[0]) * 8;
+        buckets[at..at + 8].copy_from_slice(&hasher.finalize()[..8]);
     }
-    hasher.finalize().into()
+    runs::Digest {
+        whole: Sha256::digest(&buckets).into(),
+        bits,
+        buckets,
+    }
 }
 
 /// Sorts a chunk by fingerprint and drops repeats (the first sighting wins).
@@ -348,6 +368,10 @@ pub(crate) struct Ingest<'a, C> {
     /// Findings whose open run from an earlier scan this scan saw unchanged: every other
     /// such run is closed by [`Ingest::finish`].
     kept: HashSet<Uuid>,
+    /// The buckets of fingerprints that match the previous scan's, which are not compared,
+    /// and the number of findings written there.
+    unchanged: Option<runs::Unchanged>,
+    skipped: usize,
 }
 
 /// What one chunk's statement reports back.
@@ -362,16 +386,19 @@ impl<'a, C: ConnectionTrait> Ingest<'a, C> {
     pub(crate) async fn start(
         txn: &'a C,
         scan: &'a scans::Model,
-        digest: Option<[u8; 32]>,
+        digest: Option<&runs::Digest>,
     ) -> Result<Self> {
+        let (stream, unchanged) = runs::open_stream(txn, scan, digest).await?;
         Ok(Self {
             txn,
             scan,
             role: Role::of(scan),
-            stream: runs::open_stream(txn, scan, digest).await?,
+            stream,
             now: now(),
             new: 0,
             kept: HashSet::new(),
+            unchanged,
+            skipped: 0,
         })
     }
 
@@ -383,20 +410,31 @@ impl<'a, C: ConnectionTrait> Ingest<'a, C> {
     /// Writes prepared findings (deduplicated and sorted by [`dedup`]), split into statements
     /// of [`Ingest::chunk_size`] rows.
     pub(crate) async fn write(&mut self, prepared: &[Prepared]) -> Result<()> {
-        for chunk in prepared.chunks(self.chunk_size()) {
-            if self.stream.repeats {
-                // Every finding and run is as the scan before left it; a suppression may
-                // still dismiss a finding a person reopened since.
-                dismiss_suppressed(self.txn, self.scan, self.role, chunk, self.now).await?;
-                continue;
+        // A repeat, or a bucket whose digest is the previous scan's: every finding and run
+        // there is as the scan before left it.
+        if !self.stream.repeats {
+            let changed: Vec<&Prepared> = prepared
+                .iter()
+                .filter(|p| {
+                    !self
+                        .unchanged
+                        .as_ref()
+                        .is_some_and(|u| u.holds(&p.fingerprint))
+                })
+                .collect();
+            self.skipped += prepared.len() - changed.len();
+            for chunk in changed.chunks(self.chunk_size()) {
+                let written = if is_postgres(self.txn) {
+                    self.write_chunk_postgres(chunk).await?
+                } else {
+                    self.write_chunk_sqlite(chunk).await?
+                };
+                self.new += written.new;
+                self.kept.extend(written.kept);
             }
-            let written = if is_postgres(self.txn) {
-                self.write_chunk_postgres(chunk).await?
-            } else {
-                self.write_chunk_sqlite(chunk).await?
-            };
-            self.new += written.new;
-            self.kept.extend(written.kept);
+        }
+        // A suppression may still dismiss a finding a person reopened since.
+        for chunk in prepared.chunks(self.chunk_size()) {
             dismiss_suppressed(self.txn, self.scan, self.role, chunk, self.now).await?;
         }
         Ok(())
@@ -405,7 +443,8 @@ impl<'a, C: ConnectionTrait> Ingest<'a, C> {
     pub(crate) async fn finish(self) -> Result<IngestSummary> {
         let (txn, scan, stream) = (self.txn, self.scan, &self.stream);
         if !stream.repeats {
-            runs::close_unseen(txn, stream, &self.kept).await?;
+            let unchanged = self.unchanged.as_ref().map(|u| (u, self.skipped));
+            runs::close_unseen(txn, stream, &self.kept, unchanged).await?;
         }
         let fixed = if self.role == Role::DefaultFull {
             // One probe of the runs' key per open finding, fenced with `OFFSET 0` on Postgres
@@ -496,7 +535,7 @@ impl<'a, C: ConnectionTrait> Ingest<'a, C> {
     /// sea-query binds arrays without NULL elements, so optional values travel as a sentinel
     /// that validation rules out ('' for text, 0 for numbers, JSON `null`) and `NULLIF` turns
     /// back into NULL.
-    async fn write_chunk_postgres(&self, chunk: &[Prepared]) -> Result<Written> {
+    async fn write_chunk_postgres(&self, chunk: &[&Prepared]) -> Result<Written> {
         let (txn, scan, role, stream) = (self.txn, self.scan, self.role, &self.stream);
         let text = |v: &Option<String>| v.clone().unwrap_or_default();
         let values: Vec<Value> = vec![
@@ -623,7 +662,7 @@ impl<'a, C: ConnectionTrait> Ingest<'a, C> {
     /// prior states and their open runs, the decisions in Rust, then a multi-row upsert of
     /// the findings that change (a branch's scan inserts only what nobody has seen), the runs
     /// that close and the runs that open.
-    async fn write_chunk_sqlite(&self, chunk: &[Prepared]) -> Result<Written> {
+    async fn write_chunk_sqlite(&self, chunk: &[&Prepared]) -> Result<Written> {
         let (txn, scan, role, stream) = (self.txn, self.scan, self.role, &self.stream);
         let previous = previous_states(txn, scan.repository_id, chunk).await?;
         let ids: Vec<Uuid> = previous.values().map(|p| p.id).collect();
@@ -631,6 +670,7 @@ impl<'a, C: ConnectionTrait> Ingest<'a, C> {
         let reopens = role == Role::DefaultFull;
         let writes: Vec<&Prepared> = chunk
             .iter()
+            .copied()
             .filter(|p| match previous.get(&p.fingerprint) {
                 None => true,
                 Some(prior) => role != Role::Branch && prior.needs_write(&p.finding, reopens),
@@ -770,7 +810,7 @@ impl Prior {
 async fn previous_states(
     txn: &impl ConnectionTrait,
     repository_id: Uuid,
-    chunk: &[Prepared],
+    chunk: &[&Prepared],
 ) -> Result<HashMap<[u8; 32], Prior>> {
     let placeholders = crate::db::sql::placeholders(2, chunk.len());
     let mut values: Vec<Value> = vec![repository_id.into()];

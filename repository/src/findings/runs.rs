@@ -53,27 +53,65 @@ pub(crate) struct Stream {
     pub repeats: bool,
 }
 
+/// What a scan saw, summed up when it came whole ([`crate::findings::ingest::digest`]): the
+/// SHA-256 of it all, and eight bytes of SHA-256 per bucket of fingerprints (the top
+/// `bits` bits of each).
+#[derive(Debug, Clone)]
+pub(crate) struct Digest {
+    pub whole: [u8; 32],
+    pub bits: u32,
+    pub buckets: Vec<u8>,
+}
+
+/// A fingerprint's bucket among `2^bits` (at most 16 bits).
+pub(crate) fn bucket_of(fingerprint: &[u8], bits: u32) -> usize {
+    let top = u16::from_be_bytes([
+        fingerprint.first().copied().unwrap_or(0),
+        fingerprint.get(1).copied().unwrap_or(0),
+    ]);
+    usize::from(top >> (16 - bits.clamp(1, 16)))
+}
+
+/// The buckets whose digest is the previous scan's ([`open_stream`]): the scan saw there what
+/// the scan before it saw, so their findings' runs go on without being compared.
+#[derive(Debug, Clone)]
+pub(crate) struct Unchanged {
+    pub bits: u32,
+    pub buckets: Vec<bool>,
+}
+
+impl Unchanged {
+    /// Whether `fingerprint` falls in an unchanged bucket.
+    pub(crate) fn holds(&self, fingerprint: &[u8]) -> bool {
+        self.buckets
+            .get(bucket_of(fingerprint, self.bits))
+            .copied()
+            .unwrap_or(false)
+    }
+}
+
 /// Numbers a completing scan in its stream, creating the stream with its first scan, and
-/// records `digest`, the SHA-256 of what the scan saw when it came whole (`None` for a
-/// streamed report). Under the repository's ingest lock, so completions of a stream are
-/// numbered in commit order.
+/// records `digest`, what the scan saw when it came whole (`None` for a streamed report).
+/// Under the repository's ingest lock, so completions of a stream are numbered in commit
+/// order.
 ///
-/// The scan repeats its predecessor when their digests match and no other stream can have
-/// changed the findings since: a branch's scan changes no existing finding, and a
-/// default-branch scan qualifies when its stream is the repository's only default-branch
-/// stream (another one may have moved, retitled or fixed a finding in between).
+/// A digest is compared with the previous scan's only when no other stream can have changed
+/// the findings since: a branch's scan changes no existing finding, and a default-branch scan
+/// qualifies when its stream is the repository's only default-branch stream (another one may
+/// have moved, retitled or fixed a finding in between). Then the scan repeats its predecessor
+/// when the whole digests match, and otherwise skips the buckets whose digests match.
 pub(crate) async fn open_stream(
     txn: &impl ConnectionTrait,
     scan: &scans::Model,
-    digest: Option<[u8; 32]>,
-) -> Result<Stream> {
+    digest: Option<&Digest>,
+) -> Result<(Stream, Option<Unchanged>)> {
     let ref_name = scan.ref_name.clone().unwrap_or_default();
-    let repeats = match digest {
+    let (repeats, unchanged) = match digest {
         Some(digest) => {
             let row = txn
                 .query_one_raw(statement(
                     txn,
-                    "SELECT last_digest, \
+                    "SELECT last_digest, bucket_digests, \
                             (SELECT COUNT(*) FROM scan_streams o \
                               WHERE o.repository_id = $1 AND o.default_branch \
                                 AND NOT (o.ref_name = $2 AND o.kind = $3)) AS others \
@@ -91,24 +129,40 @@ pub(crate) async fn open_stream(
             match row {
                 Some(row) => {
                     let last: Option<Vec<u8>> = row.try_get("", "last_digest")?;
+                    let buckets: Option<Vec<u8>> = row.try_get("", "bucket_digests")?;
                     let others: i64 = row.try_get("", "others")?;
-                    last.as_deref() == Some(&digest[..])
-                        && (!scan.tracks_default_branch || others == 0)
+                    if !scan.tracks_default_branch || others == 0 {
+                        let unchanged =
+                            buckets
+                                .filter(|b| b.len() == digest.buckets.len())
+                                .map(|b| Unchanged {
+                                    bits: digest.bits,
+                                    buckets: b
+                                        .chunks(8)
+                                        .zip(digest.buckets.chunks(8))
+                                        .map(|(was, is)| was == is)
+                                        .collect(),
+                                });
+                        (last.as_deref() == Some(&digest.whole[..]), unchanged)
+                    } else {
+                        (false, None)
+                    }
                 }
-                None => false,
+                None => (false, None),
             }
         }
-        None => false,
+        None => (false, None),
     };
     let row = txn
         .query_one_raw(statement(
             txn,
             "INSERT INTO scan_streams (project_id, id, repository_id, ref_name, kind, \
-                                       default_branch, last_seq, last_digest) \
-             VALUES ($1, $2, $3, $4, $5, $6, 1, $7) \
+                                       default_branch, last_seq, last_digest, bucket_digests) \
+             VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $8) \
              ON CONFLICT (repository_id, ref_name, kind, default_branch, project_id) \
              DO UPDATE SET last_seq = scan_streams.last_seq + 1, \
-                           last_digest = excluded.last_digest \
+                           last_digest = excluded.last_digest, \
+                           bucket_digests = excluded.bucket_digests \
              RETURNING id, last_seq",
             [
                 scan.project_id.into(),
@@ -117,17 +171,19 @@ pub(crate) async fn open_stream(
                 ref_name.into(),
                 scan.kind.clone().into(),
                 scan.tracks_default_branch.into(),
-                digest.map(|d| d.to_vec()).into(),
+                digest.map(|d| d.whole.to_vec()).into(),
+                digest.map(|d| d.buckets.clone()).into(),
             ],
         ))
         .await?
         .ok_or_else(|| Error::Internal("the stream upsert returned no row".into()))?;
-    Ok(Stream {
+    let stream = Stream {
         project_id: scan.project_id,
         id: row.try_get("", "id")?,
         seq: row.try_get("", "last_seq")?,
         repeats,
-    })
+    };
+    Ok((stream, unchanged))
 }
 
 /// What a scan saw of a finding: a run holds it unchanged from scan to scan.
@@ -293,12 +349,14 @@ pub(crate) async fn close(
 }
 
 /// Closes the runs of what the completing scan did not see: the runs open from earlier scans
-/// that it did not keep. When their number is the number kept (the usual rescan), there is
-/// none, and only that count is read.
+/// that it did not keep, outside the buckets it did not compare (`unchanged`, with the number
+/// of its findings there). When their number is the number kept plus those findings (the
+/// usual rescan), there is none, and only that count is read.
 pub(crate) async fn close_unseen(
     txn: &impl ConnectionTrait,
     stream: &Stream,
     kept: &HashSet<Uuid>,
+    unchanged: Option<(&Unchanged, usize)>,
 ) -> Result<()> {
     let values = || -> Vec<Value> {
         vec![
@@ -318,20 +376,28 @@ pub(crate) async fn close_unseen(
         .map(|row| row.try_get::<i64>("", "n"))
         .transpose()?
         .unwrap_or_default();
-    if usize::try_from(count).unwrap_or(usize::MAX) == kept.len() {
+    // The unchanged buckets' runs all go on: there are as many as the scan's findings there.
+    let skipped = unchanged.map_or(0, |(_, findings)| findings);
+    if usize::try_from(count).unwrap_or(usize::MAX) == kept.len() + skipped {
         return Ok(());
     }
     let open = txn
         .query_all_raw(statement(
             txn,
-            &format!("SELECT o.finding_id {older}"),
+            &format!(
+                "SELECT o.finding_id, \
+                        (SELECT f.fingerprint FROM findings f WHERE f.id = o.finding_id) \
+                          AS fingerprint {older}"
+            ),
             values(),
         ))
         .await?;
     let mut unseen = Vec::new();
     for row in &open {
         let id: Uuid = row.try_get("", "finding_id")?;
-        if !kept.contains(&id) {
+        let fingerprint: Vec<u8> = row.try_get("", "fingerprint")?;
+        let goes_on = unchanged.is_some_and(|(u, _)| u.holds(&fingerprint));
+        if !kept.contains(&id) && !goes_on {
             unseen.push(id);
         }
     }

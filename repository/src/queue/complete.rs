@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::findings::ingest::{
     Ingest, IngestSummary, NewFinding, Prepared, Role, digest, lock_repository_of, prepare,
 };
+use crate::findings::runs::Digest;
 use crate::queue::lease::{Lease, fence};
 use crate::queue::scans::Scans;
 
@@ -40,7 +41,7 @@ pub(crate) trait FindingSource: Send {
 
     /// The digest of every finding the source will hand over ([`digest`]), when it
     /// knows them before the first chunk.
-    fn digest(&self) -> Option<[u8; 32]> {
+    fn digest(&self) -> Option<Arc<Digest>> {
         None
     }
 }
@@ -50,7 +51,7 @@ pub(crate) trait FindingSource: Send {
 /// once outside the transaction (none for no findings: an empty scan has nothing to skip).
 pub(crate) struct InMemory {
     findings: Option<Arc<[Prepared]>>,
-    digest: Option<[u8; 32]>,
+    digest: Option<Arc<Digest>>,
 }
 
 impl FindingSource for InMemory {
@@ -64,8 +65,8 @@ impl FindingSource for InMemory {
         err
     }
 
-    fn digest(&self) -> Option<[u8; 32]> {
-        self.digest
+    fn digest(&self) -> Option<Arc<Digest>> {
+        self.digest.clone()
     }
 }
 
@@ -94,7 +95,7 @@ pub(crate) async fn ingest<'a>(
     lock_repository_of(&txn, lease.scan_id).await?;
     let scan = fence(&txn, lease).await?;
     let summary = {
-        let mut ingest = Ingest::start(&txn, &scan, source.digest()).await?;
+        let mut ingest = Ingest::start(&txn, &scan, source.digest().as_deref()).await?;
         while let Some(chunk) = source.next().await? {
             if let Err(err) = ingest.write(&chunk).await {
                 return Err(source.failed(err).await);
@@ -128,13 +129,13 @@ impl Scans<'_> {
     pub async fn complete(&self, lease: &Lease, findings: Vec<NewFinding>) -> Result<scans::Model> {
         let lease = lease.validated(self.cx.who, "complete scans")?;
         let prepared: Arc<[Prepared]> = prepare(findings)?.into();
-        let digest = (!prepared.is_empty()).then(|| digest(&prepared));
+        let digest = (!prepared.is_empty()).then(|| Arc::new(digest(&prepared)));
         if !self.cx.db().owns_transactions() {
             return self.complete_once(&lease, prepared, digest).await;
         }
         // Safe to repeat whole: each run re-reads the lease and everything it counts.
         retry_conflicts("scans.complete", || {
-            self.complete_once(&lease, prepared.clone(), digest)
+            self.complete_once(&lease, prepared.clone(), digest.clone())
         })
         .await
     }
@@ -143,7 +144,7 @@ impl Scans<'_> {
         &self,
         lease: &Lease,
         prepared: Arc<[Prepared]>,
-        digest: Option<[u8; 32]>,
+        digest: Option<Arc<Digest>>,
     ) -> Result<scans::Model> {
         let findings = InMemory {
             findings: Some(prepared),

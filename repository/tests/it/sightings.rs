@@ -376,3 +376,57 @@ on_both_backends! {
         assert_eq!((third.findings_total, third.findings_new, third.findings_fixed), (3, 0, 0));
     }
 }
+
+on_both_backends! {
+    async fn a_rescan_compares_only_the_buckets_that_changed_and_answers_the_same(db: &TestDb) {
+        // 400 findings in 128 buckets of fingerprints: one disappears, one moves and one is
+        // new; the rest of their buckets are compared, every other bucket is not.
+        let store = common::store(db).await;
+        let repo = common::repository(&store).await;
+        let first = findings(400);
+        let one = full_scan(&store, repo.id, first.clone()).await;
+        let mut second = first.clone();
+        let gone = second.remove(17);
+        second[100].start_line = Some(900);
+        second[100].end_line = Some(901);
+        let moved = second[100].rule_id.clone();
+        second.push(common::finding("rule-new", "src/new.py", Severity::Low));
+        let two = full_scan(&store, repo.id, second.clone()).await;
+        assert_eq!(
+            (two.findings_total, two.findings_new, two.findings_fixed),
+            (400, 1, 1)
+        );
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store.findings().of_scan(two.id, after, 100).await.unwrap();
+            seen.extend(page.items);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen.len(), 400);
+        assert!(!seen.iter().any(|s| s.finding.rule_id == gone.rule_id));
+        let new = seen.iter().find(|s| s.finding.rule_id == "rule-new").unwrap();
+        assert_eq!(new.occurrence.change, "new");
+        let moved = seen.iter().find(|s| s.finding.rule_id == moved).unwrap();
+        assert_eq!((moved.occurrence.start_line, moved.occurrence.change.as_str()), (Some(900), "existing"));
+        assert_eq!(seen.iter().filter(|s| s.occurrence.change == "existing").count(), 399);
+
+        // The one that disappeared was seen once; the others twice, the moved one in two runs.
+        let gone_id = store.findings().of_scan(one.id, None, 500).await.unwrap().items
+            .into_iter().find(|s| s.finding.rule_id == gone.rule_id).unwrap().finding.id;
+        let sightings = store.findings().sightings(gone_id).await.unwrap();
+        assert_eq!((sightings.times_seen, sightings.last_seen_scan_id), (1, Some(one.id)));
+        let kept = store.findings().sightings(seen[0].finding.id).await.unwrap();
+        assert_eq!(kept.times_seen, if seen[0].finding.rule_id == "rule-new" { 1 } else { 2 });
+        let runs = scalar(db.conn(), "SELECT count(*) FROM sighting_runs").await;
+        assert_eq!(runs, 400 + 2, "one per finding, and the moved and the new one's");
+
+        // The same set again repeats: nothing changes, and the answers stay.
+        let three = full_scan(&store, repo.id, second).await;
+        assert_eq!((three.findings_total, three.findings_new, three.findings_fixed), (400, 0, 0));
+        assert_eq!(scalar(db.conn(), "SELECT count(*) FROM sighting_runs").await, runs);
+    }
+}
