@@ -4,5 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod http;
+mod poolers;
 mod readers;
 mod startup;

@@ -1,0 +1,138 @@
+//! The example API behind Debian's PgBouncer, in session and in transaction mode (three
+//! server connections for eight clients, so that consecutive transactions change server
+//! connection): every request of eight concurrent clients (create a project, list, add a
+//! repository) answers as it would directly.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use vega_config::{BlobSettings, DatabaseSettings, PoolOptions, Pooler, Settings, Source};
+use vega_repository::{NewApiKey, NewUser, Store};
+use vega_tests::TestDb;
+use vega_tests::pgbouncer::{PgBouncer, PoolMode};
+
+const CLIENTS: usize = 8;
+const ROUNDS: usize = 10;
+
+/// Requests that did not answer as expected, over `ROUNDS` rounds of eight clients that each
+/// create a project, list their projects and add a repository to the new one.
+async fn serve_through(mode: PoolMode, pooler: Pooler) -> Vec<String> {
+    let db = TestDb::postgres().await;
+    let upstream = url::Url::parse(db.url()).unwrap();
+    let name = upstream.path().trim_start_matches('/').to_owned();
+    let server_connections = match mode {
+        PoolMode::Session => CLIENTS as u32 + 2,
+        PoolMode::Transaction => 3,
+    };
+    let bouncer = PgBouncer::start(upstream.port().unwrap_or(5432), mode, server_connections);
+    let mut database = DatabaseSettings::for_url(bouncer.url(&name)).unwrap();
+    database.pooler = pooler;
+    let settings = Settings {
+        database,
+        reader: None,
+        blob: BlobSettings::Fs {
+            root: std::env::temp_dir().join(format!("vega-blobs-{}", uuid::Uuid::new_v4())),
+            root_source: Source::Given,
+        },
+        pool: PoolOptions {
+            max_connections: CLIENTS as u32,
+            ..PoolOptions::default()
+        },
+    };
+    let store = Store::connect(&settings).await.unwrap();
+    let mut tokens = Vec::new();
+    for i in 0..CLIENTS {
+        let user = store
+            .users()
+            .create(NewUser {
+                email: format!("c{i}@example.com"),
+                display_name: None,
+                is_admin: false,
+            })
+            .await
+            .unwrap();
+        let key = store
+            .api_keys()
+            .issue(NewApiKey {
+                user_id: user.id,
+                project_id: None,
+                name: "test".into(),
+                scopes: vec!["projects:read".into(), "projects:write".into()],
+                expires_at: None,
+            })
+            .await
+            .unwrap();
+        tokens.push(key.token.expose().to_owned());
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(axum::serve(listener, vega_example_api::router(store.clone())).into_future());
+    let http = reqwest::Client::new();
+    let clients: Vec<_> = tokens
+        .into_iter()
+        .map(|token| {
+            let (http, base) = (http.clone(), base.clone());
+            tokio::spawn(async move {
+                let mut wrong = Vec::new();
+                for round in 1..=ROUNDS {
+                    let created = http
+                        .post(format!("{base}/projects"))
+                        .bearer_auth(&token)
+                        .json(&json!({ "name": "P", "slug": format!("p{round}") }))
+                        .send()
+                        .await
+                        .unwrap();
+                    if created.status() != StatusCode::CREATED {
+                        wrong.push(format!("create: {}", created.text().await.unwrap()));
+                        continue;
+                    }
+                    let id = created.json::<Value>().await.unwrap()["id"].clone();
+                    let list = http
+                        .get(format!("{base}/projects"))
+                        .bearer_auth(&token)
+                        .send()
+                        .await
+                        .unwrap();
+                    let page: Value = list.json().await.unwrap();
+                    if page["items"].as_array().map(Vec::len) != Some(round) {
+                        wrong.push(format!("list after round {round}: {page}"));
+                    }
+                    let repository = http
+                        .post(format!(
+                            "{base}/projects/{}/repositories",
+                            id.as_str().unwrap_or_default()
+                        ))
+                        .bearer_auth(&token)
+                        .json(&json!({ "provider": "github", "provider_xid": format!("{round}") }))
+                        .send()
+                        .await
+                        .unwrap();
+                    if repository.status() != StatusCode::CREATED {
+                        wrong.push(format!(
+                            "add repository: {}",
+                            repository.text().await.unwrap()
+                        ));
+                    }
+                }
+                wrong
+            })
+        })
+        .collect();
+    let mut wrong = Vec::new();
+    for client in clients {
+        wrong.extend(client.await.unwrap());
+    }
+    drop(bouncer);
+    wrong
+}
+
+#[tokio::test]
+async fn eight_clients_over_http_through_pgbouncer_in_session_mode() {
+    let wrong = serve_through(PoolMode::Session, Pooler::Session).await;
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+#[tokio::test]
+async fn eight_clients_over_http_through_pgbouncer_in_transaction_mode() {
+    let wrong = serve_through(PoolMode::Transaction, Pooler::Transaction).await;
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
