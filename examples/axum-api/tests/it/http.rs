@@ -5,6 +5,8 @@ use serde_json::{Value, json};
 use vega_repository::{NewApiKey, NewUser, Store};
 use vega_tests::TestDb;
 
+use crate::common;
+
 #[tokio::test]
 async fn a_project_is_created_scanned_and_listed_with_counts() {
     let db = TestDb::postgres().await;
@@ -41,9 +43,7 @@ async fn a_project_is_created_scanned_and_listed_with_counts() {
     let user_worker = store.api_keys().issue(key(&["scans:read"])).await.unwrap();
     let worker = store.workers().issue_credential("w1").await.unwrap();
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(axum::serve(listener, vega_example_api::router(store)).into_future());
+    let base = common::serve(store).await;
     let http = reqwest::Client::new();
     let call = |method: reqwest::Method, path: &str, token: &str| {
         http.request(method, format!("{base}{path}"))
@@ -224,9 +224,7 @@ async fn tenancy_rules_hold_over_http() {
     };
     let (ada_key, bob_key) = (key(ada.id, None).await, key(bob.id, None).await);
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(axum::serve(listener, vega_example_api::router(store.clone())).into_future());
+    let base = common::serve(store.clone()).await;
     let http = reqwest::Client::new();
     let send = |method: reqwest::Method, path: String, token: &str, body: Value| {
         let request = http

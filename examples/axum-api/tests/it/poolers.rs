@@ -6,9 +6,11 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use vega_config::{BlobSettings, DatabaseSettings, PoolOptions, Pooler, Settings, Source};
-use vega_repository::{NewApiKey, NewUser, Store};
+use vega_repository::Store;
 use vega_tests::TestDb;
 use vega_tests::pgbouncer::{PgBouncer, PoolMode};
+
+use crate::common;
 
 const CLIENTS: usize = 8;
 const ROUNDS: usize = 10;
@@ -39,33 +41,8 @@ async fn serve_through(mode: PoolMode, pooler: Pooler) -> Vec<String> {
         },
     };
     let store = Store::connect(&settings).await.unwrap();
-    let mut tokens = Vec::new();
-    for i in 0..CLIENTS {
-        let user = store
-            .users()
-            .create(NewUser {
-                email: format!("c{i}@example.com"),
-                display_name: None,
-                is_admin: false,
-            })
-            .await
-            .unwrap();
-        let key = store
-            .api_keys()
-            .issue(NewApiKey {
-                user_id: user.id,
-                project_id: None,
-                name: "test".into(),
-                scopes: vec!["projects:read".into(), "projects:write".into()],
-                expires_at: None,
-            })
-            .await
-            .unwrap();
-        tokens.push(key.token.expose().to_owned());
-    }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(axum::serve(listener, vega_example_api::router(store.clone())).into_future());
+    let tokens = common::clients(&store, CLIENTS).await;
+    let base = common::serve(store.clone()).await;
     let http = reqwest::Client::new();
     let clients: Vec<_> = tokens
         .into_iter()

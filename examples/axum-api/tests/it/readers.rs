@@ -8,8 +8,10 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use vega_config::{BlobSettings, DatabaseSettings, PoolOptions, Settings, Source};
 use vega_example_api::WRITE_POSITION;
-use vega_repository::{NewApiKey, NewUser, ReplicaState, Store};
+use vega_repository::{NewApiKey, ReplicaState, Store};
 use vega_tests::pg::PgServer;
+
+use crate::common;
 
 const CLIENTS: usize = 8;
 const ROUNDS: usize = 5;
@@ -36,33 +38,8 @@ async fn clients_that_carry_their_write_position_never_list_stale() {
     while store.reader_status().unwrap().state != ReplicaState::Serving {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut tokens = Vec::new();
-    for i in 0..CLIENTS {
-        let user = store
-            .users()
-            .create(NewUser {
-                email: format!("c{i}@example.com"),
-                display_name: None,
-                is_admin: false,
-            })
-            .await
-            .unwrap();
-        let key = store
-            .api_keys()
-            .issue(NewApiKey {
-                user_id: user.id,
-                project_id: None,
-                name: "test".into(),
-                scopes: vec!["projects:read".into(), "projects:write".into()],
-                expires_at: None,
-            })
-            .await
-            .unwrap();
-        tokens.push(key.token.expose().to_owned());
-    }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(axum::serve(listener, vega_example_api::router(store.clone())).into_future());
+    let tokens = common::clients(&store, CLIENTS).await;
+    let base = common::serve(store.clone()).await;
     let http = reqwest::Client::new();
 
     let clients: Vec<_> = tokens
