@@ -353,7 +353,9 @@ impl<'a> EventArchives<'a> {
     /// Writes a project's events created in `[since, until)` to `out` as JSON lines, oldest
     /// first: the archived ones (each object verified against its row), then the live ones.
     /// Each line is an [`events::Model`] as serde writes it, the same whichever side it came
-    /// from. Returns the number of events written.
+    /// from. Returns the number of events written. When retention archived some of the
+    /// project's events during the export, it ends with [`Error::Conflict`] (run it again)
+    /// rather than leave them out.
     #[instrument(name = "event_archives.export", skip(self, out))]
     pub async fn export(
         &self,
@@ -369,16 +371,33 @@ impl<'a> EventArchives<'a> {
             return Err(Error::invalid("until", "must be after since"));
         }
         let db = self.cx.db();
-        let archives = event_archives::Model::find_by_statement(statement(
-            db,
-            "SELECT * FROM event_archives \
-                  WHERE project_id = $1 AND state = 'committed' \
-                    AND last_created_at >= $2 AND first_created_at < $3 \
-                  ORDER BY first_created_at, first_event_id",
-            [project_id.into(), since.into(), until.into()],
-        ))
-        .all(db)
-        .await?;
+        // The watermark first: the archives up to it hold every event up to it (a project's
+        // archives are a prefix of its events), and any archive that commits later lies
+        // past it. Live events start past it: a month being retired still holds events its
+        // archives already hold.
+        let mark = watermark(db, Some(project_id)).await?;
+        let archives = match mark {
+            Some((at, id)) => {
+                event_archives::Model::find_by_statement(statement(
+                    db,
+                    "SELECT * FROM event_archives \
+                      WHERE project_id = $1 AND state = 'committed' \
+                        AND last_created_at >= $2 AND first_created_at < $3 \
+                        AND (last_created_at, last_event_id) <= ($4, $5) \
+                      ORDER BY first_created_at, first_event_id",
+                    [
+                        project_id.into(),
+                        since.into(),
+                        until.into(),
+                        at.into(),
+                        id.into(),
+                    ],
+                ))
+                .all(db)
+                .await?
+            }
+            None => Vec::new(),
+        };
         let in_range = |e: &events::Model| e.created_at >= since && e.created_at < until;
         let mut written = 0;
         let mut line = Vec::new();
@@ -390,9 +409,7 @@ impl<'a> EventArchives<'a> {
                 }
             }
         }
-        // Live events start past the archived ones: a month being retired still holds events
-        // its archives already hold.
-        let mut after = watermark(db, Some(project_id)).await?;
+        let mut after = mark;
         loop {
             let mut values: Vec<Value> = vec![project_id.into(), since.into(), until.into()];
             let cursor = match after {
@@ -435,6 +452,16 @@ impl<'a> EventArchives<'a> {
             if !full {
                 break;
             }
+        }
+        // An archive that committed meanwhile may hold events that neither part read (on
+        // SQLite it deleted them): the export says so rather than end short.
+        if watermark(db, Some(project_id)).await? != mark {
+            return Err(Error::Conflict {
+                constraint: "event_archives_range".into(),
+                message: "retention archived events of this project during the export; run \
+                          the export again"
+                    .into(),
+            });
         }
         out.flush().await.map_err(export_io)?;
         Ok(written)
