@@ -5,7 +5,7 @@
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use vega_config::{BlobSettings, DatabaseSettings, PoolOptions, Pooler, Settings, Source};
+use vega_config::{DatabaseSettings, PoolOptions, Pooler, Settings};
 use vega_repository::Store;
 use vega_tests::TestDb;
 use vega_tests::pgbouncer::{PgBouncer, PoolMode};
@@ -31,10 +31,7 @@ async fn serve_through(mode: PoolMode, pooler: Pooler) -> Vec<String> {
     let settings = Settings {
         database,
         reader: None,
-        blob: BlobSettings::Fs {
-            root: std::env::temp_dir().join(format!("vega-blobs-{}", uuid::Uuid::new_v4())),
-            root_source: Source::Given,
-        },
+        blob: common::scratch_blobs(),
         pool: PoolOptions {
             max_connections: CLIENTS as u32,
             ..PoolOptions::default()

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use vega_config::{BlobSettings, DatabaseSettings, PoolOptions, Settings, Source};
+use vega_config::{DatabaseSettings, PoolOptions, Settings};
 use vega_example_api::WRITE_POSITION;
 use vega_repository::{NewApiKey, ReplicaState, Store};
 use vega_tests::pg::PgServer;
@@ -25,10 +25,7 @@ async fn clients_that_carry_their_write_position_never_list_stale() {
     let settings = Settings {
         database: DatabaseSettings::for_url(&url).unwrap(),
         reader: Some(DatabaseSettings::for_url(standby.url("vega")).unwrap()),
-        blob: BlobSettings::Fs {
-            root: std::env::temp_dir().join(format!("vega-blobs-{}", uuid::Uuid::new_v4())),
-            root_source: Source::Given,
-        },
+        blob: common::scratch_blobs(),
         pool: PoolOptions {
             probe_interval: Duration::from_millis(200),
             ..PoolOptions::default()
