@@ -167,6 +167,18 @@ impl Error {
         }
     }
 
+    /// This error with its field named under `at` (`findings[3]` makes `title`
+    /// `findings[3].title`); any other error as it is.
+    pub(crate) fn within(self, at: &str) -> Self {
+        match self {
+            Error::Invalid { field, reason } => Error::Invalid {
+                field: format!("{at}.{field}"),
+                reason,
+            },
+            other => other,
+        }
+    }
+
     pub(crate) fn not_found(entity: &'static str, key: impl ToString) -> Self {
         Error::NotFound {
             entity,

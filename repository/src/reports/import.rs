@@ -387,8 +387,11 @@ impl Log {
                 for (deviation, field) in &mapped.deviations {
                     noted.note(*deviation, field);
                 }
-                let prepared =
-                    ingest::prepare_one(mapped.finding, &mapped.pointer, mapped.suppression)?;
+                let prepared = ingest::prepare_one(
+                    mapped.finding,
+                    || mapped.pointer.clone(),
+                    mapped.suppression,
+                )?;
                 let mut prefix = [0u8; 8];
                 prefix.copy_from_slice(&prepared.fingerprint[..8]);
                 if !seen.insert(u64::from_le_bytes(prefix)) {

@@ -120,15 +120,17 @@ pub async fn scan_with(
     ref_name: &str,
     findings: Vec<NewFinding>,
 ) -> vega_entity::scans::Model {
-    store
-        .scans()
-        .enqueue(NewScan::full(
-            repository_id,
-            TriggerKind::Api,
-            Some(ref_name.into()),
-        ))
-        .await
-        .unwrap();
+    let scan = NewScan::full(repository_id, TriggerKind::Api, Some(ref_name.into()));
+    complete_scan(store, scan, findings).await
+}
+
+/// Enqueues, claims and completes `scan` with these findings.
+pub async fn complete_scan(
+    store: &Store,
+    scan: NewScan,
+    findings: Vec<NewFinding>,
+) -> vega_entity::scans::Model {
+    store.scans().enqueue(scan).await.unwrap();
     let claim = store
         .scans()
         .claim_next("w", 1, std::time::Duration::from_secs(60))

@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 
 use sea_orm::{ConnectionTrait, Statement};
 use uuid::Uuid;
-use vega_entity::{Severity, TriggerKind, scans};
+use vega_entity::{DismissReason, Severity, TriggerKind, scans};
 use vega_migration::{Migrator, MigratorTrait};
-use vega_repository::{NewFinding, NewScan, Store};
+use vega_repository::{Dismissal, NewFinding, NewScan, Store};
 use vega_tests::{TestDb, on_both_backends};
 
 use crate::common;
@@ -16,6 +16,13 @@ const LEASE: Duration = Duration::from_secs(600);
 
 async fn full_scan(store: &Store, repository_id: Uuid, findings: Vec<NewFinding>) -> scans::Model {
     common::scan_with(store, repository_id, "main", findings).await
+}
+
+/// Completes a SAST-only scan of main: a second default-branch stream of the repository.
+async fn sast_scan(store: &Store, repository_id: Uuid, findings: Vec<NewFinding>) -> scans::Model {
+    let mut partial = NewScan::full(repository_id, TriggerKind::Api, Some("main".into()));
+    partial.kind = vega_entity::ScanKind::Sast;
+    common::complete_scan(store, partial, findings).await
 }
 
 async fn scalar(db: &impl ConnectionTrait, sql: &str) -> i64 {
@@ -356,14 +363,10 @@ on_both_backends! {
             .into_iter().find(|f| f.finding.rule_id == "rule-1").unwrap().finding.id;
 
         // A SAST-only scan of main sees rule-1 elsewhere: the finding moves there.
-        let mut partial = NewScan::full(repo.id, TriggerKind::Api, Some("main".into()));
-        partial.kind = vega_entity::ScanKind::Sast;
-        store.scans().enqueue(partial).await.unwrap();
-        let claim = store.scans().claim_next("w", 1, LEASE).await.unwrap().remove(0);
         let mut moved = set[1].clone();
         moved.start_line = Some(70);
         moved.end_line = Some(71);
-        store.scans().complete(&claim.lease, vec![moved]).await.unwrap();
+        sast_scan(&store, repo.id, vec![moved]).await;
         assert_eq!(store.findings().get(moved_id).await.unwrap().start_line, Some(70));
 
         // The full scan's set again, the same digest as its stream's last scan: another
@@ -374,6 +377,52 @@ on_both_backends! {
         assert_eq!(seen.len(), 3);
         assert!(seen.iter().all(|f| f.occurrence.change == "existing" && f.occurrence.start_line == Some(10)));
         assert_eq!((third.findings_total, third.findings_new, third.findings_fixed), (3, 0, 0));
+    }
+}
+
+on_both_backends! {
+    async fn a_full_scan_fixes_what_it_did_not_see_however_it_became_open(db: &TestDb) {
+        // The fixed sweep runs only when the repository has more open default-branch findings
+        // than the scan holds open runs of: a finding opened by another stream, and one
+        // reopened by a person, must both still be found.
+        let store = common::store(db).await;
+        let repo = common::repository(&store).await;
+        let set = findings(3);
+        let first = full_scan(&store, repo.id, set.clone()).await;
+        let id_of = |rule: &str, items: &[vega_repository::ScanFinding]| {
+            items.iter().find(|f| f.finding.rule_id == rule).unwrap().finding.id
+        };
+        let items = store.findings().of_scan(first.id, None, 10).await.unwrap().items;
+        let dismissed = id_of("rule-0", &items);
+        store
+            .findings()
+            .dismiss(dismissed, Dismissal::because(DismissReason::FalsePositive))
+            .await
+            .unwrap();
+
+        // A SAST-only scan of main adds a finding the full scans never report.
+        let extra = common::finding("rule-extra", "src/extra.py", Severity::Low);
+        let added = sast_scan(&store, repo.id, vec![extra]).await;
+        let extra_id = store.findings().of_scan(added.id, None, 10).await.unwrap().items[0].finding.id;
+
+        // The full scan sees its three again: three runs against three open findings, but one
+        // of the three it saw is dismissed, so the extra one is still found and fixed.
+        let second = full_scan(&store, repo.id, set.clone()).await;
+        assert_eq!((second.findings_total, second.findings_fixed, second.count_dismissed), (3, 1, 1));
+        assert_eq!(store.findings().get(extra_id).await.unwrap().status, "fixed");
+        assert_eq!(store.findings().get(dismissed).await.unwrap().status, "dismissed");
+
+        // A person reopens the dismissed finding; the next full scan does not see it.
+        store.findings().reopen(dismissed).await.unwrap();
+        let third = full_scan(&store, repo.id, set[1..].to_vec()).await;
+        assert_eq!((third.findings_total, third.findings_fixed, third.count_dismissed), (2, 1, 0));
+        assert_eq!(store.findings().get(dismissed).await.unwrap().status, "fixed");
+
+        // Nothing left to fix: the same set again fixes nothing and counts the same.
+        let fourth = full_scan(&store, repo.id, set[1..].to_vec()).await;
+        assert_eq!((fourth.findings_total, fourth.findings_fixed), (2, 0));
+        let counts = store.findings().open_counts(repo.project_id).await.unwrap();
+        assert_eq!(counts.total(), 2);
     }
 }
 
