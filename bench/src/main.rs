@@ -166,8 +166,8 @@ async fn main() -> Result<()> {
         args.usage_records = 2_000;
         args.retention_events = 5_000;
         args.history_scans = 20_000;
-        args.window = Duration::from_secs(2);
-        args.sustained = Duration::from_secs(4);
+        args.window = Duration::from_secs(1);
+        args.sustained = Duration::from_secs(2);
         args.iterations = 5;
         args.sarif_results = 2_000;
         args.sarif_big = 5_000;

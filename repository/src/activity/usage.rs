@@ -191,7 +191,7 @@ async fn insert_chunk(
         // One array per column, so the statement is planned once per shape rather than parsed
         // with 8,000 parameters; arrays carry no NULLs, so absent ids travel as the nil UUID,
         // which validation refuses as an input.
-        let optional = |id: Option<Uuid>| id.unwrap_or(Uuid::nil());
+        let optional = |id: Option<Uuid>| id.unwrap_or_default();
         let values: Vec<Value> = vec![
             received.into(),
             array(chunk, |r| r.account_id),

@@ -151,7 +151,8 @@ on_both_backends! {
     async fn expired_snapshots_go_with_their_archives_unless_a_scan_still_reads_them(db: &TestDb) {
         let store = common::store(db).await;
         let repo = common::repository(&store).await;
-        let soon = (chrono::Utc::now() + chrono::TimeDelta::milliseconds(300)).fixed_offset();
+        // Due in 3 s: room for the set-up below however loaded the machine, and a wait after.
+        let soon = (chrono::Utc::now() + chrono::TimeDelta::seconds(3)).fixed_offset();
         let new = |expires_at| NewSnapshot { repository_id: repo.id, commit_sha: None, ref_name: None, expires_at };
         let mut ids = Vec::new();
         for expires_at in [Some(soon), Some(soon), None] {
@@ -163,7 +164,8 @@ on_both_backends! {
         queued.snapshot_id = Some(ids[1]);
         store.scans().enqueue(queued).await.unwrap();
         assert_eq!(store.snapshots().expire(100).await.unwrap(), 0, "not yet due");
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        let due = (soon.to_utc() - chrono::Utc::now()).to_std().unwrap_or_default();
+        tokio::time::sleep(due + Duration::from_millis(100)).await;
         assert_eq!(store.snapshots().expire(100).await.unwrap(), 1);
         assert!(matches!(store.snapshots().get(ids[0]).await, Err(Error::NotFound { .. })));
         assert!(store.snapshots().get(ids[1]).await.is_ok(), "a queued scan reads it");
