@@ -511,7 +511,7 @@ impl<'a, C: ConnectionTrait> Ingest<'a, C> {
     /// New findings are a plain `INSERT`: only completions insert findings, and they hold the
     /// repository lock, so a fingerprint the probe did not find cannot appear before the
     /// statement ends. `ON CONFLICT` would make each of them a speculative insertion (one more
-    /// probe of the unique index and one more WAL record per row: 150–165 ms against 135–150 ms
+    /// probe of the unique index and one more WAL record per row: 143–165 ms against 133–151 ms
     /// per 5,000 new findings in the bench); it stays for the existing rows a sighting changes.
     ///
     /// sea-query binds arrays without NULL elements, so optional values travel as a sentinel
