@@ -19,11 +19,10 @@ pub(crate) fn statement(
     values: impl IntoIterator<Item = Value>,
 ) -> Statement {
     let backend = db.get_database_backend();
-    if backend == DbBackend::Sqlite {
-        let values: Vec<Value> = values.into_iter().collect();
-        if let Some((sql, values)) = positional(sql, &values) {
-            return Statement::from_sql_and_values(backend, sql, values);
-        }
+    let values: Vec<Value> = values.into_iter().collect();
+    if backend == DbBackend::Sqlite
+        && let Some((sql, values)) = positional(sql, &values)
+    {
         return Statement::from_sql_and_values(backend, sql, values);
     }
     Statement::from_sql_and_values(backend, sql, values)
