@@ -234,8 +234,21 @@ pub fn rust_sources(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 /// A filesystem blob store in a fresh temporary directory.
 pub fn scratch_blob_store() -> vega_blobstore::BlobStore {
-    let dir = std::env::temp_dir().join(format!("vega-blobs-{}", uuid::Uuid::new_v4()));
-    vega_blobstore::BlobStore::filesystem(dir).expect("create a scratch blob directory")
+    vega_blobstore::BlobStore::filesystem(scratch_blob_dir())
+        .expect("create a scratch blob directory")
+}
+
+/// Blob settings for a filesystem store in a fresh temporary directory, for a test that
+/// builds a store from `Settings` as a service does.
+pub fn scratch_blob_settings() -> vega_config::BlobSettings {
+    vega_config::BlobSettings::Fs {
+        root: scratch_blob_dir(),
+        root_source: vega_config::Source::Given,
+    }
+}
+
+fn scratch_blob_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("vega-blobs-{}", uuid::Uuid::new_v4()))
 }
 
 fn admin_url() -> String {

@@ -490,8 +490,8 @@ impl<'a, C: ConnectionTrait> Ingest<'a, C> {
         }
         Ok(IngestSummary {
             counts: seen.counts,
-            dismissed: seen.dismissed,
-            total: seen.total,
+            dismissed: i32::try_from(seen.dismissed).unwrap_or(i32::MAX),
+            total: i32::try_from(seen.total).unwrap_or(i32::MAX),
             new: self.new,
             fixed,
             stream: self.stream,
@@ -702,8 +702,8 @@ impl<'a, C: ConnectionTrait> Ingest<'a, C> {
 /// dismissed findings apart.
 struct Tally {
     counts: SeverityCounts,
-    dismissed: i32,
-    total: i32,
+    dismissed: i64,
+    total: i64,
     /// Of those, the findings open on the default branch.
     open_on_default: i64,
     /// The repository's findings open on the default branch, when asked for (else 0).
@@ -758,7 +758,6 @@ impl Tally {
             open_on_default: 0,
             open_in_repository: 0,
         };
-        let (mut dismissed, mut total) = (0i64, 0i64);
         for row in &rows {
             let k: i32 = row.try_get("", "k")?;
             let n: i64 = row.try_get("", "n")?;
@@ -766,9 +765,9 @@ impl Tally {
                 seen.open_in_repository = n;
                 continue;
             }
-            total += n;
+            seen.total += n;
             match k % 4 {
-                1 => dismissed += n,
+                1 => seen.dismissed += n,
                 bits => {
                     if bits == 2 {
                         seen.open_on_default += n;
@@ -779,8 +778,6 @@ impl Tally {
                 }
             }
         }
-        seen.dismissed = i32::try_from(dismissed).unwrap_or(i32::MAX);
-        seen.total = i32::try_from(total).unwrap_or(i32::MAX);
         Ok(seen)
     }
 }

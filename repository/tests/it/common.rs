@@ -11,10 +11,7 @@ pub fn settings(url: &str, pool: vega_config::PoolOptions) -> vega_config::Setti
     vega_config::Settings {
         database: vega_config::DatabaseSettings::for_url(url).unwrap(),
         reader: None,
-        blob: vega_config::BlobSettings::Fs {
-            root: std::env::temp_dir().join(format!("vega-blobs-{}", uuid::Uuid::new_v4())),
-            root_source: vega_config::Source::Given,
-        },
+        blob: vega_tests::scratch_blob_settings(),
         pool,
     }
 }

@@ -1,15 +1,6 @@
 //! What the HTTP tests share: the API served on a free port, and clients with their keys.
 
-use vega_config::{BlobSettings, Source};
 use vega_repository::{NewApiKey, NewUser, Store};
-
-/// A filesystem blob store in a fresh directory under the system's temporary one.
-pub fn scratch_blobs() -> BlobSettings {
-    BlobSettings::Fs {
-        root: std::env::temp_dir().join(format!("vega-blobs-{}", uuid::Uuid::new_v4())),
-        root_source: Source::Given,
-    }
-}
 
 /// Serves the API over `store` on a free loopback port; its base URL.
 pub async fn serve(store: Store) -> String {

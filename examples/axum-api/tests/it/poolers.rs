@@ -31,7 +31,7 @@ async fn serve_through(mode: PoolMode, pooler: Pooler) -> Vec<String> {
     let settings = Settings {
         database,
         reader: None,
-        blob: common::scratch_blobs(),
+        blob: vega_tests::scratch_blob_settings(),
         pool: PoolOptions {
             max_connections: CLIENTS as u32,
             ..PoolOptions::default()

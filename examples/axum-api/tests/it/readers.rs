@@ -25,7 +25,7 @@ async fn clients_that_carry_their_write_position_never_list_stale() {
     let settings = Settings {
         database: DatabaseSettings::for_url(&url).unwrap(),
         reader: Some(DatabaseSettings::for_url(standby.url("vega")).unwrap()),
-        blob: common::scratch_blobs(),
+        blob: vega_tests::scratch_blob_settings(),
         pool: PoolOptions {
             probe_interval: Duration::from_millis(200),
             ..PoolOptions::default()
