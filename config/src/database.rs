@@ -342,7 +342,7 @@ impl DatabaseSettings {
     /// locks) within about 25 s. Behind a pooler, which refuses startup `options`, see
     /// [`Pooler`]: session mode sets them once per new connection; transaction mode has no
     /// statement cache, and the repository layer opens each transaction with
-    /// [`Self::transaction_preamble`]. On SQLite the busy timeout is
+    /// [`Self::transaction_settings`]. On SQLite the busy timeout is
     /// [`PoolOptions::sqlite_write_wait`]. `hooks`
     /// adds the caller's own to the sqlx pool's options (the repository layer's release
     /// check); the pool's size and liveness checks are the repository layer's.
@@ -365,10 +365,23 @@ impl DatabaseSettings {
     }
 
     /// The statement an application transaction must send first, when the pooler needs one
-    /// (transaction mode; see [`Pooler`]).
+    /// (transaction mode; see [`Pooler`]), for a client that prepares statements through
+    /// sea-orm: it drops the names other clients left on the server connection.
     pub fn transaction_preamble(&self, pool: &PoolOptions) -> Option<String> {
-        (self.backend == Backend::Postgres && self.pooler == Pooler::Transaction)
+        self.behind_transaction_pooler()
             .then(|| pooler::transaction_preamble(pool))
+    }
+
+    /// The `SELECT set_config(…, true)` that gives one transaction the pool's timeouts, when
+    /// the pooler is in transaction mode: the repository layer folds it into the transaction's
+    /// first round trip, and prepares nothing.
+    pub fn transaction_settings(&self, pool: &PoolOptions) -> Option<String> {
+        self.behind_transaction_pooler()
+            .then(|| pooler::transaction_settings(pool))
+    }
+
+    fn behind_transaction_pooler(&self) -> bool {
+        self.backend == Backend::Postgres && self.pooler == Pooler::Transaction
     }
 
     /// Gives every new Postgres connection `settings` the way the pooler lets them through: in

@@ -109,14 +109,20 @@ pub(crate) fn set_session(settings: &[(&str, String)]) -> String {
         .join("; ")
 }
 
-/// What a transaction-mode transaction sends first (see the module docs).
-pub(crate) fn transaction_preamble(pool: &PoolOptions) -> String {
+/// The statement that gives one transaction the timeouts: `set_config(…, true)` for each.
+pub(crate) fn transaction_settings(pool: &PoolOptions) -> String {
     let calls = timeouts(pool)
         .iter()
         .map(|(name, value)| format!("set_config('{name}', '{value}', true)"))
         .collect::<Vec<_>>()
         .join(", ");
-    format!("DEALLOCATE ALL; SELECT {calls}")
+    format!("SELECT {calls}")
+}
+
+/// What a transaction-mode transaction of a client with prepared statements sends first (see
+/// the module docs).
+pub(crate) fn transaction_preamble(pool: &PoolOptions) -> String {
+    format!("DEALLOCATE ALL; {}", transaction_settings(pool))
 }
 
 #[cfg(test)]

@@ -63,12 +63,12 @@ impl Store {
         {
             crate::db::monitor::spawn(&conn, &health, &settings.pool);
         }
-        let preamble = settings.database.transaction_preamble(&settings.pool);
+        let timeouts = settings.database.transaction_settings(&settings.pool);
         let mut bounds = bounds(&settings.pool);
         if settings.database.backend == Backend::Sqlite {
             bounds.acquire = settings.pool.sqlite_write_wait();
         }
-        let writer = Db::new(conn, bounds, health, preamble);
+        let writer = Db::new(conn, bounds, health, timeouts);
         let reader = open_reader(settings, &writer).await?;
         Self::checked(Pools::new(writer, reader), blobs).await
     }
@@ -198,6 +198,14 @@ impl Store {
         self.db.writer.connection()
     }
 
+    /// Runs `stmt` on the writer's pool the way the repositories send theirs (behind a
+    /// transaction-mode pooler: one simple query, values as literals), for the tests' own.
+    #[cfg(feature = "test-support")]
+    pub async fn query_all(&self, stmt: sea_orm::Statement) -> Result<Vec<sea_orm::QueryResult>> {
+        use sea_orm::ConnectionTrait;
+        Ok(self.db.writer.query_all_raw(stmt).await?)
+    }
+
     /// The blob store, for the tests' own objects.
     #[cfg(feature = "test-support")]
     pub fn blobs(&self) -> &BlobStore {
@@ -308,8 +316,8 @@ async fn open_reader(settings: &Settings, db: &Db) -> Result<Option<Reader>> {
             let health = Health::new();
             let conn = crate::db::pool::open_replica(reader, pool, health.clone()).await?;
             let options = (*conn.get_postgres_connection_pool().connect_options()).clone();
-            let preamble = reader.transaction_preamble(pool);
-            let reader = Reader::new(Db::new(conn, bounds(pool), health, preamble), kind);
+            let timeouts = reader.transaction_settings(pool);
+            let reader = Reader::new(Db::new(conn, bounds(pool), health, timeouts), kind);
             reader.spawn_monitor(options, pool);
             Ok(Some(reader))
         }

@@ -24,6 +24,7 @@ use sea_orm::{
     TransactionTrait, sqlx,
 };
 
+use crate::db::simple::{Simple, SimpleTx};
 use crate::error::{Error, Result};
 use crate::metrics::{self, Claim, Demand};
 
@@ -101,19 +102,18 @@ pub(crate) struct Db {
 }
 
 impl Db {
-    /// `preamble` is what each transaction sends first behind a transaction-mode pooler
-    /// ([`vega_config::DatabaseSettings::transaction_preamble`]).
+    /// `settings` gives each transaction its timeouts behind a transaction-mode pooler
+    /// ([`vega_config::DatabaseSettings::transaction_settings`]), where statements go through
+    /// [`Simple`].
     pub(crate) fn new(
         conn: DatabaseConnection,
         bounds: Bounds,
         health: Arc<Health>,
-        preamble: Option<String>,
+        settings: Option<String>,
     ) -> Self {
+        let simple = settings.map(|s| Simple::new(conn.get_postgres_connection_pool().clone(), s));
         Self {
-            conn: Pool {
-                conn,
-                preamble: preamble.map(Arc::from),
-            },
+            conn: Pool { conn, simple },
             bounds,
             health,
         }
@@ -134,7 +134,7 @@ impl Db {
 
     /// Runs one statement that may not run in a transaction block (`… CONCURRENTLY`) on a
     /// pool connection as it is, bounded like any pool call. Behind a transaction-mode pooler
-    /// every other pool statement gets a transaction of its own for the preamble; this one
+    /// every other pool statement carries the timeouts in its implicit transaction; this one
     /// cannot, so the server's own timeouts apply to it.
     pub(crate) async fn outside_transaction(&self, sql: &str) -> Result<(), DbErr> {
         let _wanting = self.claim();
@@ -199,43 +199,33 @@ impl Db {
     }
 }
 
-/// The pool as one statement reaches it: directly, or behind a transaction-mode pooler in a
-/// transaction of its own that starts with the preamble (see [`vega_config::Pooler`]: the
-/// server connection may change between transactions, so nothing may outlive one).
+/// The pool as one statement reaches it: through sea-orm, or behind a transaction-mode pooler
+/// through [`Simple`] (the server connection may change between transactions, so nothing may
+/// outlive one).
 #[derive(Debug, Clone)]
 struct Pool {
     conn: DatabaseConnection,
-    preamble: Option<Arc<str>>,
+    simple: Option<Simple>,
 }
 
 impl Pool {
-    async fn begin(&self, options: TransactionOptions) -> Result<DatabaseTransaction, DbErr> {
-        let txn = self.conn.begin_with_options(options).await?;
-        if let Some(preamble) = &self.preamble {
-            txn.execute_unprepared(preamble).await?;
-        }
-        Ok(txn)
+    async fn begin(&self, options: TransactionOptions) -> Result<Txn, DbErr> {
+        Ok(match &self.simple {
+            None => Txn::Orm(self.conn.begin_with_options(options).await?),
+            Some(simple) => Txn::Simple(simple.begin().await?),
+        })
     }
 }
 
-/// `$call` with `$c` bound to the pool, or to a transaction of its own behind a
-/// transaction-mode pooler.
-macro_rules! alone {
+/// `$call` with `$c` bound to the pool's way of sending statements.
+macro_rules! via {
     ($pool:expr, $c:ident => $call:expr) => {
-        match &$pool.preamble {
+        match &$pool.simple {
             None => {
                 let $c = &$pool.conn;
                 $call.await
             }
-            Some(_) => {
-                let txn = $pool.begin(TransactionOptions::default()).await?;
-                let result = {
-                    let $c = &txn;
-                    $call.await?
-                };
-                txn.commit().await?;
-                Ok(result)
-            }
+            Some($c) => $call.await,
         }
     };
 }
@@ -247,19 +237,78 @@ impl ConnectionTrait for Pool {
     }
 
     async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
-        alone!(self, c => c.execute_raw(stmt))
+        via!(self, c => c.execute_raw(stmt))
     }
 
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
-        alone!(self, c => c.execute_unprepared(sql))
+        via!(self, c => c.execute_unprepared(sql))
     }
 
     async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
-        alone!(self, c => c.query_one_raw(stmt))
+        via!(self, c => c.query_one_raw(stmt))
     }
 
     async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
-        alone!(self, c => c.query_all_raw(stmt))
+        via!(self, c => c.query_all_raw(stmt))
+    }
+}
+
+/// A transaction as [`Pool::begin`] opened it.
+enum Txn {
+    Orm(DatabaseTransaction),
+    Simple(SimpleTx),
+}
+
+/// `$call` with `$c` bound to the transaction, whichever kind.
+macro_rules! either {
+    ($txn:expr, $c:ident => $call:expr) => {
+        match $txn {
+            Txn::Orm($c) => $call.await,
+            Txn::Simple($c) => $call.await,
+        }
+    };
+}
+
+impl Txn {
+    async fn savepoint(&self) -> Result<Txn, DbErr> {
+        Ok(match self {
+            Txn::Orm(txn) => Txn::Orm(txn.begin().await?),
+            Txn::Simple(txn) => Txn::Simple(txn.savepoint().await?),
+        })
+    }
+
+    async fn commit(self) -> Result<(), DbErr> {
+        either!(self, c => c.commit())
+    }
+
+    async fn rollback(self) -> Result<(), DbErr> {
+        either!(self, c => c.rollback())
+    }
+}
+
+#[async_trait::async_trait]
+impl ConnectionTrait for Txn {
+    fn get_database_backend(&self) -> DbBackend {
+        match self {
+            Txn::Orm(txn) => txn.get_database_backend(),
+            Txn::Simple(txn) => txn.get_database_backend(),
+        }
+    }
+
+    async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
+        either!(self, c => c.execute_raw(stmt))
+    }
+
+    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+        either!(self, c => c.execute_unprepared(sql))
+    }
+
+    async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
+        either!(self, c => c.query_one_raw(stmt))
+    }
+
+    async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        either!(self, c => c.query_all_raw(stmt))
     }
 }
 
@@ -271,7 +320,7 @@ impl ConnectionTrait for Pool {
 /// transaction with a failed step cannot commit half of its work. A savepoint has a mark of its
 /// own: rolling it back leaves its parent usable.
 pub(crate) struct Tx {
-    txn: DatabaseTransaction,
+    txn: Txn,
     bounds: Bounds,
     health: Arc<Health>,
     aborted: AtomicBool,
@@ -298,7 +347,7 @@ impl std::fmt::Debug for Tx {
 }
 
 impl Tx {
-    fn new(txn: DatabaseTransaction, bounds: Bounds, health: Arc<Health>, top: bool) -> Self {
+    fn new(txn: Txn, bounds: Bounds, health: Arc<Health>, top: bool) -> Self {
         Self {
             txn,
             bounds,
@@ -337,7 +386,7 @@ impl Tx {
 
     /// A nested transaction: a `SAVEPOINT`, rolled back to on drop.
     pub(crate) async fn savepoint(&self) -> Result<Tx> {
-        let result = bounded(&self.health, self.bounds.statement, self.txn.begin()).await;
+        let result = bounded(&self.health, self.bounds.statement, self.txn.savepoint()).await;
         self.note(&result);
         Ok(Tx::new(result?, self.bounds, self.health.clone(), false))
     }

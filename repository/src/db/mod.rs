@@ -6,6 +6,8 @@
 //! - `replica.rs`: the read replica, its monitor, and the rule that sends a read to it;
 //! - `route.rs`: the writer's and the reader's pools, and where each statement goes (`Conn`,
 //!   `Unit`);
+//! - `simple.rs`: statements behind a transaction-mode pooler, one simple query each, values
+//!   as typed literals;
 //! - `sql.rs`: the stored clock, raw statements, array parameters, placeholders;
 //! - `page.rs`: keyset pages; `validate.rs`: input checks that run before any statement.
 //!
@@ -29,5 +31,6 @@ pub(crate) mod page;
 pub(crate) mod pool;
 pub(crate) mod replica;
 pub(crate) mod route;
+pub(crate) mod simple;
 pub(crate) mod sql;
 pub(crate) mod validate;

@@ -39,9 +39,26 @@ const SQLITE_MAX_VARIABLES: usize = 32_766;
 /// Anonymous `?`s have no names to walk. `None` (keep `$n`) when there is nothing to
 /// replace, a number has no value, or the expanded list would pass SQLite's limit.
 fn positional(sql: &str, values: &[Value]) -> Option<(String, Vec<Value>)> {
+    let mut bound = Vec::new();
+    let out = replace_placeholders(sql, |n, out| {
+        bound.push(values.get(n.checked_sub(1)?)?.clone());
+        out.push('?');
+        Some(())
+    })?;
+    if bound.is_empty() || bound.len() > SQLITE_MAX_VARIABLES {
+        return None;
+    }
+    Some((out, bound))
+}
+
+/// `sql` with each `$n` placeholder outside quotes and comments replaced by what `write` puts
+/// in its place, given `n`. `None` when `write` refuses one, or a number does not parse.
+pub(crate) fn replace_placeholders(
+    sql: &str,
+    mut write: impl FnMut(usize, &mut String) -> Option<()>,
+) -> Option<String> {
     let bytes = sql.as_bytes();
     let mut out = String::with_capacity(sql.len());
-    let mut bound = Vec::new();
     let (mut i, mut copied) = (0, 0);
     while i < bytes.len() {
         match bytes[i] {
@@ -70,19 +87,15 @@ fn positional(sql: &str, values: &[Value]) -> Option<(String, Vec<Value>)> {
                     .position(|b| !b.is_ascii_digit())
                     .map_or(bytes.len(), |n| i + 1 + n);
                 let n: usize = sql[i + 1..end].parse().ok()?;
-                bound.push(values.get(n.checked_sub(1)?)?.clone());
                 out.push_str(&sql[copied..i]);
-                out.push('?');
+                write(n, &mut out)?;
                 (i, copied) = (end, end);
             }
             _ => i += 1,
         }
     }
-    if bound.is_empty() || bound.len() > SQLITE_MAX_VARIABLES {
-        return None;
-    }
     out.push_str(&sql[copied..]);
-    Some((out, bound))
+    Some(out)
 }
 
 /// `$first, $first+1, …`: `count` numbered placeholders, for an `IN (…)` list or a row.
