@@ -8,10 +8,13 @@
 //! - **session** mode gives a client one server connection for as long as it is connected, so
 //!   one `SET` per new connection holds for all its statements;
 //! - **transaction** mode hands each transaction whichever server connection is free, so a
-//!   session `SET` would land on someone else's connection. Every statement therefore runs in
-//!   a transaction that starts with `SELECT set_config(…, true)` (`SET LOCAL`: it ends with the
-//!   transaction, and RDS Proxy does not pin a session for a function call as it does for
-//!   `SET`). The same transaction starts with `DEALLOCATE ALL` and the client keeps no
+//!   session `SET` would land on someone else's connection, and nothing prepared may outlive a
+//!   transaction. The repository layer sends each statement as one simple query that starts
+//!   with `SELECT set_config(…, true)` for the three timeouts ([`transaction_settings`]: `SET
+//!   LOCAL`, ending with the implicit transaction, and RDS Proxy does not pin a session for a
+//!   function call as it does for `SET`), and opens each transaction with `BEGIN` and the same
+//!   call in one round trip. Clients that prepare statements through sea-orm (doctor) start
+//!   their transactions with [`transaction_preamble`], which adds `DEALLOCATE ALL`, and keep no
 //!   statement cache: sqlx names its prepared statements per client connection, and a name
 //!   left on a server connection by another client would collide (PgBouncer before 1.21 does
 //!   not track prepared statements).
