@@ -19,6 +19,7 @@
 //! sent the extended way instead, unnamed, inside a transaction: slower, never wrong.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use chrono::{NaiveDate, NaiveDateTime, NaiveTime, TimeDelta};
 use futures::TryStreamExt;
@@ -60,11 +61,11 @@ impl Simple {
             .await
             .map_err(acquire_error)?;
         Ok(SimpleTx {
-            shared: Arc::new(Mutex::new(Shared {
-                tx: Some(tx),
-                undo: String::new(),
-                savepoints: 0,
-            })),
+            shared: Arc::new(Shared {
+                tx: Mutex::new(Some(tx)),
+                undo: std::sync::Mutex::default(),
+                savepoints: AtomicU32::new(0),
+            }),
             savepoint: None,
             open: true,
         })
@@ -79,11 +80,11 @@ impl Simple {
             tx.commit().await?;
             return Ok(outcome);
         };
-        self.alone(&sql, kind).await
+        self.one_query(&sql, kind).await
     }
 
     /// `sql` after the timeouts, as one simple query.
-    async fn alone(&self, sql: &str, kind: Kind) -> Result<Outcome, DbErr> {
+    async fn one_query(&self, sql: &str, kind: Kind) -> Result<Outcome, DbErr> {
         let mut conn = self.pool.acquire().await.map_err(acquire_error)?;
         let query = format!("{}; {sql}", self.settings);
         simple(&mut conn, query, 1).await.map_err(kind.error())
@@ -94,37 +95,42 @@ impl Simple {
 /// rolls back: the transaction when its connection goes back to the pool (sqlx queues the
 /// `ROLLBACK`), a savepoint before the transaction's next statement.
 pub(crate) struct SimpleTx {
-    shared: Arc<Mutex<Shared>>,
+    shared: Arc<Shared>,
     /// The savepoint's name; `None` for the transaction itself.
     savepoint: Option<String>,
     open: bool,
 }
 
+/// What a transaction and its savepoints share.
 struct Shared {
     /// `None` once the transaction has ended.
-    tx: Option<sqlx::Transaction<'static, Postgres>>,
+    tx: Mutex<Option<sqlx::Transaction<'static, Postgres>>>,
     /// What the transaction must run before its next statement: the rollback of savepoints
-    /// dropped uncommitted.
-    undo: String,
-    savepoints: u32,
+    /// dropped uncommitted. Locked only to append or take, never across an await, so a drop
+    /// can always append.
+    undo: std::sync::Mutex<String>,
+    savepoints: AtomicU32,
 }
 
 impl Shared {
-    /// The transaction's connection, with dropped savepoints undone first.
-    async fn connection(&mut self) -> Result<&mut PgConnection, DbErr> {
-        let tx = self
-            .tx
-            .as_mut()
-            .ok_or_else(|| DbErr::Custom("the transaction has already ended".into()))?;
-        if !self.undo.is_empty() {
-            let undo = std::mem::take(&mut self.undo);
-            sqlx::raw_sql(AssertSqlSafe(undo))
-                .execute(&mut **tx)
-                .await
-                .map_err(Kind::Execute.error())?;
-        }
-        Ok(&mut **tx)
+    fn undo(&self) -> std::sync::MutexGuard<'_, String> {
+        self.undo
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// The transaction's connection, with dropped savepoints undone first.
+async fn connection<'t>(
+    tx: &'t mut Option<sqlx::Transaction<'static, Postgres>>,
+    shared: &Shared,
+) -> Result<&'t mut PgConnection, DbErr> {
+    let tx = tx.as_mut().ok_or_else(ended)?;
+    let undo = std::mem::take(&mut *shared.undo());
+    if !undo.is_empty() {
+        execute(tx, undo).await?;
+    }
+    Ok(&mut **tx)
 }
 
 impl std::fmt::Debug for SimpleTx {
@@ -139,10 +145,10 @@ impl std::fmt::Debug for SimpleTx {
 impl SimpleTx {
     /// A nested transaction: a `SAVEPOINT`.
     pub(crate) async fn savepoint(&self) -> Result<SimpleTx, DbErr> {
-        let mut shared = self.shared.lock().await;
-        shared.savepoints += 1;
-        let name = format!("vega_savepoint_{}", shared.savepoints);
-        let conn = shared.connection().await?;
+        let mut tx = self.shared.tx.lock().await;
+        let n = self.shared.savepoints.fetch_add(1, Ordering::Relaxed) + 1;
+        let name = format!("vega_savepoint_{n}");
+        let conn = connection(&mut tx, &self.shared).await?;
         execute(conn, format!("SAVEPOINT {name}")).await?;
         Ok(SimpleTx {
             shared: self.shared.clone(),
@@ -154,15 +160,12 @@ impl SimpleTx {
     /// Commits the transaction, or releases the savepoint.
     pub(crate) async fn commit(mut self) -> Result<(), DbErr> {
         self.open = false;
-        let mut shared = self.shared.lock().await;
+        let mut tx = self.shared.tx.lock().await;
+        let conn = connection(&mut tx, &self.shared).await?;
         match &self.savepoint {
-            Some(name) => {
-                let conn = shared.connection().await?;
-                execute(conn, format!("RELEASE SAVEPOINT {name}")).await
-            }
+            Some(name) => execute(conn, format!("RELEASE SAVEPOINT {name}")).await,
             None => {
-                shared.connection().await?;
-                let tx = shared.tx.take().ok_or_else(ended)?;
+                let tx = tx.take().ok_or_else(ended)?;
                 tx.commit().await.map_err(Kind::Execute.error())
             }
         }
@@ -171,23 +174,23 @@ impl SimpleTx {
     /// Rolls back the transaction, or the work since the savepoint.
     pub(crate) async fn rollback(mut self) -> Result<(), DbErr> {
         self.open = false;
-        let mut shared = self.shared.lock().await;
+        let mut tx = self.shared.tx.lock().await;
         match &self.savepoint {
             Some(name) => {
-                let conn = shared.connection().await?;
+                let conn = connection(&mut tx, &self.shared).await?;
                 execute(conn, undo_savepoint(name)).await
             }
             None => {
-                shared.undo.clear();
-                let tx = shared.tx.take().ok_or_else(ended)?;
+                self.shared.undo().clear();
+                let tx = tx.take().ok_or_else(ended)?;
                 tx.rollback().await.map_err(Kind::Execute.error())
             }
         }
     }
 
     async fn run(&self, stmt: Statement, kind: Kind) -> Result<Outcome, DbErr> {
-        let mut shared = self.shared.lock().await;
-        let conn = shared.connection().await?;
+        let mut tx = self.shared.tx.lock().await;
+        let conn = connection(&mut tx, &self.shared).await?;
         let result = match inline(&stmt) {
             Some(sql) => simple(conn, sql, 0).await,
             None => extended(conn, stmt, kind).await,
@@ -198,18 +201,10 @@ impl SimpleTx {
 
 impl Drop for SimpleTx {
     fn drop(&mut self) {
-        let Some(name) = self.savepoint.as_deref().filter(|_| self.open) else {
-            return;
-        };
-        // Nothing else holds the lock while a handle is dropped: statements hold it only
-        // while they run, and a handle is dropped only when no statement of it runs.
-        match self.shared.try_lock() {
-            Ok(mut shared) => {
-                let undo = undo_savepoint(name);
-                shared.undo.push_str(&undo);
-                shared.undo.push_str("; ");
-            }
-            Err(_) => tracing::error!(savepoint = name, "a dropped savepoint was not rolled back"),
+        if let Some(name) = self.savepoint.as_deref().filter(|_| self.open) {
+            let mut undo = self.shared.undo();
+            undo.push_str(&undo_savepoint(name));
+            undo.push_str("; ");
         }
     }
 }
