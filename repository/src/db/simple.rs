@@ -33,7 +33,7 @@ use sea_orm::{
 use sea_query_sqlx::SqlxValues;
 use tokio::sync::Mutex;
 
-use crate::db::sql::replace_placeholders;
+use crate::db::sql::{hex, replace_placeholders};
 
 /// The pool behind a transaction-mode pooler: each call one simple query that starts with the
 /// timeouts.
@@ -422,15 +422,7 @@ fn text(value: &Value) -> Option<Option<String>> {
         Value::Double(v) => show(v),
         Value::String(v) => no_nul(v.clone()),
         Value::Char(v) => no_nul(v.map(String::from)),
-        Value::Bytes(v) => Some(v.as_ref().map(|bytes| {
-            let mut hex = String::with_capacity(2 + 2 * bytes.len());
-            hex.push_str("\\x");
-            for b in bytes {
-                hex.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
-                hex.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
-            }
-            hex
-        })),
+        Value::Bytes(v) => Some(v.as_ref().map(|bytes| format!("\\x{}", hex(bytes)))),
         Value::Json(v) => no_nul(v.as_ref().map(|json| json.to_string())),
         Value::Uuid(v) => show(v),
         Value::ChronoDate(v) => dated(*v, |d| d, |d| d.format("%Y-%m-%d").to_string()),

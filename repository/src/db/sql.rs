@@ -114,6 +114,17 @@ where
     rows.iter().map(column).collect::<Vec<_>>().into()
 }
 
+/// `bytes` as lowercase hex: bytea's text form after `\x`, and fingerprints as SARIF shows them.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    out
+}
+
 /// True on Postgres, where some statements have a better form (SKIP LOCKED, ...).
 pub(crate) fn is_postgres(db: &impl ConnectionTrait) -> bool {
     db.get_database_backend() == DbBackend::Postgres

@@ -12,7 +12,7 @@ use vega_entity::{FindingStatus, Severity, findings, scans};
 use crate::context::cx::Cx;
 use crate::context::principal::{Table, and_reach};
 use crate::db::page::limit_clause;
-use crate::db::sql::statement;
+use crate::db::sql::{hex, statement};
 use crate::error::{Error, Result};
 use crate::findings::runs::SEEN_BY_SCAN_1;
 use crate::reports::import::Reports;
@@ -264,10 +264,6 @@ fn score(ordinal: i16) -> &'static str {
         Severity::Low => "2.0",
         Severity::Info | Severity::Unknown => "0.0",
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A failed write of the log: the output's error, as the blob store reports I/O.
